@@ -1,0 +1,49 @@
+// A Hugging Face Llama checkpoint directory: config.json, safetensors (sharded or not),
+// tokenizer and generation files. Resolves tensor names (tied embeddings: a checkpoint may
+// store only model.embed_tokens.weight, only lm_head.weight — tinystories-656k — or both)
+// and checks every tensor the model needs against the config's shapes, so a wrong file
+// fails at open with the tensor, file and shapes named.
+#pragma once
+
+#include <string>
+
+#include "core/status.h"
+#include "core/tensor.h"
+#include "formats/hf_config.h"
+#include "formats/safetensors.h"
+
+namespace llmq {
+
+// HF names for layer i's tensors.
+std::string layer_tensor_name(int64_t layer, const std::string& suffix);  // "model.layers.3." + suffix
+
+class HfCheckpoint {
+ public:
+  // Validates config and that every required tensor exists with the expected shape and a
+  // float dtype (BF16/F16/F32). Quantized checkpoints are read by the quantized readers.
+  static Expected<HfCheckpoint> open(const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+  const LlamaConfig& config() const { return config_; }
+  const CheckpointTensors& tensors() const { return tensors_; }
+
+  // The input embedding / output head, honouring tied embeddings.
+  Expected<TensorView> embed_tokens() const;
+  Expected<TensorView> lm_head() const;
+  // Any tensor by full name, checked to have `expected` shape.
+  Expected<TensorView> tensor(const std::string& name, const Shape& expected) const;
+  // Loads a float tensor as float32 (BF16/F16/F32/F8 upcast exactly).
+  Expected<Tensor> load_f32(const std::string& name, const Shape& expected) const;
+
+ private:
+  // The stored name behind a requested one (tied / aliased embeddings), else the name itself.
+  std::string stored_name(const std::string& name) const;
+
+  std::string dir_;
+  LlamaConfig config_;
+  CheckpointTensors tensors_;
+  std::string embed_name_;    // stored tensor that serves as model.embed_tokens.weight
+  std::string lm_head_name_;  // stored tensor that serves as lm_head.weight
+};
+
+}  // namespace llmq

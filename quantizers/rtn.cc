@@ -1,0 +1,75 @@
+#include "quantizers/rtn.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace llmq {
+
+Int4Params int4_group_params(const float* row, int64_t group, int64_t group_size, const Int4Config& config) {
+  const float* g = row + group * group_size;
+  float lo = g[0], hi = g[0];
+  for (int64_t k = 1; k < group_size; ++k) {
+    lo = std::min(lo, g[k]);
+    hi = std::max(hi, g[k]);
+  }
+  return int4_params(lo, hi, config.range, config.scale_dtype, config.min_zero);
+}
+
+QuantizedLinear quantize_rtn_int4(const TensorView& w, const Int4Config& config) {
+  LLMQ_CHECK(w.dtype == DType::kF32 && w.rank() == 2, "quantize_rtn_int4 takes float32 [out, in]");
+  const int64_t out = w.dim(0), in = w.dim(1), gs = config.group_size;
+  LLMQ_CHECK(gs > 0 && in % gs == 0, "in " << in << " not a multiple of group " << gs);
+  const int64_t G = in / gs;
+  QuantizedLinear q;
+  q.scheme = QuantScheme::kInt4Group;
+  q.out_features = out;
+  q.in_features = in;
+  q.group_size = gs;
+  q.symmetric = config.range == Int4Range::kSymmetric;
+  q.scale_dtype = config.scale_dtype;
+  q.codes = Tensor(DType::kU8, {out, in});
+  q.scales = Tensor(DType::kF32, {out, G});
+  q.zeros = Tensor(DType::kU8, {out, G});
+  const float* src = w.as<float>();
+  uint8_t* codes = q.codes.data<uint8_t>();
+  float* scales = q.scales.data<float>();
+  uint8_t* zeros = q.zeros.data<uint8_t>();
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < out; ++n) {
+    const float* row = src + n * in;
+    for (int64_t g = 0; g < G; ++g) {
+      const Int4Params p = int4_group_params(row, g, gs, config);
+      scales[n * G + g] = p.scale;
+      zeros[n * G + g] = p.zero;
+      for (int64_t k = g * gs; k < (g + 1) * gs; ++k) codes[n * in + k] = int4_code(row[k], p);
+    }
+  }
+  return q;
+}
+
+QuantizedLinear quantize_rtn_int8(const TensorView& w, const Int8Config& config) {
+  LLMQ_CHECK(w.dtype == DType::kF32 && w.rank() == 2, "quantize_rtn_int8 takes float32 [out, in]");
+  const int64_t out = w.dim(0), in = w.dim(1);
+  QuantizedLinear q;
+  q.scheme = QuantScheme::kInt8Channel;
+  q.out_features = out;
+  q.in_features = in;
+  q.scale_dtype = config.scale_dtype;
+  q.codes = Tensor(DType::kI8, {out, in});
+  q.scales = Tensor(DType::kF32, {out, 1});
+  const float* src = w.as<float>();
+  int8_t* codes = q.codes.data<int8_t>();
+  float* scales = q.scales.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < out; ++n) {
+    const float* row = src + n * in;
+    float amax = 0;
+    for (int64_t k = 0; k < in; ++k) amax = std::max(amax, std::fabs(row[k]));
+    const float s = round_scale_to(amax > 0 ? amax / 127.5f : 1.0f, config.scale_dtype);
+    scales[n] = s;
+    for (int64_t k = 0; k < in; ++k) codes[n * in + k] = int8_code(row[k], s);
+  }
+  return q;
+}
+
+}  // namespace llmq

@@ -1,0 +1,123 @@
+// The llmq binary as a user meets it: exit codes, one-line errors naming the file and the
+// problem, outputs that appear only complete, no overwrite without --force.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "tests/test_data.h"
+
+namespace {
+namespace fs = std::filesystem;
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+RunResult run_llmq(const std::string& args) {
+  const std::string cmd = std::string(LLMQ_BINARY_DIR) + "/bin/llmq " + args + " 2>&1";
+  RunResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+// An error is one line, starts with "llmq: ", and names what it is about.
+void expect_one_line_error(const RunResult& r, const std::string& must_contain) {
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_EQ(count_lines(r.out), 1) << r.out;
+  EXPECT_EQ(r.out.rfind("llmq: ", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find(must_contain), std::string::npos) << "expected '" << must_contain << "' in: " << r.out;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = llmq::testing::scratch_dir(::testing::UnitTest::GetInstance()->current_test_info()->name()); }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string dir_;
+};
+
+TEST_F(Cli, SynthInspectAndNoOverwrite) {
+  const std::string model = dir_ + "/tiny";
+  RunResult r = run_llmq("synth --config tiny --seed 3 --out " + model);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(model + "/config.json"));
+  EXPECT_TRUE(fs::exists(model + "/model.safetensors.index.json"));  // tiny is sharded on purpose
+  EXPECT_TRUE(fs::exists(model + "/tokenizer.json"));
+  for (const auto& e : fs::directory_iterator(dir_)) EXPECT_EQ(e.path().filename(), "tiny");  // no staging left
+
+  r = run_llmq("inspect " + model);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("hidden 256"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("39 tensors"), std::string::npos) << r.out;  // embed + 4*9 + norm + lm_head
+  EXPECT_NE(r.out.find("quantization none"), std::string::npos) << r.out;
+
+  const auto before = fs::last_write_time(model + "/config.json");
+  expect_one_line_error(run_llmq("synth --config tiny --out " + model), "--force");
+  EXPECT_EQ(fs::last_write_time(model + "/config.json"), before);
+  ASSERT_EQ(run_llmq("synth --config tiny --seed 3 --out " + model + " --force").exit_code, 0);
+}
+
+TEST_F(Cli, SynthIsDeterministic) {
+  ASSERT_EQ(run_llmq("synth --config tiny --seed 7 --out " + dir_ + "/a").exit_code, 0);
+  ASSERT_EQ(run_llmq("synth --config tiny --seed 7 --out " + dir_ + "/b").exit_code, 0);
+  ASSERT_EQ(run_llmq("synth --config tiny --seed 8 --out " + dir_ + "/c").exit_code, 0);
+  auto slurp = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir_ + "/a")) {
+    const auto name = e.path().filename();
+    EXPECT_EQ(slurp(e.path()), slurp(fs::path(dir_) / "b" / name)) << name;
+    if (name.string().find("safetensors") != std::string::npos && name.extension() == ".safetensors")
+      EXPECT_NE(slurp(e.path()), slurp(fs::path(dir_) / "c" / name)) << name;
+    ++files;
+  }
+  EXPECT_GE(files, 6);
+}
+
+TEST_F(Cli, BadInputGivesOneLineErrorAndExitCode2) {
+  expect_one_line_error(run_llmq("synth --config llama-9b --out " + dir_ + "/x"), "unknown synth config 'llama-9b'");
+  expect_one_line_error(run_llmq("inspect " + dir_ + "/missing"), dir_ + "/missing/config.json");
+  EXPECT_EQ(run_llmq("frobnicate").exit_code, 2);
+
+  const std::string model = dir_ + "/m";
+  ASSERT_EQ(run_llmq("synth --config tiny --out " + model).exit_code, 0);
+  {  // a config without hidden_size
+    std::ifstream in(model + "/config.json");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto pos = text.find("\"hidden_size\"");
+    ASSERT_NE(pos, std::string::npos);
+    text.replace(pos, 13, "\"hidden_sizx\"");
+    std::ofstream(model + "/config.json") << text;
+  }
+  expect_one_line_error(run_llmq("inspect " + model), "hidden_size");
+
+  const std::string model2 = dir_ + "/m2";
+  ASSERT_EQ(run_llmq("synth --config tiny --out " + model2).exit_code, 0);
+  std::string shard;
+  for (const auto& e : fs::directory_iterator(model2))
+    if (e.path().filename().string().rfind("model-00001-of-", 0) == 0) shard = e.path().string();
+  ASSERT_FALSE(shard.empty());
+  fs::resize_file(shard, fs::file_size(shard) - 100);  // truncated shard
+  expect_one_line_error(run_llmq("inspect " + model2), fs::path(shard).filename().string());
+}
+
+}  // namespace
