@@ -11,13 +11,7 @@ namespace llmq {
 QuantizedLinear quantize_fp8_channel(const TensorView& w, const Fp8Config& config) {
   LLMQ_CHECK(w.dtype == DType::kF32 && w.rank() == 2, "quantize_fp8_channel takes float32 [out, in]");
   const int64_t out = w.dim(0), in = w.dim(1);
-  QuantizedLinear q;
-  q.scheme = QuantScheme::kFp8Channel;
-  q.out_features = out;
-  q.in_features = in;
-  q.scale_dtype = config.scale_dtype;
-  q.codes = Tensor(DType::kU8, {out, in});
-  q.scales = Tensor(DType::kF32, {out, 1});
+  QuantizedLinear q = make_channel_linear(QuantScheme::kFp8Channel, out, in, config.scale_dtype);
   const float* src = w.as<float>();
   uint8_t* codes = q.codes.data<uint8_t>();
   float* scales = q.scales.data<float>();

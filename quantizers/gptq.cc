@@ -259,16 +259,7 @@ QuantizedLinear quantize_gptq(const TensorView& w, const TensorView& hessian, co
       h64 ? inverse_factor(hessian.as<double>(), in, perm, dead, config.damp_percent, &damp, &fallbacks)
           : inverse_factor(hessian.as<float>(), in, perm, dead, config.damp_percent, &damp, &fallbacks);
 
-  QuantizedLinear q;
-  q.scheme = QuantScheme::kInt4Group;
-  q.out_features = out;
-  q.in_features = in;
-  q.group_size = gs;
-  q.symmetric = config.range == Int4Range::kSymmetric;
-  q.scale_dtype = config.scale_dtype;
-  q.codes = Tensor(DType::kU8, {out, in});
-  q.scales = Tensor(DType::kF32, {out, G});
-  q.zeros = Tensor(DType::kU8, {out, G});
+  QuantizedLinear q = make_int4_linear(out, in, gs, config.range == Int4Range::kSymmetric, config.scale_dtype);
   uint8_t* codes = q.codes.data<uint8_t>();
   float* scales = q.scales.data<float>();
   uint8_t* zeros = q.zeros.data<uint8_t>();

@@ -7,6 +7,33 @@
 
 namespace llmq {
 
+QuantizedLinear make_int4_linear(int64_t out, int64_t in, int64_t group_size, bool symmetric, DType scale_dtype) {
+  LLMQ_CHECK(group_size > 0 && in % group_size == 0, "in " << in << " not a multiple of group " << group_size);
+  QuantizedLinear q;
+  q.scheme = QuantScheme::kInt4Group;
+  q.out_features = out;
+  q.in_features = in;
+  q.group_size = group_size;
+  q.symmetric = symmetric;
+  q.scale_dtype = scale_dtype;
+  q.codes = Tensor(DType::kU8, {out, in});
+  q.scales = Tensor(DType::kF32, {out, in / group_size});
+  q.zeros = Tensor(DType::kU8, {out, in / group_size});
+  return q;
+}
+
+QuantizedLinear make_channel_linear(QuantScheme scheme, int64_t out, int64_t in, DType scale_dtype) {
+  LLMQ_CHECK(scheme != QuantScheme::kInt4Group, "make_channel_linear is for FP8/INT8");
+  QuantizedLinear q;
+  q.scheme = scheme;
+  q.out_features = out;
+  q.in_features = in;
+  q.scale_dtype = scale_dtype;
+  q.codes = Tensor(scheme == QuantScheme::kInt8Channel ? DType::kI8 : DType::kU8, {out, in});
+  q.scales = Tensor(DType::kF32, {out, 1});
+  return q;
+}
+
 Tensor dequantize(const QuantizedLinear& q) {
   const int64_t out = q.out_features, in = q.in_features;
   Tensor w(DType::kF32, {out, in});

@@ -50,6 +50,11 @@ struct QuantReport {
   double seconds = 0;
 };
 
+// Allocates the tensors of an empty quantized linear (zero codes, scales and zeros) for a
+// quantizer to fill. Int4 needs in % group_size == 0.
+QuantizedLinear make_int4_linear(int64_t out, int64_t in, int64_t group_size, bool symmetric, DType scale_dtype);
+QuantizedLinear make_channel_linear(QuantScheme scheme, int64_t out, int64_t in, DType scale_dtype);
+
 // Float32 [out, in] weight the quantized layer stands for.
 Tensor dequantize(const QuantizedLinear& q);
 

@@ -20,16 +20,7 @@ QuantizedLinear quantize_rtn_int4(const TensorView& w, const Int4Config& config)
   const int64_t out = w.dim(0), in = w.dim(1), gs = config.group_size;
   LLMQ_CHECK(gs > 0 && in % gs == 0, "in " << in << " not a multiple of group " << gs);
   const int64_t G = in / gs;
-  QuantizedLinear q;
-  q.scheme = QuantScheme::kInt4Group;
-  q.out_features = out;
-  q.in_features = in;
-  q.group_size = gs;
-  q.symmetric = config.range == Int4Range::kSymmetric;
-  q.scale_dtype = config.scale_dtype;
-  q.codes = Tensor(DType::kU8, {out, in});
-  q.scales = Tensor(DType::kF32, {out, G});
-  q.zeros = Tensor(DType::kU8, {out, G});
+  QuantizedLinear q = make_int4_linear(out, in, gs, config.range == Int4Range::kSymmetric, config.scale_dtype);
   const float* src = w.as<float>();
   uint8_t* codes = q.codes.data<uint8_t>();
   float* scales = q.scales.data<float>();
@@ -50,13 +41,7 @@ QuantizedLinear quantize_rtn_int4(const TensorView& w, const Int4Config& config)
 QuantizedLinear quantize_rtn_int8(const TensorView& w, const Int8Config& config) {
   LLMQ_CHECK(w.dtype == DType::kF32 && w.rank() == 2, "quantize_rtn_int8 takes float32 [out, in]");
   const int64_t out = w.dim(0), in = w.dim(1);
-  QuantizedLinear q;
-  q.scheme = QuantScheme::kInt8Channel;
-  q.out_features = out;
-  q.in_features = in;
-  q.scale_dtype = config.scale_dtype;
-  q.codes = Tensor(DType::kI8, {out, in});
-  q.scales = Tensor(DType::kF32, {out, 1});
+  QuantizedLinear q = make_channel_linear(QuantScheme::kInt8Channel, out, in, config.scale_dtype);
   const float* src = w.as<float>();
   int8_t* codes = q.codes.data<int8_t>();
   float* scales = q.scales.data<float>();
