@@ -18,9 +18,8 @@ Int4Params int4_group_params(const float* row, int64_t group, int64_t group_size
 QuantizedLinear quantize_rtn_int4(const TensorView& w, const Int4Config& config) {
   LLMQ_CHECK(w.dtype == DType::kF32 && w.rank() == 2, "quantize_rtn_int4 takes float32 [out, in]");
   const int64_t out = w.dim(0), in = w.dim(1), gs = config.group_size;
-  LLMQ_CHECK(gs > 0 && in % gs == 0, "in " << in << " not a multiple of group " << gs);
+  QuantizedLinear q = make_int4_linear(out, in, gs, config.range == Int4Range::kSymmetric, config.scale_dtype);  // checks in % gs
   const int64_t G = in / gs;
-  QuantizedLinear q = make_int4_linear(out, in, gs, config.range == Int4Range::kSymmetric, config.scale_dtype);
   const float* src = w.as<float>();
   uint8_t* codes = q.codes.data<uint8_t>();
   float* scales = q.scales.data<float>();
