@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 LLMQ := $(BUILD)/bin/llmq
 DEMO ?= demo
 
-.PHONY: all setup configure build test test-gpu fuzz demo clean
+.PHONY: all setup configure build test test-gpu fuzz demo pipeline clean
 
 all: build
 
@@ -31,13 +31,54 @@ test-gpu: build
 fuzz: setup
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
-# The main job on an embedded default: a synthetic model, then evaluation.
-demo: build
-	mkdir -p $(DEMO)
+# ---- pipelines ---------------------------------------------------------------------------
+# make pipeline MODEL=DIR CALIB=FILE [PPL=FILE] [GSM8K=FILE] [OUT=DIR] [METHODS="fp8 int8-sq awq gptq"]
+# calibrates once, quantizes with each method, evaluates the BF16 model and every output.
+# Every step is a file target: re-running redoes only what is missing or out of date, and
+# `make -j` runs the quantizers side by side (each writes only its own directory).
+MODEL ?=
+CALIB ?=
+PPL ?= $(CALIB)
+GSM8K ?=
+GSM8K_LIMIT ?= 0
+OUT ?= out/$(notdir $(patsubst %/,%,$(MODEL)))
+METHODS ?= fp8 int8-sq awq gptq
+SAMPLES ?= 128
+SEQ_LEN ?= 512
+EVAL_SEQ_LEN ?= 512
+EVAL_FLAGS = --ppl $(PPL) --seq-len $(EVAL_SEQ_LEN) $(if $(GSM8K),--gsm8k $(GSM8K) --limit $(GSM8K_LIMIT))
+
+pipeline: $(OUT)/bf16.eval.json $(foreach m,$(METHODS),$(OUT)/$(m).eval.json)
+	@for f in $^; do printf '%-34s ' $$f; sed -n 's/.*"ppl": *\([0-9.]*\).*/ppl \1/p' $$f | head -1; done
+
+$(OUT)/calib.safetensors: $(MODEL)/config.json $(CALIB)
+	@mkdir -p $(OUT)
+	$(LLMQ) calibrate --model $(MODEL) --dataset $(CALIB) --samples $(SAMPLES) --seq-len $(SEQ_LEN) --out $@ --force
+
+# A quantized checkpoint appears complete or not at all, so its config.json marks it done.
+$(OUT)/%/config.json: $(OUT)/calib.safetensors $(MODEL)/config.json
+	$(LLMQ) quantize --model $(MODEL) --method $* --calib $< --out $(OUT)/$* --force
+
+$(OUT)/bf16.eval.json: $(MODEL)/config.json $(PPL)
+	@mkdir -p $(OUT)
+	$(LLMQ) eval --model $(MODEL) $(EVAL_FLAGS) --json $@ --force
+
+$(OUT)/%.eval.json: $(OUT)/%/config.json $(PPL)
+	$(LLMQ) eval --model $(OUT)/$* $(EVAL_FLAGS) --json $@ --force
+
+.PRECIOUS: $(OUT)/calib.safetensors $(OUT)/%/config.json
+
+$(DEMO)/tiny-bf16/config.json:
+	@mkdir -p $(DEMO)
 	$(LLMQ) synth --config tiny --seed 1 --out $(DEMO)/tiny-bf16 --force
+
+# The main job on an embedded default: a synthetic model, calibrated on the bundled text,
+# quantized to all four formats and evaluated.
+demo: build
+	$(MAKE) --no-print-directory $(DEMO)/tiny-bf16/config.json
 	$(LLMQ) inspect $(DEMO)/tiny-bf16
-	$(LLMQ) eval --model $(DEMO)/tiny-bf16 --ppl examples/demo_text.txt --seq-len 256 \
-	  --json $(DEMO)/tiny-bf16.ppl.json --force
+	$(MAKE) --no-print-directory pipeline MODEL=$(DEMO)/tiny-bf16 CALIB=examples/demo_text.txt \
+	  OUT=$(DEMO)/out SAMPLES=16 SEQ_LEN=128 EVAL_SEQ_LEN=256
 
 clean:
 	rm -rf $(BUILD) $(DEMO)

@@ -139,7 +139,8 @@ Expected<CalibrateResult> calibrate(const CalibrateOptions& opts) {
   CalibrationManifest m;
   m.model_fingerprint = fingerprint;
   m.model_dir = opts.model_dir;
-  m.dataset = opts.dataset.path;
+  // Absolute, so `quantize` can re-read the samples from any working directory.
+  m.dataset = std::filesystem::absolute(opts.dataset.path).lexically_normal().string();
   m.dataset_kind = std::string(dataset_kind_name(opts.dataset.kind));
   if (opts.dataset.kind == DatasetKind::kJsonl) m.dataset_field = opts.dataset.field;
   m.dataset_sha = hex64(fnv1a64(dataset_bytes.data(), dataset_bytes.size()));

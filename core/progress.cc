@@ -24,10 +24,21 @@ std::string format_duration(double seconds) {
 Progress::Progress(std::string label, int64_t total, std::string unit, std::FILE* out)
     : label_(std::move(label)), total_(total), unit_(std::move(unit)), out_(out),
       tty_(out != nullptr && ::isatty(::fileno(out)) == 1), start_(std::chrono::steady_clock::now()) {
+  if (!tty_) last_draw_s_ = 0;  // logs: the first line after one interval, so short runs print one line
   draw(false);
 }
 
-Progress::~Progress() { finish(); }
+// Destroyed before the loop completed: the command is failing, and its one-line error should
+// stand alone. A TTY line is ended; a log gets nothing more.
+Progress::~Progress() {
+  if (finished_) return;
+  if (total_ <= 0 || done_ >= total_) {
+    finish();
+  } else if (tty_ && out_ != nullptr && last_width_ > 0) {
+    std::fputc('\n', out_);
+    std::fflush(out_);
+  }
+}
 
 void Progress::set_label(std::string label) { label_ = std::move(label); }
 

@@ -1,7 +1,7 @@
 // A small progress reporter for long loops (calibration layers, quantization, eval):
 // "label  done/total  rate  ETA". On a TTY one line is redrawn in place with '\r' (at most
 // ten times a second); otherwise (logs, CI, pipes) a plain line is printed at most every
-// `log_interval_s` seconds plus a final one, so logs stay short. Writes to stderr by default;
+// kLogIntervalS seconds plus a final one, so logs stay short. Writes to stderr by default;
 // stdout stays free for results.
 #pragma once
 
@@ -16,7 +16,7 @@ class Progress {
  public:
   // total <= 0: unknown total (no bar, no ETA). unit names what is counted, e.g. "layers".
   Progress(std::string label, int64_t total, std::string unit = "", std::FILE* out = stderr);
-  ~Progress();  // finish() if not done yet
+  ~Progress();  // finish() if complete; an abandoned (failing) loop prints no final state
   Progress(const Progress&) = delete;
   Progress& operator=(const Progress&) = delete;
 

@@ -1,7 +1,10 @@
 // HF Llama checkpoint directory: config + tensors, tied-embedding resolution, shape checks.
 #include "formats/checkpoint.h"
 
+#include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 namespace llmq {
@@ -28,6 +31,7 @@ std::string resolve_alias(const CheckpointTensors& t, const std::string& name) {
 struct Required {
   std::string name;
   Shape shape;
+  bool linear = false;  // a linear's weight: may be stored quantized in a quantized checkpoint
 };
 
 std::vector<Required> required_tensors(const LlamaConfig& c) {
@@ -35,10 +39,10 @@ std::vector<Required> required_tensors(const LlamaConfig& c) {
   std::vector<Required> r;
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     r.push_back({layer_tensor_name(i, "input_layernorm.weight"), {h}});
-    r.push_back({layer_tensor_name(i, "self_attn.q_proj.weight"), {q, h}});
-    r.push_back({layer_tensor_name(i, "self_attn.k_proj.weight"), {kv, h}});
-    r.push_back({layer_tensor_name(i, "self_attn.v_proj.weight"), {kv, h}});
-    r.push_back({layer_tensor_name(i, "self_attn.o_proj.weight"), {h, q}});
+    r.push_back({layer_tensor_name(i, "self_attn.q_proj.weight"), {q, h}, true});
+    r.push_back({layer_tensor_name(i, "self_attn.k_proj.weight"), {kv, h}, true});
+    r.push_back({layer_tensor_name(i, "self_attn.v_proj.weight"), {kv, h}, true});
+    r.push_back({layer_tensor_name(i, "self_attn.o_proj.weight"), {h, q}, true});
     if (c.attention_bias) {
       r.push_back({layer_tensor_name(i, "self_attn.q_proj.bias"), {q}});
       r.push_back({layer_tensor_name(i, "self_attn.k_proj.bias"), {kv}});
@@ -46,9 +50,9 @@ std::vector<Required> required_tensors(const LlamaConfig& c) {
       r.push_back({layer_tensor_name(i, "self_attn.o_proj.bias"), {h}});
     }
     r.push_back({layer_tensor_name(i, "post_attention_layernorm.weight"), {h}});
-    r.push_back({layer_tensor_name(i, "mlp.gate_proj.weight"), {inter, h}});
-    r.push_back({layer_tensor_name(i, "mlp.up_proj.weight"), {inter, h}});
-    r.push_back({layer_tensor_name(i, "mlp.down_proj.weight"), {h, inter}});
+    r.push_back({layer_tensor_name(i, "mlp.gate_proj.weight"), {inter, h}, true});
+    r.push_back({layer_tensor_name(i, "mlp.up_proj.weight"), {inter, h}, true});
+    r.push_back({layer_tensor_name(i, "mlp.down_proj.weight"), {h, inter}, true});
     if (c.mlp_bias) {
       r.push_back({layer_tensor_name(i, "mlp.gate_proj.bias"), {inter}});
       r.push_back({layer_tensor_name(i, "mlp.up_proj.bias"), {inter}});
@@ -57,6 +61,17 @@ std::vector<Required> required_tensors(const LlamaConfig& c) {
   }
   r.push_back({"model.norm.weight", {h}});
   return r;
+}
+
+// config.json's quantization_config, when there is one.
+Expected<std::optional<QuantConfigInfo>> read_quantization(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "config.json").string();
+  std::ifstream in(path);
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return Status::error(path + ": not a JSON object");
+  if (!j.contains("quantization_config") && !j.contains("compression_config")) return std::optional<QuantConfigInfo>();
+  LLMQ_ASSIGN_OR_RETURN(QuantConfigInfo info, parse_quantization_config(j, path));
+  return std::optional<QuantConfigInfo>(std::move(info));
 }
 
 bool is_checkpoint_float(DType t) { return t == DType::kBF16 || t == DType::kF16 || t == DType::kF32; }
@@ -103,8 +118,19 @@ Expected<HfCheckpoint> HfCheckpoint::open(const std::string& dir) {
   const Shape vh = {c.vocab_size, c.hidden_size};
   LLMQ_RETURN_IF_ERROR(check_entry(ck.tensors_, ck.embed_name_, vh));
   LLMQ_RETURN_IF_ERROR(check_entry(ck.tensors_, ck.lm_head_name_, vh));
-  for (const Required& r : required_tensors(c)) LLMQ_RETURN_IF_ERROR(check_entry(ck.tensors_, r.name, r.shape));
+  LLMQ_ASSIGN_OR_RETURN(ck.quantization_, read_quantization(dir));
+  for (const Required& r : required_tensors(c)) {
+    if (r.linear && ck.is_quantized_linear(r.name.substr(0, r.name.size() - std::string(".weight").size())))
+      continue;  // checked by unpack_quantized_linear when the layer is loaded
+    LLMQ_RETURN_IF_ERROR(check_entry(ck.tensors_, r.name, r.shape));
+  }
   return ck;
+}
+
+bool HfCheckpoint::is_quantized_linear(const std::string& prefix) const {
+  if (!quantization_) return false;
+  const SafetensorsEntry* w = tensors_.find(prefix + ".weight");
+  return w == nullptr || !is_checkpoint_float(w->dtype);
 }
 
 Expected<TensorView> HfCheckpoint::embed_tokens() const { return tensors_.view(embed_name_); }
@@ -132,7 +158,14 @@ Expected<Tensor> HfCheckpoint::load_f32(const std::string& name, const Shape& ex
   if (!dtype_is_float(v.dtype))
     return Status::error(tensors_.file_of(stored_name(name)) + ": tensor " + quote(name) + " has dtype " +
                          std::string(dtype_name(v.dtype)) + ", not a float dtype");
-  return to_f32(v);
+  Tensor t = to_f32(v);
+  // A NaN/Inf weight would poison every statistic and quantizer downstream: refuse it here.
+  const float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(p[i]))
+      return Status::error(tensors_.file_of(stored_name(name)) + ": tensor " + quote(name) + " holds " +
+                           (std::isnan(p[i]) ? "NaN" : "Inf") + " at element " + std::to_string(i));
+  return t;
 }
 
 }  // namespace llmq

@@ -279,6 +279,26 @@ ojson ct_args(int bits, const char* type, bool symmetric, const char* strategy, 
   return a;
 }
 
+std::string regex_escape(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    if (std::string_view(".^$|()[]{}*+?\\").find(ch) != std::string_view::npos) out += '\\';
+    out += ch;
+  }
+  return out;
+}
+
+// HF module name plus the fused name vLLM gives it (qkv_proj, gate_up_proj).
+std::vector<std::string> gptq_module_aliases(const std::string& m) {
+  std::vector<std::string> names = {m};
+  for (const auto& [part, fused] : {std::pair<std::string, std::string>{"q_proj", "qkv_proj"}, {"k_proj", "qkv_proj"},
+                                    {"v_proj", "qkv_proj"}, {"gate_proj", "gate_up_proj"}, {"up_proj", "gate_up_proj"}}) {
+    if (m.size() > part.size() && m.compare(m.size() - part.size(), part.size(), part) == 0 && m[m.size() - part.size() - 1] == '.')
+      names.push_back(m.substr(0, m.size() - part.size()) + fused);
+  }
+  return names;
+}
+
 ojson gptq_dict(const QuantConfigInfo& info) {
   ojson c;
   c["quant_method"] = "gptq";
@@ -292,6 +312,16 @@ ojson gptq_dict(const QuantConfigInfo& info) {
   c["checkpoint_format"] = "gptq";
   c["model_name_or_path"] = nullptr;
   c["model_file_base_name"] = nullptr;
+  // Decoder linears left unquantized: GPTQModel's per-module `dynamic` overrides, "-:" = skip,
+  // matched with re.match against vLLM's module names, where q/k/v and gate/up are fused.
+  ojson dynamic = ojson::object();
+  for (const std::string& m : info.ignore) {
+    if (m == "lm_head") continue;
+    std::string pattern;
+    for (const std::string& alias : gptq_module_aliases(m)) pattern += (pattern.empty() ? "" : "|") + regex_escape(alias);
+    dynamic["-:^(" + pattern + ")$"] = ojson::object();
+  }
+  if (!dynamic.empty()) c["dynamic"] = std::move(dynamic);
   return c;
 }
 

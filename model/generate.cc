@@ -2,6 +2,7 @@
 #include "model/generate.h"
 
 #include <algorithm>
+#include <functional>
 #include <string>
 
 namespace llmq {
@@ -13,8 +14,12 @@ int32_t argmax_first(const float* logits, int64_t n) {
   return static_cast<int32_t>(best);
 }
 
-Expected<GenerateResult> generate_greedy(const LlamaModel& model, const std::vector<int32_t>& prompt,
-                                         const GenerateConfig& config) {
+namespace {
+
+// The greedy loop; stop_after(tokens), when set, is asked after each new non-EOS token.
+Expected<GenerateResult> greedy_loop(const LlamaModel& model, const std::vector<int32_t>& prompt,
+                                     const GenerateConfig& config,
+                                     const std::function<bool(const std::vector<int32_t>&)>& stop_after) {
   const LlamaConfig& c = model.config();
   if (prompt.empty()) return Status::error("generate: empty prompt");
   for (int32_t id : prompt)
@@ -40,9 +45,55 @@ Expected<GenerateResult> generate_greedy(const LlamaModel& model, const std::vec
       result.stopped_at_eos = true;
       break;
     }
+    if (stop_after && stop_after(result.tokens)) break;
     if (step + 1 < config.max_new_tokens) logits = model.decode_step(next, cache, opt);
   }
   return result;
+}
+
+}  // namespace
+
+Expected<GenerateResult> generate_greedy(const LlamaModel& model, const std::vector<int32_t>& prompt,
+                                         const GenerateConfig& config) {
+  return greedy_loop(model, prompt, config, nullptr);
+}
+
+std::string cut_at_stop_strings(std::string text, const std::vector<std::string>& until) {
+  for (const std::string& stop : until) {
+    if (stop.empty()) continue;
+    const size_t at = text.find(stop);
+    if (at != std::string::npos) text.resize(at);
+  }
+  return text;
+}
+
+const char* stop_reason_name(StopReason r) {
+  switch (r) {
+    case StopReason::kEos: return "eos";
+    case StopReason::kStopString: return "stop_string";
+    case StopReason::kMaxTokens: return "max_tokens";
+  }
+  return "?";
+}
+
+Expected<GenerateUntilResult> generate_until(const LlamaModel& model, const Tokenizer& tokenizer,
+                                            const std::vector<int32_t>& prompt, const GenerateConfig& config,
+                                            const std::vector<std::string>& until) {
+  bool hit_stop = false;
+  const auto contains_stop = [&](const std::vector<int32_t>& tokens) {
+    const std::string text = tokenizer.decode(tokens);
+    for (const std::string& stop : until)
+      if (!stop.empty() && text.find(stop) != std::string::npos) return hit_stop = true;
+    return false;
+  };
+  LLMQ_ASSIGN_OR_RETURN(GenerateResult g, greedy_loop(model, prompt, config, contains_stop));
+  GenerateUntilResult r;
+  r.stop = g.stopped_at_eos ? StopReason::kEos : hit_stop ? StopReason::kStopString : StopReason::kMaxTokens;
+  std::vector<int32_t> body = g.tokens;
+  if (g.stopped_at_eos) body.pop_back();
+  r.text = cut_at_stop_strings(tokenizer.decode(body), until);
+  r.tokens = std::move(g.tokens);
+  return r;
 }
 
 }  // namespace llmq

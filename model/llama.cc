@@ -12,6 +12,7 @@
 
 #include "core/check.h"
 #include "core/numeric.h"
+#include "model/quantized_linear.h"
 
 namespace llmq {
 namespace {
@@ -231,8 +232,16 @@ Expected<DecoderLayer> load_decoder_layer(const HfCheckpoint& ckpt, int64_t laye
   DecoderLayer out;
   out.index = layer;
   for (int s = 0; s < kNumLinearSlots; ++s) {
-    const std::string suffix = std::string(linear_slot_name(static_cast<LinearSlot>(s))) + ".weight";
-    LLMQ_ASSIGN_OR_RETURN(Tensor w, load_weight(ckpt, layer, suffix, shapes[s]));
+    const std::string prefix = layer_tensor_name(layer, std::string(linear_slot_name(static_cast<LinearSlot>(s))));
+    if (ckpt.is_quantized_linear(prefix)) {
+      LLMQ_ASSIGN_OR_RETURN(QuantizedLinear q, unpack_quantized_linear(ckpt.tensors(), prefix, *ckpt.quantization(),
+                                                                       shapes[s][0], shapes[s][1]));
+      // FP8 / INT8 checkpoints are W8A8: activations are quantized per token at run time too.
+      const bool w8a8 = q.scheme != QuantScheme::kInt4Group;
+      out.linears[s] = make_quantized_linear(std::move(q), w8a8);
+      continue;
+    }
+    LLMQ_ASSIGN_OR_RETURN(Tensor w, ckpt.load_f32(prefix + ".weight", shapes[s]));
     out.linears[s] = std::make_unique<DenseLinear>(std::move(w));
   }
   LLMQ_ASSIGN_OR_RETURN(out.input_layernorm, load_weight(ckpt, layer, "input_layernorm.weight", {h}));
@@ -296,23 +305,19 @@ void rms_norm(const TensorView& x, const Tensor& weight, double eps, Precision p
   }
 }
 
-void decoder_layer_forward(const DecoderLayer& layer, const LlamaConfig& c, const TensorView& x,
-                           int64_t pos0, const LayerKv& kv, const ForwardOptions& opt) {
+namespace {
+
+// o_proj(attn(rope(q(h)), rope(k(h)), v(h))) for h [T, hidden], the normalised input of the
+// attention block, at positions pos0..; K/V are written to rows pos0.. of kv.
+Tensor attention_part(const DecoderLayer& layer, const LlamaConfig& c, const Tensor& h, int64_t pos0,
+                      const LayerKv& kv, const ForwardOptions& opt) {
   const Precision pr = opt.precision;
-  const int64_t T = x.dim(0);
-  const int64_t hidden = c.hidden_size;
+  const int64_t T = h.dim(0);
   const int64_t kv_dim = c.kv_dim();
-  LLMQ_CHECK(x.rank() == 2 && x.dim(1) == hidden, "layer input " << shape_str(x.shape));
   LLMQ_CHECK(kv.k.rank() == 2 && kv.k.dim(1) == kv_dim && kv.v.shape == kv.k.shape,
              "kv cache " << shape_str(kv.k.shape) << " / " << shape_str(kv.v.shape));
   LLMQ_CHECK(pos0 >= 0 && pos0 + T <= kv.k.dim(0),
              "kv cache of " << kv.k.dim(0) << " rows cannot hold positions up to " << pos0 + T);
-
-  // --- self-attention block: x = x + o_proj(attn(rope(q), rope(k), v)) on norm(x).
-  Tensor h(DType::kF32, {T, hidden});  // [T, hidden] normalised input of the block
-  copy_rows(x, h);
-  rms_norm(h.view(), layer.input_layernorm, c.rms_norm_eps, pr);
-
   Tensor q(DType::kF32, {T, c.q_dim()});  // [T, q_dim]
   Tensor k(DType::kF32, {T, kv_dim});     // [T, kv_dim]
   Tensor v(DType::kF32, {T, kv_dim});     // [T, kv_dim]
@@ -332,20 +337,59 @@ void decoder_layer_forward(const DecoderLayer& layer, const LlamaConfig& c, cons
 
   Tensor attn(DType::kF32, {T, c.q_dim()});  // [T, q_dim] heads concatenated
   attention(q, pos0, kv, c, attn, pr);
-  Tensor o(DType::kF32, {T, hidden});  // [T, hidden] block output
+  Tensor o(DType::kF32, {T, c.hidden_size});  // [T, hidden] block output
   run_linear(layer, LinearSlot::kO, attn, o, opt);
-  add_residual(x, o, pr);
+  return o;
+}
 
-  // --- MLP block: x = x + down(silu(gate(norm(x))) * up(norm(x))).
-  copy_rows(x, h);
-  rms_norm(h.view(), layer.post_attention_layernorm, c.rms_norm_eps, pr);
+// down(silu(gate(h)) * up(h)) for h [T, hidden], the normalised input of the MLP block.
+Tensor mlp_part(const DecoderLayer& layer, const LlamaConfig& c, const Tensor& h, const ForwardOptions& opt) {
+  const int64_t T = h.dim(0);
   Tensor gate(DType::kF32, {T, c.intermediate_size});  // [T, intermediate]
   Tensor up(DType::kF32, {T, c.intermediate_size});    // [T, intermediate]
   run_linear(layer, LinearSlot::kGate, h, gate, opt);
   run_linear(layer, LinearSlot::kUp, h, up, opt);
-  silu_mul(gate, up, pr);
+  silu_mul(gate, up, opt.precision);
+  Tensor o(DType::kF32, {T, c.hidden_size});  // [T, hidden]
   run_linear(layer, LinearSlot::kDown, gate, o, opt);
-  add_residual(x, o, pr);
+  return o;
+}
+
+Tensor copy_of_rows(const TensorView& x, int64_t cols) {
+  LLMQ_CHECK(x.rank() == 2 && x.dim(1) == cols, "block input " << shape_str(x.shape) << ", expected width " << cols);
+  Tensor h(DType::kF32, {x.dim(0), cols});
+  copy_rows(x, h);
+  return h;
+}
+
+}  // namespace
+
+void decoder_layer_forward(const DecoderLayer& layer, const LlamaConfig& c, const TensorView& x,
+                           int64_t pos0, const LayerKv& kv, const ForwardOptions& opt) {
+  const Precision pr = opt.precision;
+  LLMQ_CHECK(x.rank() == 2 && x.dim(1) == c.hidden_size, "layer input " << shape_str(x.shape));
+
+  // --- self-attention block: x = x + o_proj(attn(rope(q), rope(k), v)) on norm(x).
+  Tensor h = copy_of_rows(x, c.hidden_size);  // [T, hidden] normalised input of the block
+  rms_norm(h.view(), layer.input_layernorm, c.rms_norm_eps, pr);
+  add_residual(x, attention_part(layer, c, h, pos0, kv, opt), pr);
+
+  // --- MLP block: x = x + down(silu(gate(norm(x))) * up(norm(x))).
+  copy_rows(x, h);
+  rms_norm(h.view(), layer.post_attention_layernorm, c.rms_norm_eps, pr);
+  add_residual(x, mlp_part(layer, c, h, opt), pr);
+}
+
+Tensor attention_block(const DecoderLayer& layer, const LlamaConfig& c, const TensorView& h,
+                       const ForwardOptions& opt) {
+  const Tensor in = copy_of_rows(h, c.hidden_size);
+  Tensor k(DType::kF32, {h.dim(0), c.kv_dim()});  // [T, kv_dim]
+  Tensor v(DType::kF32, {h.dim(0), c.kv_dim()});  // [T, kv_dim]
+  return attention_part(layer, c, in, 0, LayerKv{k.view(), v.view()}, opt);
+}
+
+Tensor mlp_block(const DecoderLayer& layer, const LlamaConfig& c, const TensorView& h, const ForwardOptions& opt) {
+  return mlp_part(layer, c, copy_of_rows(h, c.hidden_size), opt);
 }
 
 void decoder_layer_forward(const DecoderLayer& layer, const LlamaConfig& c, const TensorView& x,
@@ -396,20 +440,17 @@ LlamaModel::LlamaModel(LlamaConfig config, Tensor embed_tokens, std::vector<Deco
 
 Expected<LlamaModel> LlamaModel::load(const HfCheckpoint& ckpt) {
   const LlamaConfig& c = ckpt.config();
-  LLMQ_ASSIGN_OR_RETURN(TensorView embed_view, ckpt.embed_tokens());
-  LLMQ_ASSIGN_OR_RETURN(TensorView head_view, ckpt.lm_head());
   const Shape vocab_shape{c.vocab_size, c.hidden_size};
-  if (embed_view.shape != vocab_shape || head_view.shape != vocab_shape)
-    return Status::error(ckpt.dir() + ": embeddings " + shape_str(embed_view.shape) + " / lm_head " +
-                         shape_str(head_view.shape) + ", expected " + shape_str(vocab_shape));
+  LLMQ_ASSIGN_OR_RETURN(Tensor embed, ckpt.load_f32("model.embed_tokens.weight", vocab_shape));
+  LLMQ_ASSIGN_OR_RETURN(Tensor head, ckpt.load_f32("lm_head.weight", vocab_shape));
   LLMQ_ASSIGN_OR_RETURN(Tensor norm, ckpt.load_f32("model.norm.weight", {c.hidden_size}));
   std::vector<DecoderLayer> layers;
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LLMQ_ASSIGN_OR_RETURN(DecoderLayer layer, load_decoder_layer(ckpt, i));
     layers.push_back(std::move(layer));
   }
-  return LlamaModel(c, to_f32(embed_view), std::move(layers), std::move(norm),
-                    std::make_unique<DenseLinear>(to_f32(head_view)));
+  return LlamaModel(c, std::move(embed), std::move(layers), std::move(norm),
+                    std::make_unique<DenseLinear>(std::move(head)));
 }
 
 Tensor LlamaModel::embed(const std::vector<int32_t>& tokens, Precision precision) const {

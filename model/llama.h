@@ -128,6 +128,16 @@ void decoder_layer_forward(const DecoderLayer& layer, const LlamaConfig& config,
 void decoder_layer_forward(const DecoderLayer& layer, const LlamaConfig& config,
                            const TensorView& x, const ForwardOptions& opt);
 
+// The two blocks of a layer without their norm and residual, for whole sequences at positions
+// 0..T-1 (AWQ measures its scale search on their outputs). h [T, hidden] is the block's
+// normalised input; the result is [T, hidden]:
+//   attention_block: o_proj(attn(rope(q(h)), rope(k(h)), v(h)))
+//   mlp_block:       down(silu(gate(h)) * up(h))
+Tensor attention_block(const DecoderLayer& layer, const LlamaConfig& config, const TensorView& h,
+                       const ForwardOptions& opt);
+Tensor mlp_block(const DecoderLayer& layer, const LlamaConfig& config, const TensorView& h,
+                 const ForwardOptions& opt);
+
 // HF LlamaRMSNorm on each row of x [T, hidden], in place (rounding per precision).
 void rms_norm(const TensorView& x, const Tensor& weight, double eps, Precision precision);
 

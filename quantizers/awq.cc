@@ -134,9 +134,12 @@ Tensor awq_fake_quant_scaled(const Tensor& w, const std::vector<float>& s, const
 Tensor awq_search_clip(const Tensor& w, const TensorView& x, const AwqConfig& config) {
   const int64_t out = w.dim(0), in = w.dim(1), gs = config.group_size, G = in / gs;
   LLMQ_CHECK(x.rank() == 2 && x.dim(1) == in, "clip inputs " << shape_str(x.shape) << " vs width " << in);
-  // Sub-sample the tokens with a fixed stride, as AutoAWQ does.
+  // Sub-sample the tokens with a fixed stride, as AutoAWQ does, but an odd one: samples are
+  // power-of-two long, and AutoAWQ's stride (128 for 128 x 512 tokens) divides them, so it
+  // sees only positions 0, 128, 256, 384, a quarter of them the position-0 outlier (in layer
+  // 0 the same BOS vector 128 times). An odd stride walks through every position.
   const int64_t n_tokens = x.dim(0);
-  const int64_t step = std::max<int64_t>(1, n_tokens / config.clip_tokens);
+  const int64_t step = std::max<int64_t>(1, n_tokens / config.clip_tokens) | 1;
   const int64_t T = (n_tokens + step - 1) / step;
   RowMatrixF xs(T, in);  // [T, in] sub-sampled inputs
   const float* xp = x.as<float>();

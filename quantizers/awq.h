@@ -13,7 +13,7 @@
 //   keep the s with the lowest loss (caller supplies loss(s)). Unlike AutoAWQ, s = 1 (plain
 //   RTN) is also evaluated and kept when it is best, so the block loss never exceeds RTN's.
 // Clip search, per linear (not q/k), on the scaled weight and scaled input X (sub-sampled to
-// ~clip_tokens rows): per (row, group) try max_val = amax * (1 - i / n_grid), i < max_shrink *
+// ~clip_tokens rows, odd stride): per (row, group) try max_val = amax * (1 - i / n_grid), i < max_shrink *
 // n_grid, clamp W to +-max_val, fake-quantize, error = mean over tokens of
 // (sum_group x (Q(W_c) - W))^2; keep the best max_val.
 #pragma once

@@ -631,5 +631,26 @@ TEST(Progress, LineAndDuration) {
   p.finish();
 }
 
+// In a log (not a TTY) a short loop prints one final line, and an abandoned one (the command
+// is failing) none, so the error message stands alone.
+TEST(Progress, LogOutputIsOneFinalLineOrNothing) {
+  auto logged = [](int64_t reached) {
+    std::FILE* f = std::tmpfile();
+    {
+      Progress p("quantize", 4, "layers", f);
+      for (int64_t i = 1; i <= reached; ++i) p.update(i);
+    }
+    std::rewind(f);
+    std::string text;
+    for (int c; (c = std::fgetc(f)) != EOF;) text += static_cast<char>(c);
+    std::fclose(f);
+    return text;
+  };
+  const std::string done = logged(4);
+  EXPECT_EQ(std::count(done.begin(), done.end(), '\n'), 1) << done;
+  EXPECT_EQ(done.rfind("quantize  4/4 layers", 0), 0u) << done;
+  EXPECT_EQ(logged(2), "");
+}
+
 }  // namespace
 }  // namespace llmq

@@ -4,10 +4,13 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "tests/test_data.h"
 
@@ -118,6 +121,66 @@ TEST_F(Cli, BadInputGivesOneLineErrorAndExitCode2) {
   ASSERT_FALSE(shard.empty());
   fs::resize_file(shard, fs::file_size(shard) - 100);  // truncated shard
   expect_one_line_error(run_llmq("inspect " + model2), fs::path(shard).filename().string());
+}
+
+// The shard holding `tensor` and its first element's byte offset in that file.
+std::pair<std::string, uint64_t> locate_tensor(const std::string& model, const std::string& tensor) {
+  for (const auto& e : fs::directory_iterator(model)) {
+    if (e.path().extension() != ".safetensors") continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    uint64_t header_len = 0;
+    in.read(reinterpret_cast<char*>(&header_len), 8);
+    std::string header(header_len, '\0');
+    in.read(header.data(), static_cast<std::streamsize>(header_len));
+    const auto j = nlohmann::json::parse(header);
+    if (j.contains(tensor)) return {e.path().string(), 8 + header_len + j[tensor]["data_offsets"][0].get<uint64_t>()};
+  }
+  return {"", 0};
+}
+
+TEST_F(Cli, CalibrateAndQuantizeFromTheCommandLine) {
+  const std::string model = dir_ + "/m", calib = dir_ + "/calib.safetensors", out = dir_ + "/q";
+  const std::string text = std::string(LLMQ_SOURCE_DIR) + "/examples/demo_text.txt";
+  ASSERT_EQ(run_llmq("synth --config tiny --seed 1 --out " + model).exit_code, 0);
+  RunResult r = run_llmq("calibrate --model " + model + " --dataset " + text + " --samples 4 --seq-len 64 --out " + calib);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = run_llmq("quantize --model " + model + " --method gptq --calib " + calib + " --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(out + "/config.json"));
+  EXPECT_TRUE(fs::exists(out + "/llmq_report.json"));
+  for (const auto& e : fs::directory_iterator(dir_))  // no staging directory left behind
+    EXPECT_TRUE(e.path() == model || e.path() == calib || e.path() == out) << e.path();
+
+  expect_one_line_error(run_llmq("quantize --model " + model + " --method gptq --calib " + calib + " --out " + out),
+                        "--force");
+  expect_one_line_error(run_llmq("quantize --model " + model + " --method int3 --out " + dir_ + "/x"),
+                        "unknown method 'int3'");
+  expect_one_line_error(run_llmq("quantize --model " + model + " --method awq --out " + dir_ + "/x"),
+                        "needs calibration");
+  expect_one_line_error(run_llmq("quantize --model " + out + " --method fp8 --out " + dir_ + "/x"),
+                        "already quantized");
+
+  // Statistics of another model are refused.
+  const std::string other = dir_ + "/other";
+  ASSERT_EQ(run_llmq("synth --config tiny --seed 2 --out " + other).exit_code, 0);
+  expect_one_line_error(run_llmq("quantize --model " + other + " --method gptq --calib " + calib + " --out " + dir_ + "/x"),
+                        "another model");
+
+  // A NaN weight: refused, naming the shard and the tensor.
+  const std::string tensor = "model.layers.1.mlp.down_proj.weight";
+  const auto [shard, offset] = locate_tensor(other, tensor);
+  ASSERT_FALSE(shard.empty());
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(offset + 2 * 5));
+    const char bf16_nan[2] = {static_cast<char>(0xc0), 0x7f};
+    f.write(bf16_nan, 2);
+  }
+  r = run_llmq("quantize --model " + other + " --method rtn-int8 --out " + dir_ + "/x");
+  expect_one_line_error(r, fs::path(shard).filename().string());
+  EXPECT_NE(r.out.find(tensor), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("NaN at element 5"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ + "/x"));
 }
 
 }  // namespace

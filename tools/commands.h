@@ -16,5 +16,6 @@ void add_synth_command(CLI::App& app, CommandRunner& run);
 void add_inspect_command(CLI::App& app, CommandRunner& run);
 void add_eval_command(CLI::App& app, CommandRunner& run);
 void add_calibrate_command(CLI::App& app, CommandRunner& run);
+void add_quantize_command(CLI::App& app, CommandRunner& run);
 
 }  // namespace llmq::cli

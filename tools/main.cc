@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   llmq::cli::add_inspect_command(app, run);
   llmq::cli::add_eval_command(app, run);
   llmq::cli::add_calibrate_command(app, run);
+  llmq::cli::add_quantize_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,87 @@
+#include "pipeline/activations.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/check.h"
+
+#include "calibration/calibrate.h"
+
+namespace llmq {
+namespace {
+
+// Copies one forward's four distinct linear inputs.
+class InputRecorder final : public LinearInputObserver {
+ public:
+  void on_linear_input(int64_t /*layer*/, LinearSlot slot, const TensorView& x) override {
+    const LinearInput input = input_of(slot);
+    if (slot == first_slot_of(input)) inputs[static_cast<size_t>(input)] = Tensor::copy_of(x);
+  }
+  std::array<Tensor, kNumLinearInputs> inputs;
+};
+
+bool all_finite(const Tensor& t) {
+  const float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(p[i])) return false;
+  return true;
+}
+
+}  // namespace
+
+Status forward_layer(const DecoderLayer& layer, const LlamaConfig& config, std::vector<Tensor>& activations,
+                     CapturedInputs* capture) {
+  const int64_t n = static_cast<int64_t>(activations.size());
+  std::vector<InputRecorder> recorders(static_cast<size_t>(capture ? n : 0));
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t s = 0; s < n; ++s) {
+    ForwardOptions opt;
+    opt.observer = capture ? &recorders[static_cast<size_t>(s)] : nullptr;
+    decoder_layer_forward(layer, config, activations[static_cast<size_t>(s)].view(), opt);
+  }
+  for (int64_t s = 0; s < n; ++s)
+    if (!all_finite(activations[static_cast<size_t>(s)]))
+      return Status::error("layer " + std::to_string(layer.index) + ": non-finite output for sample " +
+                           std::to_string(s));
+  if (capture) {
+    for (LinearInput in : kAllLinearInputs) {
+      auto& dst = capture->inputs[static_cast<size_t>(in)];
+      dst.clear();
+      for (InputRecorder& r : recorders) dst.push_back(std::move(r.inputs[static_cast<size_t>(in)]));
+    }
+  }
+  return Status::ok();
+}
+
+Expected<std::array<InputStats, kNumLinearInputs>> collect_layer_stats(const DecoderLayer& layer,
+                                                                       const LlamaConfig& config,
+                                                                       const std::vector<Tensor>& activations,
+                                                                       bool hessian) {
+  std::vector<Tensor> copies;
+  copies.reserve(activations.size());
+  for (const Tensor& a : activations) copies.push_back(Tensor::copy_of(a.view()));
+  LayerStatsCollector collector(config, layer.index, hessian);
+  LLMQ_RETURN_IF_ERROR(forward_samples(layer, config, Precision::kFloat32, copies, &collector));
+  std::array<InputStats, kNumLinearInputs> out;
+  for (LinearInput in : kAllLinearInputs) out[static_cast<size_t>(in)] = collector.finish(in);
+  return out;
+}
+
+Tensor concat_rows(const std::vector<Tensor>& parts) {
+  LLMQ_CHECK(!parts.empty(), "concat_rows of nothing");
+  const int64_t cols = parts.front().dim(1);
+  int64_t rows = 0;
+  for (const Tensor& p : parts) {
+    LLMQ_CHECK(p.shape().size() == 2 && p.dim(1) == cols && p.dtype() == DType::kF32, "concat_rows: " << shape_str(p.shape()));
+    rows += p.dim(0);
+  }
+  Tensor out(DType::kF32, {rows, cols});
+  float* dst = out.data<float>();
+  for (const Tensor& p : parts) {
+    std::memcpy(dst, p.data<float>(), static_cast<size_t>(p.numel()) * sizeof(float));
+    dst += p.numel();
+  }
+  return out;
+}
+
+}  // namespace llmq

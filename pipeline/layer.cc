@@ -1,0 +1,84 @@
+#include "pipeline/layer.h"
+
+#include <Eigen/Core>
+#include <cmath>
+
+#include "core/check.h"
+#include "model/quantized_linear.h"
+
+namespace llmq {
+namespace {
+
+using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ConstMapF = Eigen::Map<const MatF>;
+
+Tensor clone_tensor(const Tensor& t) { return t.empty() ? Tensor() : Tensor::copy_of(t.view()); }
+
+QuantizedLinear clone(const QuantizedLinear& q) {
+  QuantizedLinear c;
+  c.scheme = q.scheme;
+  c.out_features = q.out_features;
+  c.in_features = q.in_features;
+  c.group_size = q.group_size;
+  c.symmetric = q.symmetric;
+  c.scale_dtype = q.scale_dtype;
+  c.codes = clone_tensor(q.codes);
+  c.scales = clone_tensor(q.scales);
+  c.zeros = clone_tensor(q.zeros);
+  c.g_idx = clone_tensor(q.g_idx);
+  return c;
+}
+
+}  // namespace
+
+Expected<LayerWeights> load_layer_weights(const HfCheckpoint& ckpt, int64_t layer) {
+  const LlamaConfig& c = ckpt.config();
+  LayerWeights w;
+  w.index = layer;
+  for (int s = 0; s < kNumLinearSlots; ++s) {
+    const LinearSlot slot = static_cast<LinearSlot>(s);
+    if (ckpt.is_quantized_linear(linear_module_name(layer, slot)))
+      return Status::error(ckpt.dir() + ": " + linear_module_name(layer, slot) +
+                           " is already quantized; quantize from the float checkpoint");
+    const auto [out, in] = linear_shape(c, slot);
+    LLMQ_ASSIGN_OR_RETURN(w.linears[s], ckpt.load_f32(linear_module_name(layer, slot) + ".weight", {out, in}));
+  }
+  LLMQ_ASSIGN_OR_RETURN(w.input_layernorm, ckpt.load_f32(layer_tensor_name(layer, "input_layernorm.weight"),
+                                                         {c.hidden_size}));
+  LLMQ_ASSIGN_OR_RETURN(w.post_attention_layernorm,
+                        ckpt.load_f32(layer_tensor_name(layer, "post_attention_layernorm.weight"), {c.hidden_size}));
+  return w;
+}
+
+DecoderLayer make_decoder_layer(const LayerWeights& w, const QuantizedSlots* quantized, bool w8a8) {
+  DecoderLayer layer;
+  layer.index = w.index;
+  for (int s = 0; s < kNumLinearSlots; ++s) {
+    const auto* q = quantized ? &(*quantized)[static_cast<size_t>(s)] : nullptr;
+    if (q && q->has_value()) {
+      const bool as_w8a8 = w8a8 && (*q)->scheme != QuantScheme::kInt4Group;
+      layer.linears[s] = make_quantized_linear(clone(**q), as_w8a8);
+    } else {
+      layer.linears[s] = std::make_unique<DenseLinear>(Tensor::copy_of(w.linears[s].view()));
+    }
+  }
+  layer.input_layernorm = Tensor::copy_of(w.input_layernorm.view());
+  layer.post_attention_layernorm = Tensor::copy_of(w.post_attention_layernorm.view());
+  return layer;
+}
+
+void measure_error(const Tensor& w, const QuantizedLinear& q, const Tensor* hessian, QuantReport& report) {
+  const Tensor deq = dequantize(q);
+  const ConstMapF W(w.data<float>(), w.dim(0), w.dim(1));
+  const MatF E = W - ConstMapF(deq.data<float>(), deq.dim(0), deq.dim(1));
+  const double wn = W.cast<double>().norm();
+  report.weight_rel_error = wn > 0 ? E.cast<double>().norm() / wn : 0.0;
+  if (hessian && !hessian->empty()) {
+    const ConstMapF H(hessian->data<float>(), hessian->dim(0), hessian->dim(1));
+    const double num = (E * H).cwiseProduct(E).cast<double>().sum();
+    const double den = (W * H).cwiseProduct(W).cast<double>().sum();
+    report.output_rel_error = den > 0 ? num / den : 0.0;
+  }
+}
+
+}  // namespace llmq

@@ -1,0 +1,249 @@
+#include "pipeline/quantize.h"
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+
+#include "calibration/calibrate.h"
+#include "core/progress.h"
+#include "formats/tokenizer.h"
+#include "pipeline/output_writer.h"
+
+namespace llmq {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+Status validate_options(const QuantizeOptions& o, QuantMethod method) {
+  const std::string m = std::string(method_info(method).name);
+  if (o.out.empty()) return Status::error("quantize: --out is required");
+  if (o.samples < 1) return Status::error("quantize: --samples must be at least 1");
+  if (o.seq_len < 2) return Status::error("quantize: --seq-len must be at least 2");
+  if (!(o.damp_percent > 0 && o.damp_percent < 1)) return Status::error("quantize: --damp must be in (0, 1)");
+  if (!(o.alpha >= 0 && o.alpha <= 1)) return Status::error("quantize: --alpha must be in [0, 1]");
+  if (o.awq_grid < 1) return Status::error("quantize: --awq-grid must be at least 1");
+  if (o.asymmetric && method != QuantMethod::kGptq && method != QuantMethod::kRtnInt4)
+    return Status::error("quantize: --asym applies to gptq and rtn-int4 (" + m + " has a fixed grid)");
+  if ((o.act_order || o.mse_clip || !o.sequential) && method != QuantMethod::kGptq)
+    return Status::error("quantize: --act-order, --mse-clip and --no-sequential apply to gptq only");
+  return Status::ok();
+}
+
+// The token samples a method runs on: from --dataset, else the dataset a --calib file names
+// (checked against the hash it recorded, with the samples, length and seed it used).
+Expected<std::vector<std::vector<int32_t>>> load_samples(const QuantizeOptions& o, const HfCheckpoint& ckpt,
+                                                          const CalibrationData* calib,
+                                                          nlohmann::ordered_json& record) {
+  DatasetSpec spec = o.dataset;
+  int64_t samples = o.samples, seq_len = o.seq_len;
+  uint64_t seed = o.seed;
+  if (spec.path.empty()) {
+    const CalibrationManifest& m = calib->manifest();
+    spec.path = m.dataset;
+    spec.kind = m.dataset_kind == "jsonl" ? DatasetKind::kJsonl
+                : m.dataset_kind == "chat" ? DatasetKind::kChat
+                                           : DatasetKind::kText;
+    if (!m.dataset_field.empty()) spec.field = m.dataset_field;
+    samples = m.samples;
+    seq_len = m.seq_len;
+    seed = m.seed;
+    const Expected<std::string> bytes = read_file_bytes(spec.path);
+    if (!bytes)
+      return Status::error(o.calib + ": the dataset it was made from, " + spec.path + ", cannot be read; give --dataset");
+    if (hex64(fnv1a64(bytes->data(), bytes->size())) != m.dataset_sha)
+      return Status::error(o.calib + ": " + spec.path + " changed since calibration (hash differs); give --dataset");
+  }
+  LLMQ_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, load_tokenizer(o.model_dir));
+  seq_len = std::min(seq_len, ckpt.config().max_position_embeddings);
+  LLMQ_ASSIGN_OR_RETURN(CalibrationSamples data, load_dataset(spec, *tokenizer, o.model_dir, samples, seq_len, seed));
+  if (!data.warning.empty() && o.progress) std::fprintf(stderr, "llmq: warning: %s\n", data.warning.c_str());
+  record["dataset"] = spec.path;
+  record["dataset_kind"] = dataset_kind_name(spec.kind);
+  record["samples"] = data.samples.size();
+  record["seq_len"] = seq_len;
+  record["tokens"] = data.tokens();
+  record["seed"] = seed;
+  return std::move(data.samples);
+}
+
+nlohmann::ordered_json linear_record(const QuantReport& r, QuantMethod method) {
+  nlohmann::ordered_json j;
+  j["weight_rel_error"] = r.weight_rel_error;
+  if (r.output_rel_error >= 0) j["output_rel_error"] = r.output_rel_error;
+  if (method == QuantMethod::kGptq) {
+    j["damp"] = r.damp;
+    j["fallbacks"] = r.fallbacks;
+  }
+  return j;
+}
+
+Expected<LayerResult> run_method(QuantMethod method, LayerWeights& w, LayerContext& ctx) {
+  switch (method) {
+    case QuantMethod::kFp8:
+    case QuantMethod::kRtnInt4:
+    case QuantMethod::kRtnInt8: return quantize_layer_rtn(w, ctx);
+    case QuantMethod::kInt8Sq: return quantize_layer_smoothquant(w, ctx);
+    case QuantMethod::kGptq: return quantize_layer_gptq(w, ctx);
+    case QuantMethod::kAwq: return quantize_layer_awq(w, ctx);
+  }
+  return Status::error("unknown method");
+}
+
+}  // namespace
+
+Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
+  const auto t0 = Clock::now();
+  LLMQ_ASSIGN_OR_RETURN(const QuantMethod method, parse_method(o.method));
+  const MethodInfo& info = method_info(method);
+  LLMQ_ASSIGN_OR_RETURN(const QuantFormat format, resolve_format(info, o.format));
+  LLMQ_RETURN_IF_ERROR(validate_options(o, method));
+
+  MethodSettings settings;
+  settings.method = method;
+  settings.format = format;
+  settings.scale_dtype = format_scale_dtype(format);
+  settings.group_size = o.group_size;
+  settings.symmetric = method == QuantMethod::kAwq ? false : !o.asymmetric;
+  settings.act_order = o.act_order;
+  settings.mse_clip = o.mse_clip;
+  settings.damp_percent = o.damp_percent;
+  settings.sequential = o.sequential;
+  settings.alpha = o.alpha;
+  settings.awq_grid = o.awq_grid;
+  settings.awq_clip = o.awq_clip;
+
+  LLMQ_ASSIGN_OR_RETURN(HfCheckpoint ckpt, HfCheckpoint::open(o.model_dir));
+  if (ckpt.quantization())
+    return Status::error(o.model_dir + "/config.json: the checkpoint is already quantized (" +
+                         std::string(quant_format_name(ckpt.quantization()->format)) + "); quantize the float one");
+  const LlamaConfig& config = ckpt.config();
+  LLMQ_ASSIGN_OR_RETURN(const ModulePlan plan, plan_modules(config, method, format, o.group_size, settings.symmetric,
+                                                            o.ignore));
+
+  QuantConfigInfo qinfo;
+  qinfo.format = format;
+  qinfo.group_size = is_int4_method(method) ? o.group_size : 0;
+  qinfo.symmetric = settings.symmetric;
+  qinfo.act_order = settings.act_order;
+  qinfo.damp_percent = settings.damp_percent;
+  qinfo.ignore = plan.ignored;
+  // Created before the expensive part, so an existing output is refused at once.
+  LLMQ_ASSIGN_OR_RETURN(QuantizedCheckpointWriter writer,
+                        QuantizedCheckpointWriter::create(o.out, o.force, qinfo, o.max_shard_bytes));
+
+  // Calibration.
+  const auto t_calib = Clock::now();
+  std::unique_ptr<CalibrationData> calib;
+  nlohmann::ordered_json calib_record = nlohmann::ordered_json::object();
+  if (!o.calib.empty()) {
+    LLMQ_ASSIGN_OR_RETURN(CalibrationData data, load_calibration(o.calib, ckpt));
+    calib = std::make_unique<CalibrationData>(std::move(data));
+    calib_record["file"] = o.calib;
+    calib_record["dataset_sha"] = calib->manifest().dataset_sha;
+  }
+  const bool gptq_from_file = method == QuantMethod::kGptq && !o.sequential;
+  if (gptq_from_file && !(calib && calib->has_hessian()))
+    return Status::error("gptq --no-sequential needs --calib FILE made with Hessians");
+  const bool needs_samples = method == QuantMethod::kAwq || (method == QuantMethod::kGptq && o.sequential) ||
+                             (method == QuantMethod::kInt8Sq && !calib);
+  if (needs_samples && o.dataset.path.empty() && !calib)
+    return Status::error("--method " + std::string(info.name) + " needs calibration: give --dataset FILE or --calib FILE");
+  std::vector<Tensor> activations;
+  if (needs_samples) {
+    LLMQ_ASSIGN_OR_RETURN(const auto samples, load_samples(o, ckpt, calib.get(), calib_record));
+    LLMQ_ASSIGN_OR_RETURN(activations, embed_samples(ckpt, samples));
+  }
+  std::vector<std::string> warnings = plan.warnings;
+  if (!info.needs_calibration && (!o.dataset.path.empty() || !o.calib.empty()))
+    warnings.push_back("--method " + std::string(info.name) + " uses no calibration; --dataset/--calib only feed the report");
+  if (o.progress)
+    for (const std::string& w : warnings) std::fprintf(stderr, "llmq: warning: %s\n", w.c_str());
+  const double calib_seconds = seconds_since(t_calib);
+
+  // The model, one layer at a time.
+  LLMQ_ASSIGN_OR_RETURN(Tensor embed, ckpt.load_f32("model.embed_tokens.weight", {config.vocab_size, config.hidden_size}));
+  LLMQ_RETURN_IF_ERROR(writer.add_float("model.embed_tokens.weight", embed));
+  embed = Tensor();
+
+  std::unique_ptr<Progress> progress;
+  if (o.progress) progress = std::make_unique<Progress>("quantize " + std::string(info.name), config.num_hidden_layers, "layers");
+  QuantizeResult result;
+  nlohmann::ordered_json layer_records = nlohmann::ordered_json::array();
+  nlohmann::ordered_json layer_seconds = nlohmann::ordered_json::array();
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    const auto t_layer = Clock::now();
+    LLMQ_ASSIGN_OR_RETURN(LayerWeights w, load_layer_weights(ckpt, l));
+    LayerContext ctx{config, plan, settings, activations, calib.get()};
+    auto done = run_method(method, w, ctx);
+    if (!done) return done.status().with_context("layer " + std::to_string(l));
+    LayerResult& r = *done;
+
+    nlohmann::ordered_json linears = nlohmann::ordered_json::object();
+    LLMQ_RETURN_IF_ERROR(writer.add_float(layer_tensor_name(l, "input_layernorm.weight"), w.input_layernorm));
+    LLMQ_RETURN_IF_ERROR(
+        writer.add_float(layer_tensor_name(l, "post_attention_layernorm.weight"), w.post_attention_layernorm));
+    for (int s = 0; s < kNumLinearSlots; ++s) {
+      const LinearSlot slot = static_cast<LinearSlot>(s);
+      const std::string name = linear_module_name(l, slot);
+      if (r.quantized[static_cast<size_t>(s)]) {
+        LLMQ_RETURN_IF_ERROR(writer.add_linear(name, *r.quantized[static_cast<size_t>(s)]));
+        linears[std::string(linear_slot_name(slot))] = linear_record(r.reports[static_cast<size_t>(s)], method);
+        ++result.quantized_linears;
+      } else {
+        LLMQ_RETURN_IF_ERROR(writer.add_float(name + ".weight", w.weight(slot)));
+        ++result.ignored_linears;
+      }
+    }
+    layer_records.push_back({{"layer", l}, {"linears", std::move(linears)}, {"method", std::move(r.notes)}});
+    layer_seconds.push_back(seconds_since(t_layer));
+    if (progress) progress->update(l + 1);
+  }
+  if (progress) progress->finish();
+
+  LLMQ_ASSIGN_OR_RETURN(Tensor norm, ckpt.load_f32("model.norm.weight", {config.hidden_size}));
+  LLMQ_RETURN_IF_ERROR(writer.add_float("model.norm.weight", norm));
+  if (!config.tie_word_embeddings) {
+    LLMQ_ASSIGN_OR_RETURN(Tensor head, ckpt.load_f32("lm_head.weight", {config.vocab_size, config.hidden_size}));
+    LLMQ_RETURN_IF_ERROR(writer.add_float("lm_head.weight", head));
+  }
+
+  nlohmann::ordered_json report;
+  report["llmq_report_version"] = 1;
+  report["source"] = o.model_dir;
+  report["method"] = info.name;
+  report["format"] = quant_format_name(format);
+  report["settings"] = {{"group_size", qinfo.group_size},
+                        {"symmetric", settings.symmetric},
+                        {"act_order", settings.act_order},
+                        {"mse_clip", settings.mse_clip},
+                        {"damp_percent", settings.damp_percent},
+                        {"sequential", method == QuantMethod::kGptq ? nlohmann::ordered_json(o.sequential) : nullptr},
+                        {"alpha", method == QuantMethod::kInt8Sq ? nlohmann::ordered_json(o.alpha) : nullptr},
+                        {"awq_grid", method == QuantMethod::kAwq ? nlohmann::ordered_json(o.awq_grid) : nullptr},
+                        {"awq_clip", method == QuantMethod::kAwq ? nlohmann::ordered_json(o.awq_clip) : nullptr},
+                        {"scale_dtype", dtype_name(settings.scale_dtype)},
+                        {"model_dtype", dtype_name(format_model_dtype(format))}};
+  report["calibration"] = calib_record;
+  report["quantized_linears"] = result.quantized_linears;
+  report["unquantized"] = plan.ignored;
+  report["warnings"] = warnings;
+  report["layers"] = std::move(layer_records);
+  result.seconds = seconds_since(t0);
+  // Wall-clock times: the only part of the output that differs between identical runs.
+  report["timings"] = {{"total_s", result.seconds}, {"calibration_s", calib_seconds}, {"layers_s", layer_seconds}};
+  LLMQ_RETURN_IF_ERROR(writer.finish(o.model_dir, report));
+  result.out = o.out;
+  result.warnings = std::move(warnings);
+  return result;
+}
+
+Status run_quantize(const QuantizeOptions& opts) {
+  LLMQ_ASSIGN_OR_RETURN(QuantizeResult r, quantize(opts));
+  std::printf("wrote %s: %s, %lld linears quantized, %lld left unquantized (+ lm_head), %.1f s\n", r.out.c_str(),
+              opts.method.c_str(), static_cast<long long>(r.quantized_linears),
+              static_cast<long long>(r.ignored_linears), r.seconds);
+  return Status::ok();
+}
+
+}  // namespace llmq

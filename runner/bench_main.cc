@@ -1,0 +1,163 @@
+// llmq_runner_bench: the runner's benchmarks as a standalone program, for GPU machines where
+// the full CLI is not built. Until `llmq eval --bench` is wired to run_bench, this is how the
+// numbers are made.
+//   llmq_runner_bench --synth llama-3.1-8b DIR     write a random-weight checkpoint
+//   llmq_runner_bench --model DIR [--batches 1,16,64] [--in 512] [--out 128] [--json FILE]
+//                     [--rtn fp8|int8|w4a16]   quantize a BF16 checkpoint in memory first
+//   llmq_runner_bench --kernels                   linear kernels on Llama-3.1-8B shapes
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/numeric.h"
+#include "formats/synth.h"
+#include "runner/bench.h"
+#include "runner/device_buffer.h"
+#include "runner/gemm.h"
+#include "runner/kernels.h"
+#include "runner/w4a16.h"
+
+namespace llmq {
+namespace {
+
+// Times fn over `iters` calls after 3 warm-up calls; microseconds per call.
+template <class Fn>
+double time_us(Fn fn, int iters = 50) {
+  for (int i = 0; i < 3; ++i) fn();
+  cudaEvent_t a, b;
+  LLMQ_CUDA_CHECK(cudaEventCreate(&a));
+  LLMQ_CUDA_CHECK(cudaEventCreate(&b));
+  LLMQ_CUDA_CHECK(cudaEventRecord(a));
+  for (int i = 0; i < iters; ++i) fn();
+  LLMQ_CUDA_CHECK(cudaEventRecord(b));
+  LLMQ_CUDA_CHECK(cudaEventSynchronize(b));
+  float ms = 0;
+  LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms * 1e3 / iters;
+}
+
+DeviceBuffer random_bytes(size_t n, uint32_t seed) {
+  std::vector<uint32_t> v((n + 3) / 4);
+  std::mt19937 rng(seed);
+  for (auto& x : v) x = rng() & 0x3C3C3C3Cu;  // small bf16/fp8/int8 magnitudes, no NaN codes
+  DeviceBuffer b(v.size() * 4);
+  LLMQ_CUDA_CHECK(cudaMemcpy(b.as(), v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+  return b;
+}
+
+int kernels_bench() {
+  const double bw = measure_hbm_read_gbps();
+  std::printf("HBM read bandwidth %.0f GB/s\n", bw);
+  std::printf("%-22s %4s %10s %10s %10s %10s\n", "linear [N x K]", "M", "format", "us", "GB/s", "of HBM");
+  struct Shape { const char* name; int N, K; };
+  const Shape shapes[] = {{"qkv 6144x4096", 6144, 4096}, {"o 4096x4096", 4096, 4096},
+                          {"gate_up 28672x4096", 28672, 4096}, {"down 4096x14336", 4096, 14336}};
+  gpu::Blas blas;
+  const int max_m = 64;
+  DeviceBuffer x = random_bytes(size_t(max_m) * 14336 * 2, 1), y(size_t(max_m) * 28672 * 2);
+  DeviceBuffer codes(size_t(max_m) * 14336), scales_x(max_m * 4), acc(size_t(max_m) * 28672 * 4);
+  DeviceBuffer wdeq(size_t(28672) * 4096 * 2);
+  double step_us[4][3] = {};  // [format][M index]: one decoder layer's linears
+  const char* names[4] = {"bf16", "fp8", "int8", "w4a16"};
+  const int ms[3] = {1, 16, 64};
+  for (const Shape& s : shapes) {
+    DeviceBuffer w16 = random_bytes(size_t(s.N) * s.K * 2, 2), w8 = random_bytes(size_t(s.N) * s.K, 3);
+    DeviceBuffer sw(s.N * 4);
+    std::vector<float> ones(s.N, 0.01f);
+    LLMQ_CUDA_CHECK(cudaMemcpy(sw.as(), ones.data(), s.N * 4, cudaMemcpyHostToDevice));
+    // Random codes in the tensor-core layout (N is a multiple of 16, K of 64), group 128.
+    W4A16Layout l;
+    l.out_features = s.N;
+    l.in_features = s.K;
+    l.group_size = 128;
+    l.num_groups = s.K / 128;
+    l.mma = true;
+    l.packed.resize(size_t(s.N) * s.K / 8);
+    std::mt19937 rng(4);
+    for (auto& v : l.packed) v = rng();
+    l.params.assign(size_t(s.N) * l.num_groups, f32_to_bf16(0.01f) | (8u << 16));
+    const gpu::W4A16Weights w4 = gpu::W4A16Weights::upload(l);
+    for (int mi = 0; mi < 3; ++mi) {
+      const int M = ms[mi];
+      const auto* xs = x.as<const uint16_t>();
+      auto* ys = y.as<uint16_t>();
+      const double t[4] = {
+          time_us([&] { blas.gemm_bf16(xs, w16.as<const uint16_t>(), ys, M, s.N, s.K, nullptr); }),
+          time_us([&] {
+            gpu::quantize_fp8_per_token(xs, codes.as<uint8_t>(), s.K, scales_x.as<float>(), M, s.K, nullptr);
+            blas.gemm_fp8(codes.as<const uint8_t>(), w8.as<const uint8_t>(), acc.as<float>(), M, s.N, s.K, nullptr);
+            gpu::scale_rows_cols_f32(acc.as<const float>(), scales_x.as<const float>(), sw.as<const float>(), ys, M, s.N, nullptr);
+          }),
+          time_us([&] {
+            gpu::quantize_int8_per_token(xs, codes.as<int8_t>(), s.K, scales_x.as<float>(), M, s.K, nullptr);
+            blas.gemm_int8(codes.as<const int8_t>(), w8.as<const int8_t>(), acc.as<int32_t>(), M, s.N, s.K, nullptr);
+            gpu::scale_rows_cols_i32(acc.as<const int32_t>(), scales_x.as<const float>(), sw.as<const float>(), ys, M, s.N, nullptr);
+          }),
+          time_us([&] { gpu::w4a16_gemm(w4, xs, ys, M, {nullptr, wdeq.as<uint16_t>()}, blas, nullptr); }),
+      };
+      const double bytes[4] = {double(s.N) * s.K * 2, double(s.N) * s.K, double(s.N) * s.K, double(w4.bytes())};
+      for (int f = 0; f < 4; ++f) {
+        const double gbps = bytes[f] / (t[f] * 1e-6) / 1e9;
+        std::printf("%-22s %4d %10s %10.1f %10.0f %9.0f%%\n", s.name, M, names[f], t[f], gbps, 100.0 * gbps / bw);
+        step_us[f][mi] += t[f];
+      }
+    }
+  }
+  std::printf("one decoder layer's linears (us): ");
+  for (int f = 0; f < 4; ++f)
+    std::printf("%s M=1 %.1f M=16 %.1f M=64 %.1f%s", names[f], step_us[f][0], step_us[f][1], step_us[f][2], f < 3 ? " | " : "\n");
+  return 0;
+}
+
+std::vector<int> parse_list(const char* s) {
+  std::vector<int> out;
+  for (const char* p = s; *p;) {
+    out.push_back(std::atoi(p));
+    const char* comma = std::strchr(p, ',');
+    if (!comma) break;
+    p = comma + 1;
+  }
+  return out;
+}
+
+int main_impl(int argc, char** argv) {
+  if (argc >= 4 && std::strcmp(argv[1], "--synth") == 0) {
+    auto preset = find_synth_preset(argv[2]);
+    if (!preset) return std::fprintf(stderr, "%s\n", preset.status().message().c_str()), 2;
+    std::filesystem::create_directories(argv[3]);
+    const Status st = write_synthetic_checkpoint(*preset, SynthOptions{}, argv[3]);
+    if (!st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 2;
+    return 0;
+  }
+  if (argc >= 2 && std::strcmp(argv[1], "--kernels") == 0) return kernels_bench();
+  BenchOptions o;
+  std::string json_path;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i];
+    if (k == "--model") o.model_dir = argv[i + 1];
+    else if (k == "--batches") o.batches = parse_list(argv[i + 1]);
+    else if (k == "--in") o.input_len = std::atoi(argv[i + 1]);
+    else if (k == "--out") o.output_len = std::atoi(argv[i + 1]);
+    else if (k == "--json") json_path = argv[i + 1];
+    else if (k == "--rtn") o.quantize_in_memory = argv[i + 1];
+    else return std::fprintf(stderr, "unknown option %s\n", k.c_str()), 2;
+  }
+  if (o.model_dir.empty()) return std::fprintf(stderr, "usage: see runner/bench_main.cc\n"), 2;
+  auto r = run_bench(o);
+  if (!r) return std::fprintf(stderr, "%s\n", r.status().message().c_str()), 2;
+  std::printf("%s", bench_table(*r).c_str());
+  if (!json_path.empty()) std::ofstream(json_path) << bench_json(*r) << "\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace llmq
+
+int main(int argc, char** argv) { return llmq::main_impl(argc, argv); }

@@ -1,0 +1,91 @@
+// Host API of the runner's elementwise, normalisation, attention and activation-quantization
+// kernels (runner/norm_rope.cu, runner/attention.cu, runner/act_quant.cu). Each kernel's CPU
+// reference is in runner/kernels_ref.h under the same name with a _ref suffix, and
+// tests/test_runner_kernels.cc compares them.
+//
+// Conventions: every pointer is device memory; activations are row-major with one row per
+// token; bf16 values travel as uint16_t bit patterns (core/numeric.h), so callers need no CUDA
+// headers. Rounding points are those of model/llama.h's Precision::kBFloat16, so a runner
+// forward can be compared with the CPU reference to about one bf16 step per op.
+//
+// Token rows of a batch: row r belongs to KV-cache slot seq[r] and sits at position pos[r];
+// decode has one row per sequence, prefill many rows per sequence. Both kinds use the same
+// kernels (attention over cache rows 0..pos[r]).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace llmq::gpu {
+
+using bf16 = uint16_t;
+
+// y[r] = bf16(w * bf16(x[r] * rsqrt(mean(x[r]^2) + eps))), x/y [rows, n], w [n]. The mean of
+// squares is summed in double (as the reference) so the f32 variance is nearly always the
+// reference's exact value. y may alias x.
+void rms_norm(const bf16* x, const bf16* w, bf16* y, int rows, int n, float eps, cudaStream_t s);
+
+// x[i] = bf16(x[i] + y[i]) for n values (the residual add).
+void add_inplace(bf16* x, const bf16* y, int64_t n, cudaStream_t s);
+
+// out[r, i] = bf16(bf16(silu(g)) * u) with g = gate_up[r, i], u = gate_up[r, inter + i]
+// (gate and up computed by one fused GEMM). gate_up [rows, 2*inter], out [rows, inter].
+void silu_mul(const bf16* gate_up, bf16* out, int rows, int inter, cudaStream_t s);
+
+// out[r] = table[ids[r]], table [vocab, n] bf16, ids [rows] int32 (checked by the caller).
+void embed(const bf16* table, const int32_t* ids, bf16* out, int rows, int n, cudaStream_t s);
+
+// RoPE on the fused qkv rows [rows, (n_q + 2 n_kv) * hd] (q heads, then k heads, then v
+// heads) in place for q, and K (rotated) and V appended to the cache:
+// k_cache/v_cache [slots, capacity, n_kv * hd] at [seq[r], pos[r]]. cos/sin [capacity, hd/2]
+// f32 tables, already rounded to bf16 values (rope_tables_ref builds them).
+struct RopeCacheArgs {
+  bf16* qkv;
+  const float* cos;
+  const float* sin;
+  const int32_t* pos;  // [rows]
+  const int32_t* seq;  // [rows]
+  bf16* k_cache;
+  bf16* v_cache;
+  int rows, n_q, n_kv, hd, capacity;
+};
+void rope_and_cache(const RopeCacheArgs& a, cudaStream_t s);
+
+// Causal GQA attention over the cache: for each row r and head h, keys/values 0..pos[r] of
+// slot seq[r]. q is the fused qkv buffer (row stride q_stride, q heads first), out [rows,
+// n_q*hd]. Like torch's flash SDPA: f32 scores and softmax, the unnormalised probabilities
+// rounded to bf16 for P·V, f32 accumulation, times 1/rowsum, output rounded to bf16.
+// max_len bounds pos[r] + 1 (sizes the shared memory; capacity of the cache).
+struct AttentionArgs {
+  const bf16* q;
+  int q_stride;
+  const bf16* k_cache;
+  const bf16* v_cache;
+  const int32_t* pos;
+  const int32_t* seq;
+  bf16* out;
+  int rows, n_q, n_kv, hd, capacity;
+};
+void attention(const AttentionArgs& a, cudaStream_t s);
+// Largest cache capacity attention() supports for this head layout on this device.
+int attention_max_capacity(int n_q, int n_kv, int hd);
+
+// Per-token dynamic activation quantization exactly as vLLM (model/quantized_linear.h):
+// x [rows, k] bf16 -> codes [rows, ld_codes] (columns k.. untouched: the caller zeroes them
+// once when it pads K for the GEMM) and per-row scales [rows] f32.
+void quantize_fp8_per_token(const bf16* x, uint8_t* codes, int ld_codes, float* scales, int rows, int k, cudaStream_t s);
+void quantize_int8_per_token(const bf16* x, int8_t* codes, int ld_codes, float* scales, int rows, int k, cudaStream_t s);
+
+// y[m, n] = bf16(acc[m, n] * sx[m] * sw[n]) in double (the reference's order), for the W8A8
+// GEMMs: acc [M, N] int32 (INT8) or f32 (FP8).
+void scale_rows_cols_i32(const int32_t* acc, const float* sx, const float* sw, bf16* y, int M, int N, cudaStream_t s);
+void scale_rows_cols_f32(const float* acc, const float* sx, const float* sw, bf16* y, int M, int N, cudaStream_t s);
+
+// out[r] = argmax over logits[r, 0..vocab) (first index on ties), logits bf16 [rows, vocab].
+void argmax_rows(const bf16* logits, int32_t* out, int rows, int vocab, cudaStream_t s);
+
+// x_out[m, j] = x[m, perm[j]] (act-order W4A16: inputs follow the sorted weight columns).
+void gather_columns(const bf16* x, const int32_t* perm, bf16* x_out, int M, int K, cudaStream_t s);
+
+}  // namespace llmq::gpu

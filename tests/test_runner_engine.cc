@@ -1,0 +1,264 @@
+// The runner end to end on the tiny real models: logits of prefill and decode, and greedy
+// continuations, against the CPU reference LlamaModel in Precision::kBFloat16 (the same
+// rounding points), for the BF16 checkpoints and for FP8 / INT8 / W4A16 copies written here
+// (RTN, quantized in memory and packed by formats/quant_formats.h).
+//
+// Tolerance. Every kernel reproduces the reference's rounding points; the forwards differ
+// only where an f32 summation order (GEMM tiles, attention, the norm's sum) puts a value on the
+// other side of a bf16 rounding boundary, which moves it by one bf16 ulp (2^-8 relative).
+// Such flips compound through the layers and the residual stream (measured on H100: max
+// 2^-6.7, mean 2^-7.7 of max|logit| for stories260k), so we allow per row
+//   BF16, INT8, W4A16: max |Δ| <= 2^-4 · max|ref| (16 bf16 ulps of the largest logit),
+//                      mean |Δ| <= 2^-6 · max|ref|;
+//   FP8:               a bf16-level difference that moves an activation across an e4m3
+//                      rounding boundary changes its code by one e4m3 step (2^-3 relative, 32x
+//                      a bf16 ulp), and Hopper's FP8 MMA keeps ~14 bits: max <= 2^-2, mean <= 2^-5.
+// The argmax agrees wherever the reference's top-2 margin exceeds the max bound, and greedy
+// continuations agree token for token until a step where the reference's margin between its
+// token and ours is within the max bound (a near tie that either order could break).
+// The measured values are printed.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "formats/checkpoint.h"
+#include "formats/quant_formats.h"
+#include "formats/safetensors.h"
+#include "model/generate.h"
+#include "model/llama.h"
+#include "quantizers/fp8.h"
+#include "quantizers/rtn.h"
+#include "runner/engine.h"
+#include "runner_test_util.h"
+#include "tests/test_data.h"
+
+namespace llmq {
+namespace {
+
+std::string model_dir(const std::string& name) { return testing::test_data_dir() + "/models/" + name; }
+
+std::vector<int32_t> prompt_ids(int n, int64_t vocab, uint32_t seed) {
+  std::vector<int32_t> ids = {1};  // BOS
+  uint32_t s = seed;
+  while (static_cast<int>(ids.size()) < n) {
+    s = s * 1664525u + 1013904223u;
+    ids.push_back(static_cast<int32_t>(3 + (s >> 8) % (vocab - 3)));
+  }
+  return ids;
+}
+
+struct Tolerance {
+  double max_rel, mean_rel;  // of max|ref| per row
+};
+constexpr Tolerance kTolBf16{1.0 / 16, 1.0 / 64};
+constexpr Tolerance kTolFp8{1.0 / 4, 1.0 / 32};
+
+struct Diff {
+  double max_rel = 0, mean_rel = 0;  // relative to max|ref| of the row, worst row
+  int argmax_mismatch = 0;
+};
+
+// Compares logits row by row under the file comment's bounds.
+Diff compare_logits(const Tensor& gpu, const Tensor& cpu, const Tolerance& tol, const char* what) {
+  EXPECT_EQ(gpu.shape(), cpu.shape()) << what;
+  Diff d;
+  const int64_t rows = cpu.dim(0), V = cpu.dim(1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = gpu.data<float>() + r * V;
+    const float* c = cpu.data<float>() + r * V;
+    double scale = 0, sum = 0, mx = 0;
+    for (int64_t i = 0; i < V; ++i) {
+      EXPECT_TRUE(std::isfinite(g[i])) << what << " row " << r;
+      scale = std::max(scale, std::fabs(static_cast<double>(c[i])));
+    }
+    EXPECT_GT(scale, 0.0) << what << ": all-zero reference row";
+    for (int64_t i = 0; i < V; ++i) {
+      const double e = std::fabs(static_cast<double>(g[i]) - c[i]);
+      mx = std::max(mx, e);
+      sum += e;
+    }
+    d.max_rel = std::max(d.max_rel, mx / scale);
+    d.mean_rel = std::max(d.mean_rel, sum / V / scale);
+    const int64_t ag = std::max_element(g, g + V) - g, ac = std::max_element(c, c + V) - c;
+    std::vector<float> sorted(c, c + V);
+    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+    if (ag != ac && sorted[0] - sorted[1] > tol.max_rel * scale) ++d.argmax_mismatch;
+  }
+  EXPECT_LE(d.max_rel, tol.max_rel) << what;
+  EXPECT_LE(d.mean_rel, tol.mean_rel) << what;
+  EXPECT_EQ(d.argmax_mismatch, 0) << what;
+  std::printf("[ logits   ] %-40s max|Δ|/max|ref| %.3g  mean %.3g\n", what, d.max_rel, d.mean_rel);
+  return d;
+}
+
+// The engine against LlamaModel on the checkpoint in `dir`: prefill logits of every position,
+// eight decode steps, a batch of three prompts of different lengths, greedy continuations.
+void check_against_cpu(const std::string& dir, const std::string& label, const Tolerance& tol) {
+  auto ckpt = HfCheckpoint::open(dir);
+  ASSERT_TRUE(ckpt.has_value()) << ckpt.status().message();
+  auto model = LlamaModel::load(*ckpt);
+  ASSERT_TRUE(model.has_value()) << model.status().message();
+  EngineOptions opt;
+  opt.max_batch = 3;
+  opt.capacity = 128;
+  opt.max_rows = 40;  // smaller than the batched prefill: exercises chunking across sequences
+  auto engine = Engine::load(dir, opt);
+  ASSERT_TRUE(engine.has_value()) << engine.status().message();
+  Engine& e = **engine;
+  const ForwardOptions fo{Precision::kBFloat16, nullptr};
+  const int64_t V = model->vocab_size();
+
+  const std::vector<int32_t> p0 = prompt_ids(24, V, 7), p1 = prompt_ids(5, V, 8), p2 = prompt_ids(33, V, 9);
+  KvCache cache = model->make_cache(128);
+  const Tensor cpu_all = model->prefill(p0, cache, LogitsFor::kAll, fo);
+  auto gpu_all = e.prefill({p0}, /*all_logits=*/true);
+  ASSERT_TRUE(gpu_all.has_value()) << gpu_all.status().message();
+  compare_logits(*gpu_all, cpu_all, tol, (label + " prefill, all positions").c_str());
+
+  int32_t tok = 5;
+  for (int step = 0; step < 8; ++step) {
+    const Tensor cpu_step = model->decode_step(tok, cache, fo);
+    auto gpu_step = e.decode({tok});
+    ASSERT_TRUE(gpu_step.has_value()) << gpu_step.status().message();
+    compare_logits(*gpu_step, cpu_step, tol, (label + " decode step " + std::to_string(step)).c_str());
+    tok = static_cast<int32_t>(std::max_element(cpu_step.data<float>(), cpu_step.data<float>() + V) - cpu_step.data<float>());
+  }
+
+  // Three sequences in one batch: each must see only its own slot.
+  auto gpu_batch = e.prefill({p0, p1, p2});
+  ASSERT_TRUE(gpu_batch.has_value()) << gpu_batch.status().message();
+  std::vector<int32_t> next(3);
+  Tensor cpu_last(DType::kF32, {3, V});
+  std::vector<KvCache> caches;
+  for (int b = 0; b < 3; ++b) {
+    caches.push_back(model->make_cache(128));
+    const Tensor l = model->prefill(b == 0 ? p0 : b == 1 ? p1 : p2, caches.back(), LogitsFor::kLast, fo);
+    std::copy(l.data<float>(), l.data<float>() + V, cpu_last.data<float>() + b * V);
+    next[b] = static_cast<int32_t>(std::max_element(l.data<float>(), l.data<float>() + V) - l.data<float>());
+  }
+  compare_logits(*gpu_batch, cpu_last, tol, (label + " batched prefill (3 prompts)").c_str());
+  auto gpu_dec = e.decode(next);
+  ASSERT_TRUE(gpu_dec.has_value()) << gpu_dec.status().message();
+  Tensor cpu_dec(DType::kF32, {3, V});
+  for (int b = 0; b < 3; ++b) {
+    const Tensor l = model->decode_step(next[b], caches[b], fo);
+    std::copy(l.data<float>(), l.data<float>() + V, cpu_dec.data<float>() + b * V);
+  }
+  compare_logits(*gpu_dec, cpu_dec, tol, (label + " batched decode").c_str());
+
+  // Greedy continuations, batched on the GPU, one by one on the CPU.
+  const std::vector<int32_t> eos(ckpt->config().eos_token_ids.begin(), ckpt->config().eos_token_ids.end());
+  auto gen = e.generate_greedy({p0, p1, p2}, 40, eos);
+  ASSERT_TRUE(gen.has_value()) << gen.status().message();
+  for (int b = 0; b < 3; ++b) {
+    GenerateConfig gc;
+    gc.max_new_tokens = 40;
+    gc.eos_ids = eos;
+    gc.precision = Precision::kBFloat16;
+    const std::vector<int32_t>& prompt = b == 0 ? p0 : b == 1 ? p1 : p2;
+    auto cpu_gen = generate_greedy(*model, prompt, gc);
+    ASSERT_TRUE(cpu_gen.has_value()) << cpu_gen.status().message();
+    const std::vector<int32_t>& g = gen->tokens[b];
+    const std::vector<int32_t>& r = cpu_gen->tokens;
+    size_t same = 0;
+    while (same < g.size() && same < r.size() && g[same] == r[same]) ++same;
+    if (same < std::min(g.size(), r.size())) {
+      // Diverged: only acceptable at a near tie of the reference.
+      std::vector<int32_t> context = prompt;
+      context.insert(context.end(), r.begin(), r.begin() + same);
+      KvCache kc = model->make_cache(static_cast<int64_t>(context.size()));
+      const Tensor l = model->prefill(context, kc, LogitsFor::kLast, fo);
+      const float* lp = l.data<float>();
+      const double scale = std::fabs(*std::max_element(lp, lp + V, [](float x, float y) { return std::fabs(x) < std::fabs(y); }));
+      EXPECT_LE(lp[r[same]] - lp[g[same]], tol.max_rel * scale)
+          << label << " prompt " << b << ": greedy continuations diverge at token " << same << " without a near tie";
+    } else {
+      EXPECT_EQ(g, r) << label << " greedy continuation of prompt " << b;
+    }
+    std::printf("[ greedy   ] %s prompt %d: %zu of %zu tokens identical\n", label.c_str(), b, same, r.size());
+  }
+  std::printf("[ engine   ] %s: %s, %.1f KiB of weights\n", label.c_str(), e.format_name().c_str(), e.weight_bytes() / 1024.0);
+}
+
+TEST(RunnerEngine, Bf16MatchesCpuReference) {
+  LLMQ_REQUIRE_GPU();
+  LLMQ_REQUIRE_TEST_DATA();
+  for (const char* name : {"stories260k", "tinystories-656k"}) check_against_cpu(model_dir(name), name, kTolBf16);
+}
+
+// Writes an RTN-quantized copy of a BF16 checkpoint in `format` (linears whose in_features
+// the group does not divide stay BF16, listed in "ignore").
+void write_quantized_copy(const std::string& src, const std::string& dst, QuantFormat format) {
+  auto ckpt = HfCheckpoint::open(src);
+  ASSERT_TRUE(ckpt.has_value()) << ckpt.status().message();
+  QuantConfigInfo info;
+  info.format = format;
+  info.group_size = 128;
+  info.symmetric = false;
+  SafetensorsWriter w;
+  for (const std::string& name : ckpt->tensors().names()) {
+    auto view = ckpt->tensors().view(name);
+    ASSERT_TRUE(view.has_value());
+    const bool linear = name.find("model.layers.") == 0 && name.find("_proj.weight") != std::string::npos;
+    const int64_t in = view->rank() == 2 ? view->dim(1) : 0;
+    if (!linear || (format == QuantFormat::kCtPack && in % info.group_size != 0)) {
+      if (linear) info.ignore.push_back(name.substr(0, name.size() - 7));
+      w.add(name, *view);
+      continue;
+    }
+    const Tensor f = to_f32(*view);
+    QuantizedLinear q;
+    if (format == QuantFormat::kCtFloat) q = quantize_fp8_channel(f.view(), Fp8Config{});
+    if (format == QuantFormat::kCtInt) q = quantize_rtn_int8(f.view(), Int8Config{});
+    if (format == QuantFormat::kCtPack) q = quantize_rtn_int4(f.view(), Int4Config{128, Int4Range::kAsymWithZero, DType::kBF16, 0});
+    auto packed = pack_quantized_linear(name.substr(0, name.size() - 7), q, format);
+    ASSERT_TRUE(packed.has_value()) << packed.status().message();
+    for (NamedTensor& t : *packed) w.add(t.name, std::move(t.tensor));
+  }
+  std::filesystem::create_directories(dst);
+  ASSERT_TRUE(w.write(dst + "/model.safetensors").is_ok());
+  std::ifstream in(src + "/config.json");
+  nlohmann::json config = nlohmann::json::parse(in);
+  config["quantization_config"] = nlohmann::json::parse(quantization_config_json(info).dump());
+  std::ofstream(dst + "/config.json") << config.dump(2);
+}
+
+TEST(RunnerEngine, QuantizedMatchCpuReference) {
+  LLMQ_REQUIRE_GPU();
+  LLMQ_REQUIRE_TEST_DATA();
+  const std::string scratch = testing::scratch_dir("runner-engine");
+  for (auto [format, label] : {std::pair{QuantFormat::kCtFloat, "fp8"}, std::pair{QuantFormat::kCtInt, "int8"},
+                               std::pair{QuantFormat::kCtPack, "w4a16"}}) {
+    const Tolerance tol = format == QuantFormat::kCtFloat ? kTolFp8 : kTolBf16;
+    const std::string dst = scratch + "/" + label;
+    write_quantized_copy(model_dir("tinystories-656k"), dst, format);
+    if (::testing::Test::HasFatalFailure()) return;
+    check_against_cpu(dst, std::string("tinystories-656k ") + label, tol);
+  }
+  std::filesystem::remove_all(scratch);
+}
+
+TEST(RunnerEngine, ClearErrors) {
+  LLMQ_REQUIRE_GPU();
+  LLMQ_REQUIRE_TEST_DATA();
+  EngineOptions opt;
+  opt.capacity = 16;
+  auto e = Engine::load(model_dir("stories260k"), opt);
+  ASSERT_TRUE(e.has_value()) << e.status().message();
+  EXPECT_FALSE((*e)->decode({1}).has_value());  // nothing prefilled
+  EXPECT_FALSE((*e)->prefill({std::vector<int32_t>(17, 1)}).has_value());  // longer than the cache
+  EXPECT_FALSE((*e)->prefill({{1, 99999}}).has_value());  // id outside the vocabulary
+  EXPECT_FALSE((*e)->generate_greedy({{1, 2}}, 15, {}).has_value());  // 2 + 15 > 16
+  opt.capacity = 1 << 20;
+  auto big = Engine::load(model_dir("stories260k"), opt);
+  ASSERT_FALSE(big.has_value());
+  EXPECT_NE(big.status().message().find("capacity"), std::string::npos) << big.status().message();
+}
+
+}  // namespace
+}  // namespace llmq

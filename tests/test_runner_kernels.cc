@@ -1,0 +1,412 @@
+// Every runner kernel against its CPU reference (runner/kernels_ref.h, runner/w4a16.h) on
+// awkward shapes: token rows 1, 2, 3, 17, 64, 118; widths that are not powers of two. Where
+// the kernel does the reference's arithmetic in the same order the results must be
+// identical; where only the summation order differs, the tolerance is derived next to the
+// test. Skips without a GPU. The seed of every random case is in the failure trace.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/numeric.h"
+#include "model/llama.h"
+#include "runner/device_buffer.h"
+#include "runner/gemm.h"
+#include "runner/kernels.h"
+#include "runner/kernels_ref.h"
+#include "runner/w4a16.h"
+#include "runner_test_util.h"
+
+namespace llmq {
+namespace {
+
+using testing::bf16_ulp;
+using testing::expect_bf16_near;
+using testing::random_bf16;
+
+constexpr int kRows[] = {1, 2, 3, 17, 64, 118};
+constexpr uint32_t kSeed = 20261122;
+
+template <class T>
+DeviceBuffer up(const std::vector<T>& v) { return DeviceBuffer::from_host(v); }
+
+
+TEST(RunnerKernels, RmsNormMatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  for (int n : {64, 172, 1000, 4096})
+    for (int rows : kRows) {
+      SCOPED_TRACE(::testing::Message() << "rows " << rows << " n " << n << " seed " << kSeed);
+      std::mt19937 rng(kSeed + rows * 7 + n);
+      const auto x = random_bf16(static_cast<size_t>(rows) * n, rng, 3.0f);
+      const auto w = random_bf16(n, rng);
+      std::vector<uint16_t> ref(x.size());
+      ref::rms_norm_ref(x.data(), w.data(), ref.data(), rows, n, 1e-5f);
+      DeviceBuffer dx = up(x), dw = up(w), dy(x.size() * 2);
+      gpu::rms_norm(dx.as<uint16_t>(), dw.as<uint16_t>(), dy.as<uint16_t>(), rows, n, 1e-5f, nullptr);
+      // Same ops; the double sum of squares may differ in its last bit with the order, which
+      // can move the f32 variance by one ulp and flip one bf16 rounding: 1 ulp allowed.
+      expect_bf16_near(dy.to_host<uint16_t>(), ref, 1.0);
+    }
+}
+
+TEST(RunnerKernels, AddEmbedArgmaxAreExact) {
+  LLMQ_REQUIRE_GPU();
+  for (int rows : kRows) {
+    SCOPED_TRACE(::testing::Message() << "rows " << rows << " seed " << kSeed);
+    std::mt19937 rng(kSeed + rows);
+    const int n = 172, vocab = 1003;
+    auto x = random_bf16(static_cast<size_t>(rows) * n, rng);
+    const auto y = random_bf16(x.size(), rng);
+    DeviceBuffer dx = up(x), dy = up(y);
+    gpu::add_inplace(dx.as<uint16_t>(), dy.as<uint16_t>(), static_cast<int64_t>(x.size()), nullptr);
+    ref::add_inplace_ref(x.data(), y.data(), static_cast<int64_t>(x.size()));
+    EXPECT_EQ(dx.to_host<uint16_t>(), x);
+
+    const auto table = random_bf16(static_cast<size_t>(vocab) * n, rng);
+    std::vector<int32_t> ids(rows);
+    for (auto& id : ids) id = static_cast<int32_t>(rng() % vocab);
+    std::vector<uint16_t> emb(static_cast<size_t>(rows) * n);
+    ref::embed_ref(table.data(), ids.data(), emb.data(), rows, n);
+    DeviceBuffer dt = up(table), di = up(ids), de(emb.size() * 2);
+    gpu::embed(dt.as<uint16_t>(), di.as<int32_t>(), de.as<uint16_t>(), rows, n, nullptr);
+    EXPECT_EQ(de.to_host<uint16_t>(), emb);
+
+    auto logits = random_bf16(static_cast<size_t>(rows) * vocab, rng);
+    logits[vocab / 2] = logits[vocab - 1] = f32_to_bf16(100.0f);  // a tie in row 0: first index wins
+    std::vector<int32_t> best(rows);
+    ref::argmax_rows_ref(logits.data(), best.data(), rows, vocab);
+    DeviceBuffer dl = up(logits), db(rows * 4);
+    gpu::argmax_rows(dl.as<uint16_t>(), db.as<int32_t>(), rows, vocab, nullptr);
+    EXPECT_EQ(db.to_host<int32_t>(), best);
+    EXPECT_EQ(best[0], vocab / 2);
+  }
+}
+
+TEST(RunnerKernels, SiluMulMatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  for (int inter : {172, 1000})
+    for (int rows : kRows) {
+      SCOPED_TRACE(::testing::Message() << "rows " << rows << " inter " << inter << " seed " << kSeed);
+      std::mt19937 rng(kSeed + rows * 3 + inter);
+      const auto gu = random_bf16(static_cast<size_t>(rows) * 2 * inter, rng, 4.0f);
+      std::vector<uint16_t> ref(static_cast<size_t>(rows) * inter);
+      ref::silu_mul_ref(gu.data(), ref.data(), rows, inter);
+      DeviceBuffer dg = up(gu), dout(ref.size() * 2);
+      gpu::silu_mul(dg.as<uint16_t>(), dout.as<uint16_t>(), rows, inter, nullptr);
+      // expf differs from the host's exp by up to 2 f32 ulps, which can flip the bf16 rounding
+      // of silu (1 ulp) and through it the product: 2 ulps.
+      expect_bf16_near(dout.to_host<uint16_t>(), ref, 2.0);
+    }
+}
+
+LlamaConfig rope_config(int n_q, int n_kv, int hd, bool llama3) {
+  LlamaConfig c;
+  c.hidden_size = n_q * hd;
+  c.num_attention_heads = n_q;
+  c.num_key_value_heads = n_kv;
+  c.head_dim = hd;
+  c.rope_theta = llama3 ? 500000.0 : 10000.0;
+  if (llama3) c.rope_scaling = RopeScaling{"llama3", 8.0, 1.0, 4.0, 8192};
+  return c;
+}
+
+TEST(RunnerKernels, RopeAndCacheIsExact) {
+  LLMQ_REQUIRE_GPU();
+  struct Case { int n_q, n_kv, hd; bool llama3; };
+  for (const Case& k : {Case{8, 4, 8, false}, Case{32, 8, 128, true}, Case{6, 2, 48, true}})
+    for (int rows : kRows) {
+      SCOPED_TRACE(::testing::Message() << "rows " << rows << " hd " << k.hd << " seed " << kSeed);
+      std::mt19937 rng(kSeed + rows + k.hd);
+      const int capacity = 300, slots = 3;
+      const LlamaConfig c = rope_config(k.n_q, k.n_kv, k.hd, k.llama3);
+      std::vector<float> cos_t, sin_t;
+      ref::rope_tables_ref(c, capacity, &cos_t, &sin_t);
+      const int width = (k.n_q + 2 * k.n_kv) * k.hd, kv_dim = k.n_kv * k.hd;
+      auto qkv = random_bf16(static_cast<size_t>(rows) * width, rng);
+      std::vector<int32_t> pos(rows), seq(rows);
+      for (int r = 0; r < rows; ++r) seq[r] = r % slots, pos[r] = static_cast<int32_t>((r * 37 + 5) % capacity);
+      // Distinct (slot, pos) per row so the cache writes do not collide.
+      for (int r = 0; r < rows; ++r) pos[r] = (r / slots) * 2 + (r % 2) + 250 * (r == 0);
+      std::vector<uint16_t> kc(static_cast<size_t>(slots) * capacity * kv_dim, 0), vc(kc.size(), 0);
+      DeviceBuffer dq = up(qkv), dcos = up(cos_t), dsin = up(sin_t), dp = up(pos), ds = up(seq), dk = up(kc), dv = up(vc);
+      ref::rope_and_cache_ref(qkv.data(), cos_t.data(), sin_t.data(), pos.data(), seq.data(), kc.data(), vc.data(),
+                              rows, k.n_q, k.n_kv, k.hd, capacity);
+      gpu::rope_and_cache({dq.as<uint16_t>(), dcos.as<float>(), dsin.as<float>(), dp.as<int32_t>(), ds.as<int32_t>(),
+                           dk.as<uint16_t>(), dv.as<uint16_t>(), rows, k.n_q, k.n_kv, k.hd, capacity},
+                          nullptr);
+      EXPECT_EQ(dq.to_host<uint16_t>(), qkv);
+      EXPECT_EQ(dk.to_host<uint16_t>(), kc);
+      EXPECT_EQ(dv.to_host<uint16_t>(), vc);
+    }
+}
+
+TEST(RunnerKernels, RopeTablesFollowRopeInvFreq) {
+  // Frequencies come from model/llama.h's rope_inv_freq (Llama-3 scaling included): the
+  // table at position 1 is cos/sin of the inverse frequencies themselves.
+  const LlamaConfig c = rope_config(4, 2, 128, true);
+  const std::vector<float> inv = rope_inv_freq(c);
+  std::vector<float> cos_t, sin_t;
+  ref::rope_tables_ref(c, 4, &cos_t, &sin_t);
+  ASSERT_EQ(cos_t.size(), 4 * inv.size());
+  for (size_t i = 0; i < inv.size(); ++i) {
+    EXPECT_EQ(cos_t[i], 1.0f);
+    EXPECT_EQ(sin_t[i], 0.0f);
+    EXPECT_EQ(cos_t[inv.size() + i], bf16_to_f32(f32_to_bf16(std::cos(inv[i]))));
+  }
+  EXPECT_LT(inv.back(), 1.0f / std::pow(500000.0f, 126.0f / 128.0f));  // the low frequencies are scaled down
+}
+
+TEST(RunnerKernels, AttentionMatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  struct Case { int n_q, n_kv, hd; };
+  for (const Case& k : {Case{8, 4, 8}, Case{32, 8, 128}, Case{4, 4, 64}, Case{8, 1, 16}})
+    for (int rows : kRows) {
+      SCOPED_TRACE(::testing::Message() << "rows " << rows << " heads " << k.n_q << "/" << k.n_kv << " hd " << k.hd
+                                        << " seed " << kSeed);
+      std::mt19937 rng(kSeed + rows * 11 + k.hd);
+      const int capacity = 160, slots = 4, kv_dim = k.n_kv * k.hd, q_stride = (k.n_q + 2 * k.n_kv) * k.hd;
+      const auto q = random_bf16(static_cast<size_t>(rows) * q_stride, rng);
+      const auto kc = random_bf16(static_cast<size_t>(slots) * capacity * kv_dim, rng);
+      const auto vc = random_bf16(kc.size(), rng);
+      // Rows mix decode-like (one row of a slot, long context) and prefill-like (consecutive
+      // positions of one slot) cases; position capacity - 1 is the longest.
+      std::vector<int32_t> pos(rows), seq(rows);
+      for (int r = 0; r < rows; ++r) seq[r] = r % slots, pos[r] = (r < 4) ? capacity - 1 - 40 * r : (r * 13) % capacity;
+      std::vector<uint16_t> ref(static_cast<size_t>(rows) * k.n_q * k.hd);
+      ref::attention_ref(q.data(), q_stride, kc.data(), vc.data(), pos.data(), seq.data(), ref.data(), rows, k.n_q,
+                         k.n_kv, k.hd, capacity);
+      DeviceBuffer dq = up(q), dk = up(kc), dv = up(vc), dp = up(pos), ds = up(seq), dout(ref.size() * 2);
+      gpu::attention({dq.as<uint16_t>(), q_stride, dk.as<uint16_t>(), dv.as<uint16_t>(), dp.as<int32_t>(),
+                      ds.as<int32_t>(), dout.as<uint16_t>(), rows, k.n_q, k.n_kv, k.hd, capacity},
+                     nullptr);
+      // Scores differ from the reference only by f32 summation order, so each bf16
+      // probability p_j can flip by one ulp (2^-8 relative): |Δout| <= 2^-8 Σ p_j |v_j| / l
+      // <= 2^-8 max|v|, plus one ulp of the output's own rounding.
+      double vmax = 0.0;
+      for (uint16_t v : vc) vmax = std::max(vmax, std::fabs(static_cast<double>(bf16_to_f32(v))));
+      expect_bf16_near(dout.to_host<uint16_t>(), ref, 1.0, std::vector<double>(ref.size(), std::ldexp(vmax, -8)));
+    }
+  EXPECT_GE(gpu::attention_max_capacity(32, 8, 128), 8192);  // Llama-3-8B heads: room for 8K positions
+}
+
+TEST(RunnerKernels, ActivationQuantizationIsExact) {
+  LLMQ_REQUIRE_GPU();
+  for (int k : {64, 172, 1000, 4096})
+    for (int rows : kRows) {
+      SCOPED_TRACE(::testing::Message() << "rows " << rows << " k " << k << " seed " << kSeed);
+      std::mt19937 rng(kSeed + rows * 5 + k);
+      auto x = random_bf16(static_cast<size_t>(rows) * k, rng, 2.0f);
+      if (rows >= 3) {
+        std::fill(x.begin() + k, x.begin() + 2 * k, uint16_t{0});  // a zero row
+        for (int i = 0; i < k; ++i) x[2 * k + i] = f32_to_bf16(bf16_to_f32(x[2 * k + i]) * 1e-6f);  // min-scale path
+      }
+      std::vector<uint8_t> f8(x.size());
+      std::vector<int8_t> i8(x.size());
+      std::vector<float> sf(rows), si(rows);
+      ref::quantize_fp8_per_token_ref(x.data(), f8.data(), sf.data(), rows, k);
+      ref::quantize_int8_per_token_ref(x.data(), i8.data(), si.data(), rows, k);
+      DeviceBuffer dx = up(x), df(x.size()), di(x.size()), dsf(rows * 4), dsi(rows * 4);
+      gpu::quantize_fp8_per_token(dx.as<uint16_t>(), df.as<uint8_t>(), k, dsf.as<float>(), rows, k, nullptr);
+      gpu::quantize_int8_per_token(dx.as<uint16_t>(), di.as<int8_t>(), k, dsi.as<float>(), rows, k, nullptr);
+      EXPECT_EQ(df.to_host<uint8_t>(), f8);
+      EXPECT_EQ(dsf.to_host<float>(), sf);
+      EXPECT_EQ(di.to_host<int8_t>(), i8);
+      EXPECT_EQ(dsi.to_host<float>(), si);
+      EXPECT_TRUE(std::any_of(i8.begin(), i8.end(), [](int8_t c) { return c != 0; }));
+    }
+}
+
+// Σ_k |x[m,k] w[n,k]| for the f32-accumulation bound of the GEMM tests.
+std::vector<double> abs_products(const std::vector<float>& x, const std::vector<float>& w, int M, int N, int K) {
+  std::vector<double> out(static_cast<size_t>(M) * N);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double s = 0;
+      for (int k = 0; k < K; ++k) s += std::fabs(static_cast<double>(x[m * K + k]) * w[n * K + k]);
+      out[static_cast<size_t>(m) * N + n] = s;
+    }
+  return out;
+}
+
+// f32 accumulation of K terms in any order (cuBLAS tiles, split-K) errs by at most
+// K · u · Σ|terms| (the standard γ_K bound) with u = 2^-24 for round-to-nearest, 2^-23 for
+// tensor-core adders that truncate; then one bf16 rounding (1 ulp).
+std::vector<double> f32_sum_bound(const std::vector<double>& abs_sum, int K, double extra_scale = 1.0) {
+  std::vector<double> tol(abs_sum.size());
+  for (size_t i = 0; i < tol.size(); ++i) tol[i] = K * std::ldexp(1.0, -23) * abs_sum[i] * extra_scale;
+  return tol;
+}
+
+std::vector<float> to_float(const std::vector<uint16_t>& v) {
+  std::vector<float> f(v.size());
+  for (size_t i = 0; i < v.size(); ++i) f[i] = bf16_to_f32(v[i]);
+  return f;
+}
+
+TEST(RunnerKernels, Bf16GemmMatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  gpu::Blas blas;
+  for (auto [N, K] : {std::pair{64, 64}, std::pair{172, 64}, std::pair{64, 172}, std::pair{1000, 4096}})
+    for (int M : kRows) {
+      SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " K " << K << " seed " << kSeed);
+      std::mt19937 rng(kSeed + M + N * 3 + K);
+      const auto x = random_bf16(static_cast<size_t>(M) * K, rng), w = random_bf16(static_cast<size_t>(N) * K, rng, 0.05f);
+      std::vector<uint16_t> ref(static_cast<size_t>(M) * N);
+      ref::gemm_bf16_ref(x.data(), w.data(), ref.data(), M, N, K);
+      DeviceBuffer dx = up(x), dw = up(w), dy(ref.size() * 2);
+      blas.gemm_bf16(dx.as<uint16_t>(), dw.as<uint16_t>(), dy.as<uint16_t>(), M, N, K, nullptr);
+      const std::vector<uint16_t> got = dy.to_host<uint16_t>();
+      expect_bf16_near(got, ref, 1.0, f32_sum_bound(abs_products(to_float(x), to_float(w), M, N, K), K));
+      // f32 sums in another order differ by ~sqrt(K) 2^-24 relative, so a bf16 rounding
+      // (2^-8) flips for a small fraction of outputs only; a bf16 split-K reduction would
+      // change most of them.
+      size_t differ = 0;
+      for (size_t i = 0; i < got.size(); ++i) differ += got[i] != ref[i];
+      EXPECT_LE(differ, got.size() / 20 + 1) << differ << " of " << got.size() << " outputs differ from the reference";
+    }
+}
+
+TEST(RunnerKernels, W8A8GemmsMatchReference) {
+  LLMQ_REQUIRE_GPU();
+  const GpuInfo info = query_gpu();
+  const bool fp8_ok = info.major * 10 + info.minor >= 89;
+  gpu::Blas blas;
+  for (auto [N, K] : {std::pair{64, 64}, std::pair{172, 176}, std::pair{1000, 4096}})
+    for (int M : kRows) {
+      SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " K " << K << " seed " << kSeed);
+      std::mt19937 rng(kSeed + M * 17 + N + K);
+      const auto x = random_bf16(static_cast<size_t>(M) * K, rng);
+      std::vector<float> sw(N);
+      for (auto& s : sw) s = 0.001f * (1 + rng() % 50);
+      // INT8: exact int32 sums, then the same double scaling as the reference: bit-exact.
+      std::vector<int8_t> xi(x.size()), wi(static_cast<size_t>(N) * K);
+      std::vector<float> sxi(M);
+      ref::quantize_int8_per_token_ref(x.data(), xi.data(), sxi.data(), M, K);
+      for (auto& c : wi) c = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+      std::vector<uint16_t> ref_i(static_cast<size_t>(M) * N);
+      ref::gemm_w8a8_int8_ref(xi.data(), sxi.data(), wi.data(), sw.data(), ref_i.data(), M, N, K);
+      DeviceBuffer dxi = up(xi), dwi = up(wi), dsx = up(sxi), dsw = up(sw), dacc(ref_i.size() * 4), dy(ref_i.size() * 2);
+      blas.gemm_int8(dxi.as<int8_t>(), dwi.as<int8_t>(), dacc.as<int32_t>(), M, N, K, nullptr);
+      gpu::scale_rows_cols_i32(dacc.as<int32_t>(), dsx.as<float>(), dsw.as<float>(), dy.as<uint16_t>(), M, N, nullptr);
+      EXPECT_EQ(dy.to_host<uint16_t>(), ref_i);
+
+      if (!fp8_ok) continue;
+      std::vector<uint8_t> xf(x.size()), wf(static_cast<size_t>(N) * K);
+      std::vector<float> sxf(M);
+      ref::quantize_fp8_per_token_ref(x.data(), xf.data(), sxf.data(), M, K);
+      for (auto& c : wf) {
+        c = static_cast<uint8_t>(rng() & 0xFF);
+        if ((c & 0x7F) == 0x7F) c ^= 0x01;  // no NaN codes
+      }
+      std::vector<uint16_t> ref_f(static_cast<size_t>(M) * N);
+      ref::gemm_w8a8_fp8_ref(xf.data(), sxf.data(), wf.data(), sw.data(), ref_f.data(), M, N, K);
+      DeviceBuffer dxf = up(xf), dwf = up(wf), dsxf = up(sxf), dacf(ref_f.size() * 4), dyf(ref_f.size() * 2);
+      blas.gemm_fp8(dxf.as<uint8_t>(), dwf.as<uint8_t>(), dacf.as<float>(), M, N, K, nullptr);
+      gpu::scale_rows_cols_f32(dacf.as<float>(), dsxf.as<float>(), dsw.as<float>(), dyf.as<uint16_t>(), M, N, nullptr);
+      // Exact e4m3 products, but Hopper's FP8 tensor cores accumulate with about 14 mantissa
+      // bits (DeepSeek-V3 report, 3.3.2), aligned to the largest product of each MMA, and
+      // cuBLAS promotes to f32 after at most four k=32 MMAs: each MMA errs by <= 2^-13 of its
+      // largest |term|, four before promotion, twice that for the alignment rounding, and a
+      // term is <= Σ|terms|: 2^-10 Σ|xq wq| · sx · sw, on top of the f32 bound. (2^-12
+      // failed for one output in 16 000 on an H100.)
+      std::vector<float> xg(xf.size()), wg(wf.size());
+      for (size_t i = 0; i < xf.size(); ++i) xg[i] = fp8e4m3_to_f32(xf[i]);
+      for (size_t i = 0; i < wf.size(); ++i) wg[i] = fp8e4m3_to_f32(wf[i]);
+      std::vector<double> abs_sum = abs_products(xg, wg, M, N, K);
+      for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) abs_sum[static_cast<size_t>(m) * N + n] *= static_cast<double>(sxf[m]) * sw[n];
+      std::vector<double> tol = f32_sum_bound(abs_sum, K);
+      for (size_t i = 0; i < tol.size(); ++i) tol[i] += std::ldexp(abs_sum[i], -10);
+      expect_bf16_near(dyf.to_host<uint16_t>(), ref_f, 1.0, tol);
+    }
+}
+
+// A random int4 linear: scales exact in the scale dtype, zeros 0..15 (or 8), optional act-order.
+QuantizedLinear random_int4(int N, int K, int gs, bool symmetric, bool act_order, DType scale_dtype, std::mt19937& rng) {
+  QuantizedLinear q = make_int4_linear(N, K, gs, symmetric, scale_dtype);
+  uint8_t* c = q.codes.data<uint8_t>();
+  for (int64_t i = 0; i < static_cast<int64_t>(N) * K; ++i) c[i] = static_cast<uint8_t>(rng() % 16);
+  float* s = q.scales.data<float>();
+  uint8_t* z = q.zeros.data<uint8_t>();
+  for (int64_t i = 0; i < q.scales.numel(); ++i) {
+    const float v = 0.002f + 0.02f * static_cast<float>(rng() % 1000) / 1000.0f;
+    s[i] = scale_dtype == DType::kF16 ? f16_to_f32(f32_to_f16(v)) : bf16_to_f32(f32_to_bf16(v));
+    z[i] = symmetric ? 8 : static_cast<uint8_t>(rng() % 16);
+  }
+  if (act_order) {
+    std::vector<int32_t> perm(K);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    q.g_idx = Tensor(DType::kI32, {K});
+    for (int k = 0; k < K; ++k) q.g_idx.data<int32_t>()[perm[k]] = k / gs;  // GPTQ desc_act: groups of the permuted order
+  }
+  EXPECT_EQ(validate(q), "");
+  return q;
+}
+
+TEST(RunnerKernels, W4A16MatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  gpu::Blas blas;
+  struct Case { int N, K, gs; bool sym, act; DType sd; };
+  const Case cases[] = {{64, 128, 128, true, false, DType::kBF16},  {172, 384, 128, false, false, DType::kF16},
+                        {1000, 1024, 128, false, true, DType::kF16}, {96, 256, 32, false, true, DType::kBF16},
+                        {4096, 4096, 128, true, false, DType::kBF16}};
+  for (const Case& k : cases)
+    for (int M : {1, 2, 3, 5, 17, 32, 33, 64, 118}) {
+      if (k.N * k.K > 1000 * 1024 && M > 17) continue;  // the double reference is slow at 4096²
+      SCOPED_TRACE(::testing::Message() << "M " << M << " N " << k.N << " K " << k.K << " gs " << k.gs << " sym " << k.sym
+                                        << " act " << k.act << " seed " << kSeed);
+      std::mt19937 rng(kSeed + M + k.N + k.K * 3 + k.gs);
+      const QuantizedLinear q = random_int4(k.N, k.K, k.gs, k.sym, k.act, k.sd, rng);
+      auto layout = w4a16_layout(q);
+      ASSERT_TRUE(layout.has_value()) << layout.status().message();
+      const gpu::W4A16Weights w = gpu::W4A16Weights::upload(*layout);
+      const auto x = random_bf16(static_cast<size_t>(M) * k.K, rng);
+      std::vector<uint16_t> ref(static_cast<size_t>(M) * k.N);
+      w4a16_gemm_ref(q, x.data(), ref.data(), M);
+      DeviceBuffer dx = up(x), dy(ref.size() * 2), xp(x.size() * 2), wb(static_cast<size_t>(k.N) * k.K * 2);
+      gpu::w4a16_gemm(w, dx.as<uint16_t>(), dy.as<uint16_t>(), M, {xp.as<uint16_t>(), wb.as<uint16_t>()}, blas, nullptr);
+      const Tensor wd = dequantize(q);
+      std::vector<float> wf(wd.data<float>(), wd.data<float>() + wd.numel());
+      const std::vector<double> abs_sum = abs_products(to_float(x), wf, M, k.N, k.K);
+      std::vector<double> tol = f32_sum_bound(abs_sum, k.K);
+      // The large-M path rounds each dequantized weight to bf16 (relative error <= 2^-9).
+      if (M > kW4A16GemvMaxM)
+        for (size_t i = 0; i < tol.size(); ++i) tol[i] += std::ldexp(abs_sum[i], -9);
+      expect_bf16_near(dy.to_host<uint16_t>(), ref, 1.0, tol);
+    }
+}
+
+TEST(RunnerKernels, W4A16DequantizeIsExactRounding) {
+  LLMQ_REQUIRE_GPU();
+  std::mt19937 rng(kSeed);
+  const QuantizedLinear q = random_int4(172, 512, 128, false, true, DType::kF16, rng);
+  auto layout = w4a16_layout(q);
+  ASSERT_TRUE(layout.has_value()) << layout.status().message();
+  const gpu::W4A16Weights w = gpu::W4A16Weights::upload(*layout);
+  DeviceBuffer out(static_cast<size_t>(172) * 512 * 2);
+  gpu::w4a16_dequantize(w, out.as<uint16_t>(), nullptr);
+  const std::vector<uint16_t> got = out.to_host<uint16_t>();
+  const Tensor wd = dequantize(q);
+  for (int n = 0; n < 172; ++n)
+    for (int j = 0; j < 512; ++j) {
+      const int k = layout->perm.empty() ? j : layout->perm[j];
+      ASSERT_EQ(got[n * 512 + j], f32_to_bf16(wd.data<float>()[n * 512 + k])) << "n " << n << " j " << j;
+    }
+}
+
+TEST(RunnerKernels, W4A16LayoutRejectsBadGroups) {
+  std::mt19937 rng(kSeed);
+  QuantizedLinear q = random_int4(16, 256, 128, true, true, DType::kBF16, rng);
+  q.g_idx.data<int32_t>()[0] = 1 - q.g_idx.data<int32_t>()[0];  // one group now has 129 columns
+  const auto layout = w4a16_layout(q);
+  ASSERT_FALSE(layout.has_value());
+  EXPECT_NE(layout.status().message().find("g_idx"), std::string::npos) << layout.status().message();
+}
+
+}  // namespace
+}  // namespace llmq
