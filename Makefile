@@ -32,8 +32,11 @@ fuzz: setup
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # ---- pipelines ---------------------------------------------------------------------------
-# make pipeline MODEL=DIR CALIB=FILE [PPL=FILE] [GSM8K=FILE] [OUT=DIR] [METHODS="fp8 int8-sq awq gptq"]
-# calibrates once, quantizes with each method, evaluates the BF16 model and every output.
+# make pipeline MODEL=DIR CALIB=FILE [PPL=FILE] [GSM8K=FILE] [OUT=DIR] [METHODS="fp8 int8-sq awq gptq"] [BENCH=1]
+# calibrates once, quantizes with each method, evaluates the BF16 model and every output, and
+# compares them in $(OUT)/report.md (`llmq report`). BENCH=1 (a GPU machine) adds the runner's
+# benchmark to every eval (BENCH_FLAGS="--bench --batches 1,8,32" etc. to choose); evals already
+# made are kept, so delete the *.eval.json files (or use make -B) after changing it.
 # Every step is a file target: re-running redoes only what is missing or out of date, and
 # `make -j` runs the quantizers side by side (each writes only its own directory).
 MODEL ?=
@@ -46,10 +49,18 @@ METHODS ?= fp8 int8-sq awq gptq
 SAMPLES ?= 128
 SEQ_LEN ?= 512
 EVAL_SEQ_LEN ?= 512
-EVAL_FLAGS = --ppl $(PPL) --seq-len $(EVAL_SEQ_LEN) $(if $(GSM8K),--gsm8k $(GSM8K) --limit $(GSM8K_LIMIT))
+BENCH ?=
+BENCH_FLAGS ?= --bench
+EVAL_FLAGS = --ppl $(PPL) --seq-len $(EVAL_SEQ_LEN) $(if $(GSM8K),--gsm8k $(GSM8K) --limit $(GSM8K_LIMIT)) \
+  $(if $(filter 1,$(BENCH)),$(BENCH_FLAGS))
+EVALS = $(OUT)/bf16.eval.json $(foreach m,$(METHODS),$(OUT)/$(m).eval.json)
 
-pipeline: $(OUT)/bf16.eval.json $(foreach m,$(METHODS),$(OUT)/$(m).eval.json)
-	@for f in $^; do printf '%-34s ' $$f; sed -n 's/.*"ppl": *\([0-9.]*\).*/ppl \1/p' $$f | head -1; done
+pipeline: $(OUT)/report.md
+	@echo "report: $(OUT)/report.md"
+
+# One writer for the report files, after every eval (so -j cannot race on them).
+$(OUT)/report.md: $(EVALS)
+	$(LLMQ) report --out $(OUT) --force $(EVALS)
 
 $(OUT)/calib.safetensors: $(MODEL)/config.json $(CALIB)
 	@mkdir -p $(OUT)

@@ -245,6 +245,8 @@ struct Engine::Impl {
   DeviceBuffer sel;           // [rows] int32: rows whose logits are wanted
   DeviceBuffer decode_sel;    // [max_batch] int32: 0..B-1
   DeviceBuffer next;          // [logit_rows] int32 argmax
+  DeviceBuffer attn_ws;       // split-attention scratch for up to attn_ws_rows rows (decode)
+  int attn_ws_rows = 0;
   LinearScratch scratch;
 
   std::map<int, cudaGraphExec_t> graphs;  // decode step per batch size
@@ -278,7 +280,7 @@ struct Engine::Impl {
                           stream);
       gpu::attention({qkv.as<const bf16>(), q_dim() + 2 * kv_dim(), k_cache[l].as<const bf16>(),
                       v_cache[l].as<const bf16>(), pos.as<const int32_t>(), seq.as<const int32_t>(), attn.as<bf16>(), M,
-                      n_q, n_kv, hd, capacity},
+                      n_q, n_kv, hd, capacity, attn_ws.as<float>(), attn_ws_rows},
                      stream);
       L.o.forward(attn.as<const bf16>(), hs, M, scratch, *blas, stream);
       gpu::add_inplace(xs, hs, int64_t(M) * hidden, stream);
@@ -416,8 +418,11 @@ Expected<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Eng
   e.logit_rows = std::max(options.max_batch, 64);
   const int64_t max_n = std::max<int64_t>(2 * inter, c.q_dim() + 2 * c.kv_dim());
   const int64_t max_k = std::max<int64_t>({inter, hidden, c.q_dim()});
+  e.attn_ws_rows = static_cast<int>(std::min<int64_t>(rows, 64));  // decode batches that cannot fill the GPU
+  const size_t attn_ws_bytes = gpu::attention_workspace_floats(e.attn_ws_rows, n_q, static_cast<int>(c.head_dim),
+                                                               e.capacity) * sizeof(float);
   const size_t act_bytes = size_t(rows) * 2 * (2 * hidden + c.q_dim() + 2 * c.kv_dim() + c.q_dim() + 3 * inter) +
-                           size_t(e.logit_rows) * c.vocab_size * 2;
+                           size_t(e.logit_rows) * c.vocab_size * 2 + attn_ws_bytes;
   const bool quantized = ckpt.quantization().has_value() || !rtn.empty();
   const size_t scratch_bytes =
       quantized ? size_t(rows) * (round_up(max_k, 16) + 4 + 4 * max_n + 2 * max_k) + size_t(max_n) * max_k * 2 : 0;
@@ -505,6 +510,7 @@ Expected<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Eng
   for (int i = 0; i < options.max_batch; ++i) iota[i] = i;
   e.decode_sel = DeviceBuffer::from_host(iota);
   e.next = DeviceBuffer(size_t(e.logit_rows) * 4);
+  e.attn_ws = DeviceBuffer(attn_ws_bytes);
   if (quantized) {
     e.scratch.codes = DeviceBuffer(size_t(rows) * round_up(max_k, 16));
     e.scratch.scales = DeviceBuffer(size_t(rows) * 4);

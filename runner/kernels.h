@@ -66,8 +66,15 @@ struct AttentionArgs {
   const int32_t* seq;
   bf16* out;
   int rows, n_q, n_kv, hd, capacity;
+  // Optional f32 scratch of attention_workspace_floats(workspace_rows, n_q, hd, capacity)
+  // floats. With it, few rows (decode; rows <= workspace_rows) are split over position chunks
+  // across the GPU (flash-decoding, with the global max found first so the bf16
+  // probabilities are the same as unsplit).
+  float* workspace = nullptr;
+  int workspace_rows = 0;
 };
 void attention(const AttentionArgs& a, cudaStream_t s);
+size_t attention_workspace_floats(int rows, int n_q, int hd, int capacity);
 // Largest cache capacity attention() supports for this head layout on this device.
 int attention_max_capacity(int n_q, int n_kv, int hd);
 

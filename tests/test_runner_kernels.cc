@@ -180,15 +180,23 @@ TEST(RunnerKernels, AttentionMatchesReference) {
       ref::attention_ref(q.data(), q_stride, kc.data(), vc.data(), pos.data(), seq.data(), ref.data(), rows, k.n_q,
                          k.n_kv, k.hd, capacity);
       DeviceBuffer dq = up(q), dk = up(kc), dv = up(vc), dp = up(pos), ds = up(seq), dout(ref.size() * 2);
-      gpu::attention({dq.as<uint16_t>(), q_stride, dk.as<uint16_t>(), dv.as<uint16_t>(), dp.as<int32_t>(),
-                      ds.as<int32_t>(), dout.as<uint16_t>(), rows, k.n_q, k.n_kv, k.hd, capacity},
-                     nullptr);
+      gpu::AttentionArgs args{dq.as<uint16_t>(), q_stride, dk.as<uint16_t>(), dv.as<uint16_t>(), dp.as<int32_t>(),
+                              ds.as<int32_t>(), dout.as<uint16_t>(), rows, k.n_q, k.n_kv, k.hd, capacity};
       // Scores differ from the reference only by f32 summation order, so each bf16
       // probability p_j can flip by one ulp (2^-8 relative): |Δout| <= 2^-8 Σ p_j |v_j| / l
       // <= 2^-8 max|v|, plus one ulp of the output's own rounding.
       double vmax = 0.0;
       for (uint16_t v : vc) vmax = std::max(vmax, std::fabs(static_cast<double>(bf16_to_f32(v))));
-      expect_bf16_near(dout.to_host<uint16_t>(), ref, 1.0, std::vector<double>(ref.size(), std::ldexp(vmax, -8)));
+      gpu::attention(args, nullptr);
+      expect_bf16_near(dout.to_host<uint16_t>(), ref, 1.0, std::vector<double>(ref.size(), std::ldexp(vmax, -8)),
+                       "one block per row");
+      // The same with a workspace: few rows are split over position chunks (decode path).
+      DeviceBuffer ws(gpu::attention_workspace_floats(rows, k.n_q, k.hd, capacity) * sizeof(float));
+      args.workspace = ws.as<float>();
+      args.workspace_rows = rows;
+      gpu::attention(args, nullptr);
+      expect_bf16_near(dout.to_host<uint16_t>(), ref, 1.0, std::vector<double>(ref.size(), std::ldexp(vmax, -8)),
+                       "split over chunks");
     }
   EXPECT_GE(gpu::attention_max_capacity(32, 8, 128), 8192);  // Llama-3-8B heads: room for 8K positions
 }

@@ -1,5 +1,7 @@
-// llmq eval: perplexity on a text file and/or GSM8K accuracy (lm-eval's gsm8k /
-// gsm8k_cot_llama), one table on stdout and one combined JSON record.
+// llmq eval: the runner's benchmark, perplexity on a text file and/or GSM8K accuracy (lm-eval's
+// gsm8k / gsm8k_cot_llama) of one or more checkpoints: tables on stdout and one combined JSON
+// record per checkpoint (an array of them for several), the input of `llmq report`. With
+// several checkpoints it ends with the report's comparison table.
 #include <cctype>
 #include <chrono>
 #include <cstdio>
@@ -13,9 +15,11 @@
 #include "core/output_dir.h"
 #include "eval/gsm8k.h"
 #include "eval/perplexity.h"
+#include "eval/report.h"
 #include "formats/checkpoint.h"
 #include "formats/tokenizer.h"
 #include "model/llama.h"
+#include "runner/bench.h"
 #include "runner/device.h"
 #include "tools/commands.h"
 
@@ -24,7 +28,7 @@ namespace llmq::cli {
 namespace {
 
 struct EvalArgs {
-  std::string model;
+  std::vector<std::string> models;
   std::string ppl_file;
   int64_t seq_len = 0;  // 0: min(2048, max_position_embeddings)
   int64_t limit_tokens = 0;
@@ -37,6 +41,9 @@ struct EvalArgs {
   std::string style = std::string(gsm8k_style_name(Gsm8kConfig{}.style));
   Gsm8kConfig gsm;
   std::string samples_out;
+  // --bench; defaults from BenchOptions (runner/bench.h).
+  bool bench = false;
+  BenchOptions bench_options;
 };
 
 Expected<std::string> read_text(const std::string& path) {
@@ -47,7 +54,6 @@ Expected<std::string> read_text(const std::string& path) {
   return ss.str();
 }
 
-// Refuses an existing output before hours of work, not after (write_file_atomic checks again).
 // What the checkpoint holds, for the results table: "bf16", "fp8", "int8", "awq-g128",
 // "gptq-g128", "w4-g128" (compressed-tensors pack-quantized).
 std::string checkpoint_format_label(const HfCheckpoint& ckpt) {
@@ -69,34 +75,62 @@ std::string checkpoint_format_label(const HfCheckpoint& ckpt) {
   return "?";
 }
 
+// Refuses an existing output before hours of work, not after (write_file_atomic checks again).
 Status check_output_free(const std::string& path, bool force) {
   if (!path.empty() && !force && std::filesystem::exists(path))
     return Status::error(path + ": exists (use --force to replace it)");
   return Status::ok();
 }
 
-Status run_eval(const EvalArgs& a) {
-  if (a.ppl_file.empty() && a.gsm8k_file.empty())
-    return Status::error("eval: nothing to do (give --ppl FILE and/or --gsm8k FILE)");
+// Tensor bytes of the checkpoint files: the "weights" column of the report, on every machine.
+uint64_t checkpoint_tensor_bytes(const HfCheckpoint& ckpt) {
+  uint64_t bytes = 0;
+  for (const SafetensorsFile& f : ckpt.tensors().files())
+    for (const SafetensorsEntry& e : f.entries()) bytes += e.end - e.begin;
+  return bytes;
+}
+
+Expected<Precision> parse_precision(const std::string& name) {
+  if (name == "f32") return Precision::kFloat32;
+  if (name == "bf16") return Precision::kBFloat16;
+  return Status::error("--precision must be f32 or bf16, not '" + name + "'");
+}
+
+// Option combinations, checked before anything is read.
+Status check_args(const EvalArgs& a) {
+  if (a.ppl_file.empty() && a.gsm8k_file.empty() && !a.bench)
+    return Status::error("eval: nothing to do (give --ppl FILE, --gsm8k FILE and/or --bench)");
   if (!a.samples_out.empty() && a.gsm8k_file.empty()) return Status::error("--samples-out needs --gsm8k");
-  LLMQ_RETURN_IF_ERROR(check_output_free(a.json_out, a.force));
-  LLMQ_RETURN_IF_ERROR(check_output_free(a.samples_out, a.force));
-  Precision precision;
-  if (a.precision == "f32") {
-    precision = Precision::kFloat32;
-  } else if (a.precision == "bf16") {
-    precision = Precision::kBFloat16;
-  } else {
-    return Status::error("--precision must be f32 or bf16, not '" + a.precision + "'");
+  if (!a.samples_out.empty() && a.models.size() > 1) return Status::error("--samples-out needs a single --model");
+  if (a.bench) {
+    const BenchOptions& b = a.bench_options;
+    if (b.batches.empty()) return Status::error("--batches: give at least one batch size");
+    for (int batch : b.batches)
+      if (batch < 1) return Status::error("--batches: batch sizes must be >= 1, not " + std::to_string(batch));
+    if (b.input_len < 1) return Status::error("--bench-in must be >= 1");
+    if (b.output_len < 2) return Status::error("--bench-out must be >= 2 (one prefill token plus decode steps)");
   }
-  // Inputs that can be wrong are read before the model, so their errors come at once.
-  std::optional<Gsm8kStyle> style;
+  LLMQ_RETURN_IF_ERROR(check_output_free(a.json_out, a.force));
+  return check_output_free(a.samples_out, a.force);
+}
+
+// What every checkpoint is evaluated on, read once before any model.
+struct EvalInputs {
+  Precision precision = Precision::kFloat32;
+  std::optional<Gsm8kStyle> style;  // set when GSM8K runs
   std::vector<Gsm8kDoc> gsm_test, gsm_train;
+  std::string ppl_text;
+};
+
+// Inputs that can be wrong are read before the models, so their errors come at once.
+Expected<EvalInputs> read_inputs(const EvalArgs& a) {
+  EvalInputs in;
+  LLMQ_ASSIGN_OR_RETURN(in.precision, parse_precision(a.precision));
   if (!a.gsm8k_file.empty()) {
-    LLMQ_ASSIGN_OR_RETURN(style, parse_gsm8k_style(a.style));
-    LLMQ_ASSIGN_OR_RETURN(gsm_test, load_gsm8k_jsonl(a.gsm8k_file));
-    const int64_t k = a.gsm.fewshot >= 0 ? a.gsm.fewshot : gsm8k_task_spec(*style).num_fewshot;
-    if (*style == Gsm8kStyle::kGsm8k && k > 0) {
+    LLMQ_ASSIGN_OR_RETURN(in.style, parse_gsm8k_style(a.style));
+    LLMQ_ASSIGN_OR_RETURN(in.gsm_test, load_gsm8k_jsonl(a.gsm8k_file));
+    const int64_t k = a.gsm.fewshot >= 0 ? a.gsm.fewshot : gsm8k_task_spec(*in.style).num_fewshot;
+    if (*in.style == Gsm8kStyle::kGsm8k && k > 0) {
       std::string train = a.train_file;
       if (train.empty()) {
         train = (std::filesystem::path(a.gsm8k_file).parent_path() / "train.jsonl").string();
@@ -104,78 +138,154 @@ Status run_eval(const EvalArgs& a) {
           return Status::error(a.gsm8k_file + ": no --train given and no train.jsonl beside it (the gsm8k style "
                                "draws its few-shot exemplars from the train split)");
       }
-      LLMQ_ASSIGN_OR_RETURN(gsm_train, load_gsm8k_jsonl(train));
+      LLMQ_ASSIGN_OR_RETURN(in.gsm_train, load_gsm8k_jsonl(train));
     }
   }
-  std::string ppl_text;
   if (!a.ppl_file.empty()) {
-    LLMQ_ASSIGN_OR_RETURN(ppl_text, read_text(a.ppl_file));
+    LLMQ_ASSIGN_OR_RETURN(in.ppl_text, read_text(a.ppl_file));
   }
+  return in;
+}
 
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// The runner's latency / throughput sweep (runner/bench.h); its JSON goes in as "bench".
+Status add_bench(const std::string& model_dir, const EvalArgs& a, nlohmann::ordered_json& j) {
+  BenchOptions options = a.bench_options;
+  options.model_dir = model_dir;
+  Expected<BenchResult> result = run_bench(options);
+  if (!result) {
+    // Name the checkpoint unless the runner's message already does (a load error).
+    const std::string& message = result.status().message();
+    return message.find(model_dir) == std::string::npos ? result.status().with_context(model_dir) : result.status();
+  }
+  std::printf("%s", bench_table(*result).c_str());
+  j["bench"] = nlohmann::ordered_json::parse(bench_json(*result));
+  return Status::ok();
+}
+
+Status add_perplexity(const std::string& model_dir, const LlamaModel& model, const Tokenizer& tokenizer,
+                      const EvalArgs& a, const EvalInputs& in, const std::string& format, nlohmann::ordered_json& j) {
   const auto t0 = std::chrono::steady_clock::now();
-  LLMQ_ASSIGN_OR_RETURN(HfCheckpoint ckpt, HfCheckpoint::open(a.model));
-  LLMQ_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, load_tokenizer(a.model));
-  LLMQ_ASSIGN_OR_RETURN(LlamaModel model, LlamaModel::load(ckpt));
-  const GpuInfo gpu = query_gpu();
+  std::vector<int32_t> ids = tokenizer.encode(in.ppl_text);
+  if (a.limit_tokens > 0 && static_cast<int64_t>(ids.size()) > a.limit_tokens) ids.resize(a.limit_tokens);
+  PerplexityConfig pc;
+  pc.window = a.seq_len;
+  pc.precision = in.precision;
+  auto result = perplexity(model, ids, pc);
+  if (!result) return result.status().with_context(a.ppl_file);
+  const double seconds = seconds_since(t0);
+  std::printf("%-28s %-10s %-9s %9s %8s %7s %10s %8s\n", "model", "format", "precision", "tokens", "windows", "seq",
+              "ppl", "seconds");
+  std::printf("%-28s %-10s %-9s %9lld %8lld %7lld %10.4f %8.1f\n", model_dir.c_str(), format.c_str(),
+              std::string(precision_name(in.precision)).c_str(), (long long)ids.size(), (long long)result->windows,
+              (long long)result->window, result->ppl, seconds);
+  j["perplexity"] = {{"file", a.ppl_file},
+                     {"tokens", ids.size()},
+                     {"window", result->window},
+                     {"stride", result->stride},
+                     {"windows", result->windows},
+                     {"scored_tokens", result->scored_tokens},
+                     {"mean_nll", result->mean_nll},
+                     {"ppl", result->ppl},
+                     {"seconds", seconds}};
+  return Status::ok();
+}
+
+// GSM8K's lm-eval results merged into the record; returns the per-sample log.
+Expected<std::string> add_gsm8k(const std::string& model_dir, const LlamaModel& model, const Tokenizer& tokenizer,
+                                const EvalArgs& a, const EvalInputs& in, nlohmann::ordered_json& j) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Gsm8kConfig gc = a.gsm;
+  gc.style = *in.style;
+  gc.precision = in.precision;
+  gc.chat_template = detect_chat_template(model_dir);
+  auto result = evaluate_gsm8k(model, tokenizer, in.gsm_test, in.gsm_train, gc);
+  if (!result) return result.status().with_context(a.gsm8k_file);
+  const double seconds = seconds_since(t0);
+  const Gsm8kTaskSpec& spec = gsm8k_task_spec(*in.style);
+  std::printf("%-28s %-16s %6s %6s %8s %10s %10s %8s\n", "model", "task", "docs", "shots", "max-gen", "strict",
+              "flexible", "seconds");
+  std::printf("%-28s %-16s %6zu %6lld %8lld %10.4f %10.4f %8.1f\n", model_dir.c_str(), spec.task.c_str(),
+              result->samples.size(), (long long)result->fewshot, (long long)result->max_gen_toks,
+              result->metrics.at(0).exact_match, result->metrics.at(1).exact_match, seconds);
+  nlohmann::ordered_json r = gsm8k_results_json(*result);
+  for (auto it = r.begin(); it != r.end(); ++it) j[it.key()] = it.value();
+  j["gsm8k_file"] = a.gsm8k_file;
+  j["gsm8k_seconds"] = seconds;
+  return gsm8k_samples_jsonl(*result);
+}
+
+struct EvalOutput {
+  nlohmann::ordered_json record;
+  std::string samples_jsonl;  // GSM8K's per-sample log ("" without --gsm8k)
+};
+
+// One checkpoint: the benchmark first (it fails at once where there is no GPU), then the CPU
+// reference forward for perplexity and GSM8K, loaded only when one of them runs.
+Expected<EvalOutput> eval_checkpoint(const HfCheckpoint& ckpt, const EvalArgs& a, const EvalInputs& in) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string& model_dir = ckpt.dir();
   const std::string format = checkpoint_format_label(ckpt);
-  nlohmann::ordered_json j = {{"model", a.model},
-                              {"format", format},
-                              {"device", "cpu"},
-                              {"precision", precision_name(precision)}};
-
-  if (!a.ppl_file.empty()) {
-    const auto tp = std::chrono::steady_clock::now();
-    std::vector<int32_t> ids = tokenizer->encode(ppl_text);
-    if (a.limit_tokens > 0 && static_cast<int64_t>(ids.size()) > a.limit_tokens) ids.resize(a.limit_tokens);
-    PerplexityConfig pc;
-    pc.window = a.seq_len;
-    pc.precision = precision;
-    auto result = perplexity(model, ids, pc);
-    if (!result) return result.status().with_context(a.ppl_file);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tp).count();
-    std::printf("%-28s %-10s %-9s %9s %8s %7s %10s %8s\n", "model", "format", "precision", "tokens", "windows",
-                "seq", "ppl", "seconds");
-    std::printf("%-28s %-10s %-9s %9lld %8lld %7lld %10.4f %8.1f\n", a.model.c_str(), format.c_str(),
-                std::string(precision_name(precision)).c_str(), (long long)ids.size(), (long long)result->windows,
-                (long long)result->window, result->ppl, seconds);
-    j["perplexity"] = {{"file", a.ppl_file},
-                       {"tokens", ids.size()},
-                       {"window", result->window},
-                       {"stride", result->stride},
-                       {"windows", result->windows},
-                       {"scored_tokens", result->scored_tokens},
-                       {"mean_nll", result->mean_nll},
-                       {"ppl", result->ppl},
-                       {"seconds", seconds}};
+  EvalOutput out;
+  nlohmann::ordered_json& j = out.record;
+  j = {{"model", model_dir},
+       {"format", format},
+       {"device", "cpu"},
+       {"precision", precision_name(in.precision)},
+       {"weight_bytes", checkpoint_tensor_bytes(ckpt)}};
+  if (a.bench) LLMQ_RETURN_IF_ERROR(add_bench(model_dir, a, j));
+  if (!a.ppl_file.empty() || in.style) {
+    LLMQ_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, load_tokenizer(model_dir));
+    LLMQ_ASSIGN_OR_RETURN(LlamaModel model, LlamaModel::load(ckpt));
+    if (!a.ppl_file.empty()) LLMQ_RETURN_IF_ERROR(add_perplexity(model_dir, model, *tokenizer, a, in, format, j));
+    if (in.style) {
+      LLMQ_ASSIGN_OR_RETURN(out.samples_jsonl, add_gsm8k(model_dir, model, *tokenizer, a, in, j));
+    }
+    const GpuInfo gpu = query_gpu();
+    std::printf("device: CPU reference forward (%s)\n",
+                gpu.available ? "GPU runner not built yet" : gpu.why_not.c_str());
   }
+  j["seconds"] = seconds_since(t0);
+  return out;
+}
 
-  std::string samples_jsonl;
-  if (style) {
-    const auto tg = std::chrono::steady_clock::now();
-    Gsm8kConfig gc = a.gsm;
-    gc.style = *style;
-    gc.precision = precision;
-    gc.chat_template = detect_chat_template(a.model);
-    auto result = evaluate_gsm8k(model, *tokenizer, gsm_test, gsm_train, gc);
-    if (!result) return result.status().with_context(a.gsm8k_file);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tg).count();
-    const Gsm8kTaskSpec& spec = gsm8k_task_spec(*style);
-    std::printf("%-28s %-16s %6s %6s %8s %10s %10s %8s\n", "model", "task", "docs", "shots", "max-gen", "strict",
-                "flexible", "seconds");
-    std::printf("%-28s %-16s %6zu %6lld %8lld %10.4f %10.4f %8.1f\n", a.model.c_str(), spec.task.c_str(),
-                result->samples.size(), (long long)result->fewshot, (long long)result->max_gen_toks,
-                result->metrics.at(0).exact_match, result->metrics.at(1).exact_match, seconds);
-    nlohmann::ordered_json r = gsm8k_results_json(*result);
-    for (auto it = r.begin(); it != r.end(); ++it) j[it.key()] = it.value();
-    j["gsm8k_file"] = a.gsm8k_file;
-    j["gsm8k_seconds"] = seconds;
-    samples_jsonl = gsm8k_samples_jsonl(*result);
+// With several checkpoints, the comparison table of `llmq report` over their records.
+Status print_comparison(const std::vector<EvalOutput>& outputs) {
+  std::vector<EvalSummary> rows;
+  for (const EvalOutput& o : outputs) {
+    LLMQ_ASSIGN_OR_RETURN(std::vector<EvalSummary> r, parse_eval_json(o.record, o.record.value("model", "")));
+    rows.push_back(std::move(r.at(0)));
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  j["seconds"] = seconds;
-  std::printf("device: CPU reference forward (%s)\n", gpu.available ? "GPU runner not built yet" : gpu.why_not.c_str());
-  if (!a.samples_out.empty()) LLMQ_RETURN_IF_ERROR(write_file_atomic(a.samples_out, samples_jsonl, a.force));
-  if (!a.json_out.empty()) LLMQ_RETURN_IF_ERROR(write_file_atomic(a.json_out, j.dump(2) + "\n", a.force));
+  std::printf("\n%s", report_tables_markdown(build_report(std::move(rows))).c_str());
+  return Status::ok();
+}
+
+Status run_eval(const EvalArgs& a) {
+  LLMQ_RETURN_IF_ERROR(check_args(a));
+  LLMQ_ASSIGN_OR_RETURN(const EvalInputs inputs, read_inputs(a));
+  // Every checkpoint is opened (and so checked) before hours of work on the first.
+  std::vector<HfCheckpoint> checkpoints;
+  for (const std::string& dir : a.models) {
+    LLMQ_ASSIGN_OR_RETURN(HfCheckpoint ckpt, HfCheckpoint::open(dir));
+    checkpoints.push_back(std::move(ckpt));
+  }
+  std::vector<EvalOutput> outputs;
+  for (const HfCheckpoint& ckpt : checkpoints) {
+    LLMQ_ASSIGN_OR_RETURN(EvalOutput out, eval_checkpoint(ckpt, a, inputs));
+    outputs.push_back(std::move(out));
+  }
+  if (outputs.size() > 1) LLMQ_RETURN_IF_ERROR(print_comparison(outputs));
+  if (!a.samples_out.empty()) LLMQ_RETURN_IF_ERROR(write_file_atomic(a.samples_out, outputs[0].samples_jsonl, a.force));
+  if (!a.json_out.empty()) {
+    // One record for one checkpoint (as before), an array for several; `llmq report` reads both.
+    nlohmann::ordered_json j = nlohmann::ordered_json::array();
+    for (const EvalOutput& o : outputs) j.push_back(o.record);
+    if (outputs.size() == 1) j = outputs[0].record;
+    LLMQ_RETURN_IF_ERROR(write_file_atomic(a.json_out, j.dump(2) + "\n", a.force));
+  }
   return Status::ok();
 }
 
@@ -183,8 +293,22 @@ Status run_eval(const EvalArgs& a) {
 
 void add_eval_command(CLI::App& app, CommandRunner& run) {
   auto args = std::make_shared<EvalArgs>();
-  CLI::App* sub = app.add_subcommand("eval", "Evaluate a checkpoint: perplexity on a text file and/or GSM8K");
-  sub->add_option("--model", args->model, "Checkpoint directory")->required();
+  CLI::App* sub = app.add_subcommand(
+      "eval", "Evaluate checkpoints: runner benchmark, perplexity on a text file and/or GSM8K (several --model: "
+              "and a comparison table)");
+  sub->add_option("--model", args->models, "Checkpoint directory (repeat for several)")->required();
+  CLI::Option* bench = sub->add_flag(
+      "--bench", args->bench, "Benchmark the CUDA runner: latency and throughput per batch size, weight and peak GPU memory");
+  sub->add_option("--batches", args->bench_options.batches, "Benchmark batch sizes (comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->needs(bench);
+  sub->add_option("--bench-in", args->bench_options.input_len, "Benchmark prompt tokens per sequence")
+      ->capture_default_str()
+      ->needs(bench);
+  sub->add_option("--bench-out", args->bench_options.output_len, "Benchmark generated tokens per sequence")
+      ->capture_default_str()
+      ->needs(bench);
   sub->add_option("--ppl", args->ppl_file, "Text file: perplexity (whole text with BOS, windows of --seq-len)");
   sub->add_option("--gsm8k", args->gsm8k_file, "GSM8K test JSONL ({question, answer} per line): lm-eval-style accuracy");
   sub->add_option("--train", args->train_file, "GSM8K train JSONL for the few-shot exemplars (default: train.jsonl beside --gsm8k)");
@@ -200,7 +324,7 @@ void add_eval_command(CLI::App& app, CommandRunner& run) {
   sub->add_option("--seq-len", args->seq_len, "Window length (default min(2048, max_position_embeddings))");
   sub->add_option("--limit-tokens", args->limit_tokens, "Use only the first N tokens");
   sub->add_option("--precision", args->precision, "f32, or bf16 (emulates bf16 activations)")->capture_default_str();
-  sub->add_option("--json", args->json_out, "Write the result as JSON here");
+  sub->add_option("--json", args->json_out, "Write the result as JSON here (an array of records for several --model)");
   sub->add_flag("--force", args->force, "Replace existing --json / --samples-out files");
   sub->callback([args, &run] { run = [args] { return run_eval(*args); }; });
 }

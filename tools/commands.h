@@ -17,5 +17,6 @@ void add_inspect_command(CLI::App& app, CommandRunner& run);
 void add_eval_command(CLI::App& app, CommandRunner& run);
 void add_calibrate_command(CLI::App& app, CommandRunner& run);
 void add_quantize_command(CLI::App& app, CommandRunner& run);
+void add_report_command(CLI::App& app, CommandRunner& run);
 
 }  // namespace llmq::cli

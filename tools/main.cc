@@ -6,7 +6,7 @@
 #include "tools/commands.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"llmq: calibrate, quantize and evaluate Llama checkpoints (FP8, INT8-SmoothQuant, AWQ, GPTQ)"};
+  CLI::App app{"llmq: calibrate, quantize, evaluate and compare Llama checkpoints (FP8, INT8-SmoothQuant, AWQ, GPTQ)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "llmq 0.1.0");
   llmq::cli::CommandRunner run;
@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   llmq::cli::add_eval_command(app, run);
   llmq::cli::add_calibrate_command(app, run);
   llmq::cli::add_quantize_command(app, run);
+  llmq::cli::add_report_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

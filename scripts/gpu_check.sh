@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# On a GPU machine, with binaries built for its arch (BIN, default build): the runner's GPU
+# tests, the linear-kernel benchmark, and (STAGE=bench) the end-to-end benchmark of every
+# format on a synthetic Llama-3.1-8B beside the PyTorch peer. Logs go to $OUT (default out/gpu).
+# Test data: LLMQ_TEST_DATA (default .testdata, a copy of ../shared/data's models and goldens).
+set -uo pipefail
+BIN=${BIN:-build}
+OUT=${OUT:-out/gpu}
+STAGE=${STAGE:-tests}
+export LLMQ_TEST_DATA=${LLMQ_TEST_DATA:-.testdata} LLMQ_REQUIRE_TEST_DATA=1 LLMQ_REQUIRE_GPU=1
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$OUT/gpu.txt"
+
+if [ "$STAGE" = tests ]; then
+  for t in test_runner_kernels test_runner_engine; do
+    timeout 300 "$BIN/tests/$t" > "$OUT/$t.log" 2>&1
+    echo "$t: exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/$t.log" | head -20
+  done
+  timeout 120 "$BIN/bin/llmq_runner_bench" --kernels 2>&1 | tee "$OUT/kernels.txt"
+fi
+
+if [ "$STAGE" = bench ]; then
+  M=${SYNTH_DIR:-/tmp/synth-8b}
+  [ -f "$M/config.json" ] || timeout 300 "$BIN/bin/llmq_runner_bench" --synth llama-3.1-8b "$M" > "$OUT/synth.log" 2>&1
+  for f in ${FORMATS:-bf16 fp8 int8 w4a16}; do
+    rtn=(); [ "$f" = bf16 ] || rtn=(--rtn "$f")
+    timeout 240 "$BIN/bin/llmq_runner_bench" --model "$M" "${rtn[@]}" --batches ${BATCHES:-1,16,64} \
+      --json "$OUT/bench-$f.json" 2>&1 | tee "$OUT/bench-$f.txt"
+  done
+  [ -n "${PEER:-}" ] && timeout 400 python3 "$PEER" --batches ${BATCHES:-1,16,64} 2>&1 | tee "$OUT/peer.txt"
+fi
