@@ -14,27 +14,6 @@
 #include "formats/tokenizer.h"
 
 namespace llmq {
-namespace {
-
-// Copies the four distinct linear inputs of one sample's forward (for ordered accumulation
-// after the parallel forwards).
-class InputCapture final : public LinearInputObserver {
- public:
-  void on_linear_input(int64_t /*layer*/, LinearSlot slot, const TensorView& x) override {
-    const LinearInput input = input_of(slot);
-    if (slot == first_slot_of(input)) inputs[static_cast<size_t>(input)] = Tensor::copy_of(x);
-  }
-  std::array<Tensor, kNumLinearInputs> inputs;  // [T, in] each
-};
-
-bool all_finite(const Tensor& t) {
-  const float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i)
-    if (!std::isfinite(p[i])) return false;
-  return true;
-}
-
-}  // namespace
 
 Expected<std::vector<Tensor>> embed_samples(const HfCheckpoint& ckpt,
                                             const std::vector<std::vector<int32_t>>& samples) {
@@ -68,7 +47,7 @@ Status forward_samples(const DecoderLayer& layer, const LlamaConfig& config, Pre
   // One sample per thread; a chunk's captured inputs are consumed before the next chunk, so
   // memory holds at most `chunk` samples' inputs.
   const int64_t chunk = std::max(1, omp_get_max_threads());
-  std::vector<InputCapture> captures(static_cast<size_t>(collector ? chunk : 0));
+  std::vector<LinearInputRecorder> captures(static_cast<size_t>(collector ? chunk : 0));
   for (int64_t s0 = 0; s0 < n; s0 += chunk) {
     const int64_t s1 = std::min(n, s0 + chunk);
 #pragma omp parallel for schedule(dynamic, 1)
@@ -80,7 +59,7 @@ Status forward_samples(const DecoderLayer& layer, const LlamaConfig& config, Pre
     }
     for (int64_t s = s0; s < s1; ++s) {
       if (collector) {
-        InputCapture& cap = captures[static_cast<size_t>(s - s0)];
+        LinearInputRecorder& cap = captures[static_cast<size_t>(s - s0)];
         for (LinearInput in : kAllLinearInputs) {
           collector->add(in, cap.inputs[static_cast<size_t>(in)].view());
           cap.inputs[static_cast<size_t>(in)] = Tensor();

@@ -55,6 +55,13 @@ LinearSlot first_slot_of(LinearInput input) {
   return LinearSlot::kQ;
 }
 
+bool all_finite(const Tensor& t) {
+  const float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (!std::isfinite(p[i])) return false;
+  return true;
+}
+
 int64_t input_features(const LlamaConfig& config, LinearInput input) {
   switch (input) {
     case LinearInput::kAttnIn: return config.hidden_size;

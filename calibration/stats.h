@@ -41,6 +41,20 @@ LinearSlot first_slot_of(LinearInput input);
 // Width of the input: hidden, q_dim, hidden, intermediate.
 int64_t input_features(const LlamaConfig& config, LinearInput input);
 
+// Copies one forward's four distinct linear inputs ([T, in] each), to be used after the
+// forward (ordered accumulation after parallel forwards, AWQ's searches).
+class LinearInputRecorder final : public LinearInputObserver {
+ public:
+  void on_linear_input(int64_t /*layer*/, LinearSlot slot, const TensorView& x) override {
+    const LinearInput input = input_of(slot);
+    if (slot == first_slot_of(input)) inputs[static_cast<size_t>(input)] = Tensor::copy_of(x);
+  }
+  std::array<Tensor, kNumLinearInputs> inputs;
+};
+
+// True when every element of the float32 tensor is finite.
+bool all_finite(const Tensor& t);
+
 struct InputStats {
   int64_t tokens = 0;
   Tensor abs_max;   // [in] float32

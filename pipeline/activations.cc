@@ -8,31 +8,11 @@
 #include "calibration/calibrate.h"
 
 namespace llmq {
-namespace {
-
-// Copies one forward's four distinct linear inputs.
-class InputRecorder final : public LinearInputObserver {
- public:
-  void on_linear_input(int64_t /*layer*/, LinearSlot slot, const TensorView& x) override {
-    const LinearInput input = input_of(slot);
-    if (slot == first_slot_of(input)) inputs[static_cast<size_t>(input)] = Tensor::copy_of(x);
-  }
-  std::array<Tensor, kNumLinearInputs> inputs;
-};
-
-bool all_finite(const Tensor& t) {
-  const float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i)
-    if (!std::isfinite(p[i])) return false;
-  return true;
-}
-
-}  // namespace
 
 Status forward_layer(const DecoderLayer& layer, const LlamaConfig& config, std::vector<Tensor>& activations,
                      CapturedInputs* capture) {
   const int64_t n = static_cast<int64_t>(activations.size());
-  std::vector<InputRecorder> recorders(static_cast<size_t>(capture ? n : 0));
+  std::vector<LinearInputRecorder> recorders(static_cast<size_t>(capture ? n : 0));
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t s = 0; s < n; ++s) {
     ForwardOptions opt;
@@ -47,7 +27,7 @@ Status forward_layer(const DecoderLayer& layer, const LlamaConfig& config, std::
     for (LinearInput in : kAllLinearInputs) {
       auto& dst = capture->inputs[static_cast<size_t>(in)];
       dst.clear();
-      for (InputRecorder& r : recorders) dst.push_back(std::move(r.inputs[static_cast<size_t>(in)]));
+      for (LinearInputRecorder& r : recorders) dst.push_back(std::move(r.inputs[static_cast<size_t>(in)]));
     }
   }
   return Status::ok();

@@ -12,23 +12,6 @@ namespace {
 using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ConstMapF = Eigen::Map<const MatF>;
 
-Tensor clone_tensor(const Tensor& t) { return t.empty() ? Tensor() : Tensor::copy_of(t.view()); }
-
-QuantizedLinear clone(const QuantizedLinear& q) {
-  QuantizedLinear c;
-  c.scheme = q.scheme;
-  c.out_features = q.out_features;
-  c.in_features = q.in_features;
-  c.group_size = q.group_size;
-  c.symmetric = q.symmetric;
-  c.scale_dtype = q.scale_dtype;
-  c.codes = clone_tensor(q.codes);
-  c.scales = clone_tensor(q.scales);
-  c.zeros = clone_tensor(q.zeros);
-  c.g_idx = clone_tensor(q.g_idx);
-  return c;
-}
-
 }  // namespace
 
 Expected<LayerWeights> load_layer_weights(const HfCheckpoint& ckpt, int64_t layer) {
@@ -57,7 +40,7 @@ DecoderLayer make_decoder_layer(const LayerWeights& w, const QuantizedSlots* qua
     const auto* q = quantized ? &(*quantized)[static_cast<size_t>(s)] : nullptr;
     if (q && q->has_value()) {
       const bool as_w8a8 = w8a8 && (*q)->scheme != QuantScheme::kInt4Group;
-      layer.linears[s] = make_quantized_linear(clone(**q), as_w8a8);
+      layer.linears[s] = make_quantized_linear((*q)->clone(), as_w8a8);
     } else {
       layer.linears[s] = std::make_unique<DenseLinear>(Tensor::copy_of(w.linears[s].view()));
     }

@@ -7,6 +7,22 @@
 
 namespace llmq {
 
+QuantizedLinear QuantizedLinear::clone() const {
+  const auto copy = [](const Tensor& t) { return t.empty() ? Tensor() : Tensor::copy_of(t.view()); };
+  QuantizedLinear c;
+  c.scheme = scheme;
+  c.out_features = out_features;
+  c.in_features = in_features;
+  c.group_size = group_size;
+  c.symmetric = symmetric;
+  c.scale_dtype = scale_dtype;
+  c.codes = copy(codes);
+  c.scales = copy(scales);
+  c.zeros = copy(zeros);
+  c.g_idx = copy(g_idx);
+  return c;
+}
+
 QuantizedLinear make_int4_linear(int64_t out, int64_t in, int64_t group_size, bool symmetric, DType scale_dtype) {
   LLMQ_CHECK(group_size > 0 && in % group_size == 0, "in " << in << " not a multiple of group " << group_size);
   QuantizedLinear q;

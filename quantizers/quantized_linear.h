@@ -36,6 +36,7 @@ struct QuantizedLinear {
   Tensor g_idx;   // [in] I32, only with act-order; empty means k / group_size
 
   int64_t num_groups() const { return scales.empty() ? 0 : scales.dim(1); }
+  QuantizedLinear clone() const;  // deep copy (Tensor is move-only)
   int32_t group_of(int64_t k) const {
     return g_idx.empty() ? static_cast<int32_t>(group_size > 0 ? k / group_size : 0) : g_idx.data<int32_t>()[k];
   }

@@ -29,6 +29,23 @@ __device__ __forceinline__ void unpack8(const uint4& u, float* out) {
   }
 }
 
+// dot[g] = q_g · K[j] for the G heads of a kv head, position j (valid or not: every lane
+// of the warp must call it, for the shuffles). Lane c of the `lanes` = hd/8 lanes of a row
+// reads K[j] chunk c; the row's lanes are summed with shuffles.
+template <int G>
+__device__ __forceinline__ void score_row(const float* q, const bf16* k_row, bool valid, int hd, int c, int lanes,
+                                          float (&dot)[G]) {
+  for (int g = 0; g < G; ++g) dot[g] = 0.0f;
+  if (valid) {
+    float k8[8];
+    unpack8(*reinterpret_cast<const uint4*>(k_row + c * 8), k8);
+    for (int g = 0; g < G; ++g)
+      for (int i = 0; i < 8; ++i) dot[g] += q[g * hd + c * 8 + i] * k8[i];
+  }
+  for (int o = lanes / 2; o > 0; o >>= 1)
+    for (int g = 0; g < G; ++g) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], o);
+}
+
 __device__ float block_reduce(float v, float* shared, bool is_max) {
   for (int o = 16; o > 0; o >>= 1) {
     const float other = __shfl_xor_sync(0xffffffffu, v, o);
@@ -69,15 +86,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
   for (int j0 = 0; j0 < L; j0 += slices) {
     const int j = j0 + slice;
     float dot[G];
-    for (int g = 0; g < G; ++g) dot[g] = 0.0f;
-    if (j < L) {
-      float k8[8];
-      unpack8(*reinterpret_cast<const uint4*>(a.k_cache + base + static_cast<int64_t>(j) * kv_dim + c * 8), k8);
-      for (int g = 0; g < G; ++g)
-        for (int i = 0; i < 8; ++i) dot[g] += q[g * hd + c * 8 + i] * k8[i];
-    }
-    for (int o = chunks / 2; o > 0; o >>= 1)
-      for (int g = 0; g < G; ++g) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], o);
+    score_row<G>(q, a.k_cache + base + static_cast<int64_t>(j) * kv_dim, j < L, hd, c, chunks, dot);
     if (j < L && c == 0)
       for (int g = 0; g < G; ++g) scores[g * a.capacity + j] = dot[g] * scale;
   }
@@ -188,15 +197,7 @@ __global__ void __launch_bounds__(kThreads) split_scores_kernel(AttentionArgs a,
   for (int j0 = j_begin; j0 < j_end; j0 += slices) {  // uniform trip count across the block
     const int j = j0 + slice;
     float dot[G];
-    for (int g = 0; g < G; ++g) dot[g] = 0.0f;
-    if (j < j_end) {
-      float k8[8];
-      unpack8(*reinterpret_cast<const uint4*>(a.k_cache + base + static_cast<int64_t>(j) * kv_dim + c * 8), k8);
-      for (int g = 0; g < G; ++g)
-        for (int i = 0; i < 8; ++i) dot[g] += q[g * hd + c * 8 + i] * k8[i];
-    }
-    for (int o = lanes / 2; o > 0; o >>= 1)
-      for (int g = 0; g < G; ++g) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], o);
+    score_row<G>(q, a.k_cache + base + static_cast<int64_t>(j) * kv_dim, j < j_end, hd, c, lanes, dot);
     if (j < j_end)
       for (int g = 0; g < G; ++g) {
         const float sc = dot[g] * scale;

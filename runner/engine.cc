@@ -73,13 +73,21 @@ struct GpuLinear {
       case LinearKind::kFp8:
       case LinearKind::kInt8: {
         if (K_pad != K) LLMQ_CUDA_CHECK(cudaMemsetAsync(s.codes.as(), 0, size_t(M) * K_pad, st));
+        // Decode: one pass at HBM bandwidth instead of cuBLASLt's large-M tiles + scaling.
+        const bool gemv = M <= gpu::kW8A8GemvMaxM && K_pad % 16 == 0;
         if (kind == LinearKind::kFp8) {
           gpu::quantize_fp8_per_token(x, s.codes.as<uint8_t>(), K_pad, s.scales.as<float>(), M, K, st);
+          if (gemv)
+            return gpu::w8a8_gemv_fp8(s.codes.as<const uint8_t>(), s.scales.as<const float>(), weight.as<const uint8_t>(),
+                                      scales.as<const float>(), y, M, N, K_pad, st);
           blas.gemm_fp8(s.codes.as<const uint8_t>(), weight.as<const uint8_t>(), s.acc.as<float>(), M, N, K_pad, st);
           gpu::scale_rows_cols_f32(s.acc.as<const float>(), s.scales.as<const float>(), scales.as<const float>(), y, M,
                                    N, st);
         } else {
           gpu::quantize_int8_per_token(x, s.codes.as<int8_t>(), K_pad, s.scales.as<float>(), M, K, st);
+          if (gemv)
+            return gpu::w8a8_gemv_int8(s.codes.as<const int8_t>(), s.scales.as<const float>(), weight.as<const int8_t>(),
+                                       scales.as<const float>(), y, M, N, K_pad, st);
           blas.gemm_int8(s.codes.as<const int8_t>(), weight.as<const int8_t>(), s.acc.as<int32_t>(), M, N, K_pad, st);
           gpu::scale_rows_cols_i32(s.acc.as<const int32_t>(), s.scales.as<const float>(), scales.as<const float>(), y,
                                    M, N, st);

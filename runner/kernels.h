@@ -89,6 +89,16 @@ void quantize_int8_per_token(const bf16* x, int8_t* codes, int ld_codes, float* 
 void scale_rows_cols_i32(const int32_t* acc, const float* sx, const float* sw, bf16* y, int M, int N, cudaStream_t s);
 void scale_rows_cols_f32(const float* acc, const float* sx, const float* sw, bf16* y, int M, int N, cudaStream_t s);
 
+// The same product and scaling as a W8A8 GEMM + scale_rows_cols for M <= kW8A8GemvMaxM rows
+// (decode), at HBM bandwidth: y bf16 [M, N] from xq [M, ld] and wq [N, ld] codes (ld, the
+// padded K, a multiple of 16; pad columns zero), sx [M], sw [N]. INT8 is bit-equal to the
+// GEMM path; FP8 sums the exact products in f32.
+constexpr int kW8A8GemvMaxM = 8;
+void w8a8_gemv_int8(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, bf16* y, int M, int N,
+                    int ld, cudaStream_t s);
+void w8a8_gemv_fp8(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, bf16* y, int M, int N,
+                   int ld, cudaStream_t s);
+
 // out[r] = argmax over logits[r, 0..vocab) (first index on ties), logits bf16 [rows, vocab].
 void argmax_rows(const bf16* logits, int32_t* out, int rows, int vocab, cudaStream_t s);
 

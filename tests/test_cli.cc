@@ -12,42 +12,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/cli_util.h"
 #include "tests/test_data.h"
 
 namespace {
 namespace fs = std::filesystem;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-RunResult run_llmq(const std::string& args) {
-  const std::string cmd = std::string(LLMQ_BINARY_DIR) + "/bin/llmq " + args + " 2>&1";
-  RunResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-int count_lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
-}
-
-// An error is one line, starts with "llmq: ", and names what it is about.
-void expect_one_line_error(const RunResult& r, const std::string& must_contain) {
-  EXPECT_EQ(r.exit_code, 2) << r.out;
-  EXPECT_EQ(count_lines(r.out), 1) << r.out;
-  EXPECT_EQ(r.out.rfind("llmq: ", 0), 0u) << r.out;
-  EXPECT_NE(r.out.find(must_contain), std::string::npos) << "expected '" << must_contain << "' in: " << r.out;
-}
+using llmq::testing::expect_one_line_error;
+using llmq::testing::RunResult;
+using llmq::testing::run_llmq;
 
 class Cli : public ::testing::Test {
  protected:

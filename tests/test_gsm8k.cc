@@ -21,6 +21,7 @@
 #include "eval/py_random.h"
 #include "formats/checkpoint.h"
 #include "model/generate.h"
+#include "tests/cli_util.h"
 #include "tests/test_data.h"
 
 namespace llmq {
@@ -550,30 +551,9 @@ TEST(Gsm8kPipeline, Stories260kMechanicsAndDeterminism) {
 
 // ---- the CLI ------------------------------------------------------------------------------
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out;
-};
-
-RunResult run_llmq(const std::string& args) {
-  const std::string cmd = std::string(LLMQ_BINARY_DIR) + "/bin/llmq " + args + " 2>&1";
-  RunResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t got;
-  while ((got = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), got);
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-void expect_one_line_error(const RunResult& r, const std::string& must_contain) {
-  EXPECT_EQ(r.exit_code, 2) << r.out;
-  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
-  EXPECT_EQ(r.out.rfind("llmq: ", 0), 0u) << r.out;
-  EXPECT_NE(r.out.find(must_contain), std::string::npos) << "expected '" << must_contain << "' in: " << r.out;
-}
+using llmq::testing::expect_one_line_error;
+using llmq::testing::RunResult;
+using llmq::testing::run_llmq;
 
 TEST(Gsm8kCli, EvalWritesCombinedJsonAndSampleLog) {
   LLMQ_REQUIRE_TEST_DATA();

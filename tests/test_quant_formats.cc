@@ -802,27 +802,12 @@ void expect_finite_nonzero(const Tensor& y) {
   ASSERT_GT(norm, 0.0);
 }
 
-QuantizedLinear clone(const QuantizedLinear& q) {
-  QuantizedLinear c;
-  c.scheme = q.scheme;
-  c.out_features = q.out_features;
-  c.in_features = q.in_features;
-  c.group_size = q.group_size;
-  c.symmetric = q.symmetric;
-  c.scale_dtype = q.scale_dtype;
-  c.codes = Tensor::copy_of(q.codes.view());
-  c.scales = Tensor::copy_of(q.scales.view());
-  if (!q.zeros.empty()) c.zeros = Tensor::copy_of(q.zeros.view());
-  if (!q.g_idx.empty()) c.g_idx = Tensor::copy_of(q.g_idx.view());
-  return c;
-}
-
 TEST(QuantizedLinearModel, WeightOnlyEqualsDenseDequantized) {
   for (bool act_order : {false, true}) {
     SCOPED_TRACE(act_order);
     const QuantizedLinear q = random_int4(Int4Spec().shape(40, 256).group(64).asym().act_order(act_order));
     const Tensor x = random_weight(17, 256, 41);
-    const auto l = make_quantized_linear(clone(q), false);
+    const auto l = make_quantized_linear(q.clone(), false);
     ASSERT_NE(dynamic_cast<const WeightOnlyLinear*>(l.get()), nullptr);
     EXPECT_EQ(l->in_features(), 256);
     EXPECT_EQ(l->out_features(), 40);
@@ -895,7 +880,7 @@ TEST(QuantizedLinearModel, W8A8OnGridInputsEqualsDenseExactly) {
       ASSERT_EQ(s, std::ldexp(1.0f, e)) << t;
       for (int64_t k = 0; k < in; ++k) ASSERT_EQ(xq[k] * s, row[k]) << t << "," << k;
     }
-    const auto l = make_quantized_linear(clone(q), true);
+    const auto l = make_quantized_linear(q.clone(), true);
     ASSERT_NE(dynamic_cast<const W8A8Linear*>(l.get()), nullptr);
     const Tensor y = forward(*l, x);
     expect_finite_nonzero(y);
@@ -925,7 +910,7 @@ TEST(QuantizedLinearModel, W8A8OnRandomInputsWithinOneActivationStep) {
     for (int64_t k = 0; k < in; ++k) x.data<float>()[3 * in + k] *= 1e-4f;  // a tiny token
     x.data<float>()[5 * in + 9] = 3.0f;                                    // an outlier token
     const Tensor w = dequantize(q);
-    const auto l = make_quantized_linear(clone(q), true);
+    const auto l = make_quantized_linear(q.clone(), true);
     const Tensor y = forward(*l, x);
     expect_finite_nonzero(y);
     expect_same_tensor(y, forward(*l, x), "second forward (determinism)");

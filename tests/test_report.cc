@@ -18,6 +18,7 @@
 #include "eval/report.h"
 #include "runner/bench.h"
 #include "runner/device.h"
+#include "tests/cli_util.h"
 #include "tests/test_data.h"
 
 namespace {
@@ -372,30 +373,9 @@ TEST_F(ReportFiles, DrawsPngsWithGnuplot) {
 
 // ---- the CLI -------------------------------------------------------------------------------
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-RunResult run_llmq(const std::string& args) {
-  const std::string cmd = std::string(LLMQ_BINARY_DIR) + "/bin/llmq " + args + " 2>&1";
-  RunResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-void expect_one_line_error(const RunResult& r, const std::string& must_contain) {
-  EXPECT_EQ(r.exit_code, 2) << r.out;
-  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
-  EXPECT_EQ(r.out.rfind("llmq: ", 0), 0u) << r.out;
-  EXPECT_NE(r.out.find(must_contain), std::string::npos) << "expected '" << must_contain << "' in: " << r.out;
-}
+using llmq::testing::expect_one_line_error;
+using llmq::testing::RunResult;
+using llmq::testing::run_llmq;
 
 TEST_F(ReportFiles, CliReportsAndRejectsBadJson) {
   std::vector<std::string> paths;

@@ -284,7 +284,7 @@ TEST(RunnerKernels, W8A8GemmsMatchReference) {
   const bool fp8_ok = info.major * 10 + info.minor >= 89;
   gpu::Blas blas;
   for (auto [N, K] : {std::pair{64, 64}, std::pair{172, 176}, std::pair{1000, 4096}})
-    for (int M : kRows) {
+    for (int M : {1, 2, 3, 8, 17, 64, 118}) {  // kRows and the GEMV's largest M
       SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " K " << K << " seed " << kSeed);
       std::mt19937 rng(kSeed + M * 17 + N + K);
       const auto x = random_bf16(static_cast<size_t>(M) * K, rng);
@@ -301,6 +301,11 @@ TEST(RunnerKernels, W8A8GemmsMatchReference) {
       blas.gemm_int8(dxi.as<int8_t>(), dwi.as<int8_t>(), dacc.as<int32_t>(), M, N, K, nullptr);
       gpu::scale_rows_cols_i32(dacc.as<int32_t>(), dsx.as<float>(), dsw.as<float>(), dy.as<uint16_t>(), M, N, nullptr);
       EXPECT_EQ(dy.to_host<uint16_t>(), ref_i);
+      if (M <= gpu::kW8A8GemvMaxM && K % 16 == 0) {  // the decode GEMV: exact int32 sums too
+        gpu::w8a8_gemv_int8(dxi.as<int8_t>(), dsx.as<float>(), dwi.as<int8_t>(), dsw.as<float>(), dy.as<uint16_t>(), M,
+                            N, K, nullptr);
+        EXPECT_EQ(dy.to_host<uint16_t>(), ref_i) << "gemv";
+      }
 
       if (!fp8_ok) continue;
       std::vector<uint8_t> xf(x.size()), wf(static_cast<size_t>(N) * K);
@@ -330,6 +335,11 @@ TEST(RunnerKernels, W8A8GemmsMatchReference) {
       std::vector<double> tol = f32_sum_bound(abs_sum, K);
       for (size_t i = 0; i < tol.size(); ++i) tol[i] += std::ldexp(abs_sum[i], -10);
       expect_bf16_near(dyf.to_host<uint16_t>(), ref_f, 1.0, tol);
+      if (M <= gpu::kW8A8GemvMaxM && K % 16 == 0) {  // the decode GEMV: f32 sums of exact products
+        gpu::w8a8_gemv_fp8(dxf.as<uint8_t>(), dsxf.as<float>(), dwf.as<uint8_t>(), dsw.as<float>(), dyf.as<uint16_t>(),
+                           M, N, K, nullptr);
+        expect_bf16_near(dyf.to_host<uint16_t>(), ref_f, 1.0, f32_sum_bound(abs_sum, K), "fp8 gemv");
+      }
     }
 }
 
