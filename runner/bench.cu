@@ -75,7 +75,7 @@ Expected<BenchResult> run_bench(const BenchOptions& o) {
 
   EngineOptions eo;
   eo.max_batch = *std::max_element(o.batches.begin(), o.batches.end());
-  eo.capacity = o.input_len + o.output_len;
+  eo.capacity = o.input_len + o.output_len + (o.profile ? 2 : 0);
   eo.max_rows = std::max(eo.max_batch, 8192);
   eo.cuda_graphs = o.cuda_graphs;
   eo.quantize_in_memory = o.quantize_in_memory;
@@ -118,6 +118,11 @@ Expected<BenchResult> run_bench(const BenchOptions& o) {
     peak = std::max(peak, used_bytes());
 
     BenchRow row;
+    if (o.profile) {  // the first profiled step also creates its events: keep the second
+      for (int i = 0; i < 2; ++i) {
+        LLMQ_ASSIGN_OR_RETURN(row.step_profile, engine->profile_decode_step(next));
+      }
+    }
     row.batch = B;
     row.prefill_ms = prefill_ms;
     row.decode_ms_per_step = decode_ms / (o.output_len - 1);

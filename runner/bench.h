@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/status.h"
@@ -23,6 +24,7 @@ struct BenchOptions {
   int output_len = 128;
   bool cuda_graphs = true;
   std::string quantize_in_memory;  // EngineOptions::quantize_in_memory ("" = as stored)
+  bool profile = false;            // also time one eager decode step per op kind
 };
 
 struct BenchRow {
@@ -33,6 +35,9 @@ struct BenchRow {
   double tokens_per_s = 0;  // generated tokens (batch · output_len) / total latency
   double floor_ms = 0;      // bytes read per decode step / measured bandwidth
   double floor_ratio = 0;   // decode_ms_per_step / floor_ms
+  // With BenchOptions::profile: ms per op kind of one eager decode step (no CUDA graph, so
+  // launch gaps count), summed over layers, in forward order.
+  std::vector<std::pair<std::string, double>> step_profile;
 };
 
 struct BenchResult {

@@ -4,6 +4,7 @@
 //   llmq_runner_bench --synth llama-3.1-8b DIR     write a random-weight checkpoint
 //   llmq_runner_bench --model DIR [--batches 1,16,64] [--in 512] [--out 128] [--json FILE]
 //                     [--rtn fp8|int8|w4a16]   quantize a BF16 checkpoint in memory first
+//                     [--profile 1]            and time one eager decode step per op kind
 //   llmq_runner_bench --kernels                   linear kernels on Llama-3.1-8B shapes
 #include <cstdio>
 #include <cstdlib>
@@ -92,11 +93,17 @@ int kernels_bench() {
           time_us([&] { blas.gemm_bf16(xs, w16.as<const uint16_t>(), ys, M, s.N, s.K, nullptr); }),
           time_us([&] {
             gpu::quantize_fp8_per_token(xs, codes.as<uint8_t>(), s.K, scales_x.as<float>(), M, s.K, nullptr);
+            if (M <= gpu::kW8A8GemvMaxM)  // as the engine: the decode GEMV
+              return gpu::w8a8_gemv_fp8(codes.as<const uint8_t>(), scales_x.as<const float>(), w8.as<const uint8_t>(),
+                                        sw.as<const float>(), ys, M, s.N, s.K, nullptr);
             blas.gemm_fp8(codes.as<const uint8_t>(), w8.as<const uint8_t>(), acc.as<float>(), M, s.N, s.K, nullptr);
             gpu::scale_rows_cols_f32(acc.as<const float>(), scales_x.as<const float>(), sw.as<const float>(), ys, M, s.N, nullptr);
           }),
           time_us([&] {
             gpu::quantize_int8_per_token(xs, codes.as<int8_t>(), s.K, scales_x.as<float>(), M, s.K, nullptr);
+            if (M <= gpu::kW8A8GemvMaxM)
+              return gpu::w8a8_gemv_int8(codes.as<const int8_t>(), scales_x.as<const float>(), w8.as<const int8_t>(),
+                                         sw.as<const float>(), ys, M, s.N, s.K, nullptr);
             blas.gemm_int8(codes.as<const int8_t>(), w8.as<const int8_t>(), acc.as<int32_t>(), M, s.N, s.K, nullptr);
             gpu::scale_rows_cols_i32(acc.as<const int32_t>(), scales_x.as<const float>(), sw.as<const float>(), ys, M, s.N, nullptr);
           }),
@@ -147,6 +154,7 @@ int main_impl(int argc, char** argv) {
     else if (k == "--out") o.output_len = std::atoi(argv[i + 1]);
     else if (k == "--json") json_path = argv[i + 1];
     else if (k == "--rtn") o.quantize_in_memory = argv[i + 1];
+    else if (k == "--profile") o.profile = std::atoi(argv[i + 1]) != 0;
     else return std::fprintf(stderr, "unknown option %s\n", k.c_str()), 2;
   }
   if (o.model_dir.empty()) return std::fprintf(stderr, "usage: see runner/bench_main.cc\n"), 2;

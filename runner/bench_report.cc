@@ -25,6 +25,18 @@ std::string bench_table(const BenchResult& r) {
                   b.prefill_ms, b.decode_ms_per_step, b.tokens_per_s, b.floor_ms, b.floor_ratio);
     o << line;
   }
+  for (const BenchRow& b : r.rows) {
+    if (b.step_profile.empty()) continue;
+    double total = 0;
+    for (const auto& [op, ms] : b.step_profile) total += ms;
+    std::snprintf(line, sizeof line, "eager decode step, batch %d: %.3f ms =", b.batch, total);
+    o << line;
+    for (const auto& [op, ms] : b.step_profile) {
+      std::snprintf(line, sizeof line, " %s %.3f (%.0f%%)", op.c_str(), ms, 100.0 * ms / total);
+      o << line;
+    }
+    o << "\n";
+  }
   return o.str();
 }
 
@@ -47,6 +59,8 @@ std::string bench_json(const BenchResult& r) {
                             {"tokens_per_s", b.tokens_per_s},
                             {"floor_ms", b.floor_ms},
                             {"decode_floor_ratio", b.floor_ratio}});
+  for (size_t i = 0; i < r.rows.size(); ++i)
+    for (const auto& [op, ms] : r.rows[i].step_profile) j["batches"][i]["eager_step_profile_ms"][op] = ms;
   return j.dump(2);
 }
 

@@ -260,6 +260,17 @@ struct Engine::Impl {
   std::map<int, cudaGraphExec_t> graphs;  // decode step per batch size
   bool graphs_ok = true;
 
+  // Per-op timing (Engine::profile_decode_step): with `marks` set, each op of a forward
+  // records an event after itself, named by the op.
+  std::vector<std::pair<const char*, cudaEvent_t>>* marks = nullptr;
+  void mark(const char* op) {
+    if (!marks) return;
+    cudaEvent_t e = nullptr;
+    LLMQ_CUDA_CHECK(cudaEventCreate(&e));
+    LLMQ_CUDA_CHECK(cudaEventRecord(e, stream));
+    marks->emplace_back(op, e);
+  }
+
   ~Impl() {
     for (auto& [b, g] : graphs) cudaGraphExecDestroy(g);
     if (stream) cudaStreamDestroy(stream);
@@ -278,25 +289,37 @@ struct Engine::Impl {
     bf16* xs = x.as<bf16>();
     bf16* hs = h.as<bf16>();
     gpu::embed(embed.as<const bf16>(), ids.as<const int32_t>(), xs, M, hidden, stream);
+    mark("embed");
     for (size_t l = 0; l < layers.size(); ++l) {
       const GpuLayer& L = layers[l];
       gpu::rms_norm(xs, L.ln1.as<const bf16>(), hs, M, hidden, eps, stream);
+      mark("rms_norm");
       L.qkv.forward(hs, qkv.as<bf16>(), M, scratch, *blas, stream);
+      mark("qkv_proj");
       gpu::rope_and_cache({qkv.as<bf16>(), cos_t.as<const float>(), sin_t.as<const float>(), pos.as<const int32_t>(),
                            seq.as<const int32_t>(), k_cache[l].as<bf16>(), v_cache[l].as<bf16>(), M, n_q, n_kv, hd,
                            capacity},
                           stream);
+      mark("rope_and_cache");
       gpu::attention({qkv.as<const bf16>(), q_dim() + 2 * kv_dim(), k_cache[l].as<const bf16>(),
                       v_cache[l].as<const bf16>(), pos.as<const int32_t>(), seq.as<const int32_t>(), attn.as<bf16>(), M,
                       n_q, n_kv, hd, capacity, attn_ws.as<float>(), attn_ws_rows},
                      stream);
+      mark("attention");
       L.o.forward(attn.as<const bf16>(), hs, M, scratch, *blas, stream);
+      mark("o_proj");
       gpu::add_inplace(xs, hs, int64_t(M) * hidden, stream);
+      mark("residual_add");
       gpu::rms_norm(xs, L.ln2.as<const bf16>(), hs, M, hidden, eps, stream);
+      mark("rms_norm");
       L.gate_up.forward(hs, gate_up.as<bf16>(), M, scratch, *blas, stream);
+      mark("gate_up_proj");
       gpu::silu_mul(gate_up.as<const bf16>(), act.as<bf16>(), M, inter, stream);
+      mark("silu_mul");
       L.down.forward(act.as<const bf16>(), hs, M, scratch, *blas, stream);
+      mark("down_proj");
       gpu::add_inplace(xs, hs, int64_t(M) * hidden, stream);
+      mark("residual_add");
     }
   }
 
@@ -306,7 +329,9 @@ struct Engine::Impl {
     gpu::embed(x.as<const bf16>(), rows, h.as<bf16>(), S, hidden, stream);  // gather the rows
     gpu::rms_norm(h.as<const bf16>(), final_norm.as<const bf16>(), h.as<bf16>(), S, hidden,
                   static_cast<float>(c.rms_norm_eps), stream);
+    mark("final_norm");
     lm_head.forward(h.as<const bf16>(), logits.as<bf16>(), S, scratch, *blas, stream);
+    mark("lm_head");
   }
 
   void copy_rows_in(const std::vector<int32_t>& i, const std::vector<int32_t>& p, const std::vector<int32_t>& s) {
@@ -336,6 +361,7 @@ struct Engine::Impl {
       forward_rows(B);
       head(decode_sel.as<const int32_t>(), B);
       gpu::argmax_rows(logits.as<const bf16>(), next.as<int32_t>(), B, static_cast<int>(c.vocab_size), stream);
+      mark("argmax");
     };
     enqueue();  // eager: also creates the cuBLASLt plans and kernel attributes outside capture
     if (!opt.cuda_graphs || !graphs_ok) return;
@@ -600,6 +626,34 @@ Expected<std::vector<int32_t>> Engine::decode_greedy(const std::vector<int32_t>&
   LLMQ_CUDA_CHECK(cudaMemcpyAsync(next.data(), e.next.as(), B * 4, cudaMemcpyDeviceToHost, e.stream));
   LLMQ_CUDA_CHECK(cudaStreamSynchronize(e.stream));
   return next;
+}
+
+Expected<std::vector<std::pair<std::string, double>>> Engine::profile_decode_step(const std::vector<int32_t>& tokens) {
+  Impl& e = *impl_;
+  LLMQ_RETURN_IF_ERROR(check_decode(tokens, e.length, e.capacity, e.c.vocab_size));
+  const int B = static_cast<int>(tokens.size());
+  std::vector<int32_t> pos(B), seq(B);
+  for (int b = 0; b < B; ++b) pos[b] = e.length[b]++, seq[b] = b;
+  e.copy_rows_in(tokens, pos, seq);
+  std::vector<std::pair<const char*, cudaEvent_t>> marks;
+  e.marks = &marks;
+  e.mark("start");
+  e.forward_rows(B);
+  e.head(e.decode_sel.as<const int32_t>(), B);
+  gpu::argmax_rows(e.logits.as<const bf16>(), e.next.as<int32_t>(), B, static_cast<int>(e.c.vocab_size), e.stream);
+  e.mark("argmax");
+  e.marks = nullptr;
+  LLMQ_CUDA_CHECK(cudaStreamSynchronize(e.stream));
+  std::vector<std::pair<std::string, double>> per_op;  // first-seen order
+  for (size_t i = 1; i < marks.size(); ++i) {
+    float ms = 0;
+    LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms, marks[i - 1].second, marks[i].second));
+    auto it = std::find_if(per_op.begin(), per_op.end(), [&](const auto& p) { return p.first == marks[i].first; });
+    if (it == per_op.end()) per_op.emplace_back(marks[i].first, ms);
+    else it->second += ms;
+  }
+  for (auto& [op, ev] : marks) cudaEventDestroy(ev);
+  return per_op;
 }
 
 Expected<Tensor> Engine::decode(const std::vector<int32_t>& tokens) {

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/status.h"
@@ -68,6 +69,9 @@ class Engine {
   Expected<Tensor> decode(const std::vector<int32_t>& tokens);
   // The argmax of decode's logits without copying them to the host (the benchmark's step).
   Expected<std::vector<int32_t>> decode_greedy(const std::vector<int32_t>& tokens);
+  // One decode step like decode_greedy, run eagerly with an event after every op: GPU
+  // milliseconds per op kind (summed over layers), in forward order. For the benchmark.
+  Expected<std::vector<std::pair<std::string, double>>> profile_decode_step(const std::vector<int32_t>& tokens);
   // Batched greedy generation with per-sequence stops (EOS ids or max_new tokens).
   Expected<GreedyResult> generate_greedy(const std::vector<std::vector<int32_t>>& prompts, int max_new,
                                          const std::vector<int32_t>& eos_ids);

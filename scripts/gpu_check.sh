@@ -3,6 +3,7 @@
 # tests, the linear-kernel benchmark, and (STAGE=bench) the end-to-end benchmark of every
 # format on a synthetic Llama-3.1-8B beside the PyTorch peer. Logs go to $OUT (default out/gpu).
 # Test data: LLMQ_TEST_DATA (default .testdata, a copy of ../shared/data's models and goldens).
+# Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step), PEER=path.
 set -uo pipefail
 BIN=${BIN:-build}
 OUT=${OUT:-out/gpu}
@@ -26,7 +27,7 @@ if [ "$STAGE" = bench ]; then
   for f in ${FORMATS:-bf16 fp8 int8 w4a16}; do
     rtn=(); [ "$f" = bf16 ] || rtn=(--rtn "$f")
     timeout 240 "$BIN/bin/llmq_runner_bench" --model "$M" "${rtn[@]}" --batches ${BATCHES:-1,16,64} \
-      --json "$OUT/bench-$f.json" 2>&1 | tee "$OUT/bench-$f.txt"
+      ${PROFILE:+--profile 1} --json "$OUT/bench-$f.json" 2>&1 | tee "$OUT/bench-$f.txt"
   done
   [ -n "${PEER:-}" ] && timeout 400 python3 "$PEER" --batches ${BATCHES:-1,16,64} 2>&1 | tee "$OUT/peer.txt"
 fi
