@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 
 #include "calibration/calib_file.h"
@@ -137,13 +139,44 @@ Status score_gsm8k(Gsm8kResult& result) {
   return Status::ok();
 }
 
-Expected<Gsm8kResult> evaluate_gsm8k(const LlamaModel& model, const Tokenizer& tokenizer,
-                                     const std::vector<Gsm8kDoc>& test, const std::vector<Gsm8kDoc>& train,
-                                     const Gsm8kConfig& config) {
+namespace {
+
+// What both generation paths share: the checked config, the requests with their (truncated)
+// prompt ids, the result's header, the scorer and the running-accuracy progress bar.
+struct Gsm8kRun {
+  const Gsm8kTaskSpec* spec = nullptr;
+  Gsm8kResult result;
+  std::vector<std::vector<int32_t>> prompt_ids;  // per request, truncated to the context
+  std::optional<AnswerScorer> scorer;
+  std::unique_ptr<Progress> progress;
+  std::mutex mu;
+  int64_t done = 0, strict_hits = 0, flexible_hits = 0;
+
+  // Stores one generated continuation and advances the progress bar.
+  void record(int64_t i, GenerateUntilResult g) {
+    Gsm8kSample& s = result.samples[static_cast<size_t>(i)];
+    s.tokens = std::move(g.tokens);
+    s.stop = g.stop;
+    s.output = std::move(g.text);
+    if (!progress) return;
+    const bool strict = scorer->exact_match(scorer->extract(0, s.output), s.request.target);
+    const bool flexible = scorer->exact_match(scorer->extract(1, s.output), s.request.target);
+    std::lock_guard<std::mutex> lock(mu);
+    ++done;
+    strict_hits += strict;
+    flexible_hits += flexible;
+    progress->set_label(spec->task + " strict " + percent(strict_hits, done) + " flexible " +
+                        percent(flexible_hits, done));
+    progress->advance();
+  }
+};
+
+Status prepare_gsm8k(Gsm8kRun& run, const Tokenizer& tokenizer, const std::vector<Gsm8kDoc>& test,
+                     const std::vector<Gsm8kDoc>& train, const Gsm8kConfig& config, int64_t max_length) {
   const Gsm8kTaskSpec& spec = gsm8k_task_spec(config.style);
+  run.spec = &spec;
   if (config.max_gen_toks < 1) return Status::error("--max-gen-toks must be at least 1");
   if (config.batch < 1) return Status::error("--batch must be at least 1");
-  const int64_t max_length = model.config().max_position_embeddings;
   if (max_length <= config.max_gen_toks)
     return Status::error("--max-gen-toks " + std::to_string(config.max_gen_toks) +
                          " leaves no room for a prompt in max_position_embeddings " + std::to_string(max_length));
@@ -155,8 +188,9 @@ Expected<Gsm8kResult> evaluate_gsm8k(const LlamaModel& model, const Tokenizer& t
   LLMQ_ASSIGN_OR_RETURN(std::vector<Gsm8kRequest> requests, build_gsm8k_requests(test, train, config));
   // A scorer up front, so a bad pattern fails before any generation.
   LLMQ_ASSIGN_OR_RETURN(AnswerScorer scorer, AnswerScorer::create(spec.scoring));
+  run.scorer.emplace(std::move(scorer));
 
-  Gsm8kResult result;
+  Gsm8kResult& result = run.result;
   result.style = config.style;
   result.fewshot = config.fewshot >= 0 ? config.fewshot : spec.num_fewshot;
   result.seed = config.seed;
@@ -169,27 +203,14 @@ Expected<Gsm8kResult> evaluate_gsm8k(const LlamaModel& model, const Tokenizer& t
     if (!eos.empty() && std::find(result.until.begin(), result.until.end(), eos) == result.until.end())
       result.until.push_back(eos);
   }
-
+  const int64_t max_ctx = max_length - config.max_gen_toks;
   const int64_t n = static_cast<int64_t>(requests.size());
   result.samples.resize(static_cast<size_t>(n));
-  GenerateConfig gc;
-  gc.max_new_tokens = config.max_gen_toks;
-  gc.eos_ids = tokenizer.eos_ids();
-  gc.precision = config.precision;
-  const int64_t max_ctx = max_length - config.max_gen_toks;
-
-  std::unique_ptr<Progress> progress;
-  if (config.progress) progress = std::make_unique<Progress>(spec.task, n, "docs");
-  std::mutex mu;
-  int64_t done = 0, strict_hits = 0, flexible_hits = 0;
-  std::vector<Status> errors(static_cast<size_t>(n), Status::ok());
-
-  // One sample per thread; the forward inside runs single-threaded there, and each sample's
-  // arithmetic is the same whatever thread runs it, so outputs do not depend on the count.
+  run.prompt_ids.resize(static_cast<size_t>(n));
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < n; ++i) {
-    Gsm8kSample& s = result.samples[i];
-    s.request = requests[i];
+    Gsm8kSample& s = result.samples[static_cast<size_t>(i)];
+    s.request = requests[static_cast<size_t>(i)];
     std::vector<int32_t> ids = config.style == Gsm8kStyle::kGsm8k ? tokenizer.encode(s.request.prompt)
                                                                    : tokenizer.encode_with_specials(s.request.prompt);
     if (static_cast<int64_t>(ids.size()) > max_ctx) {  // context_enc[:, -max_ctx_len:]
@@ -197,30 +218,65 @@ Expected<Gsm8kResult> evaluate_gsm8k(const LlamaModel& model, const Tokenizer& t
       ids.erase(ids.begin(), ids.begin() + s.truncated_tokens);
     }
     s.prompt_tokens = static_cast<int64_t>(ids.size());
-    auto g = generate_until(model, tokenizer, ids, gc, result.until);
+    run.prompt_ids[static_cast<size_t>(i)] = std::move(ids);
+  }
+  if (config.progress) run.progress = std::make_unique<Progress>(spec.task, n, "docs");
+  return Status::ok();
+}
+
+Expected<Gsm8kResult> finish_gsm8k(Gsm8kRun& run) {
+  if (run.progress) run.progress->finish();
+  LLMQ_RETURN_IF_ERROR(score_gsm8k(run.result));
+  return std::move(run.result);
+}
+
+}  // namespace
+
+Expected<Gsm8kResult> evaluate_gsm8k(const LlamaModel& model, const Tokenizer& tokenizer,
+                                     const std::vector<Gsm8kDoc>& test, const std::vector<Gsm8kDoc>& train,
+                                     const Gsm8kConfig& config) {
+  Gsm8kRun run;
+  LLMQ_RETURN_IF_ERROR(prepare_gsm8k(run, tokenizer, test, train, config, model.config().max_position_embeddings));
+  GenerateConfig gc;
+  gc.max_new_tokens = config.max_gen_toks;
+  gc.eos_ids = tokenizer.eos_ids();
+  gc.precision = config.precision;
+  const int64_t n = static_cast<int64_t>(run.prompt_ids.size());
+  std::vector<Status> errors(static_cast<size_t>(n), Status::ok());
+  // One sample per thread; the forward inside runs single-threaded there, and each sample's
+  // arithmetic is the same whatever thread runs it, so outputs do not depend on the count.
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t i = 0; i < n; ++i) {
+    auto g = generate_until(model, tokenizer, run.prompt_ids[static_cast<size_t>(i)], gc, run.result.until);
     if (!g) {
-      errors[i] = g.status().with_context("doc " + std::to_string(i));
+      errors[static_cast<size_t>(i)] = g.status().with_context("doc " + std::to_string(i));
       continue;
     }
-    s.tokens = std::move(g->tokens);
-    s.stop = g->stop;
-    s.output = std::move(g->text);
-    const bool strict = scorer.exact_match(scorer.extract(0, s.output), s.request.target);
-    const bool flexible = scorer.exact_match(scorer.extract(1, s.output), s.request.target);
-    if (progress) {
-      std::lock_guard<std::mutex> lock(mu);
-      ++done;
-      strict_hits += strict;
-      flexible_hits += flexible;
-      progress->set_label(spec.task + " strict " + percent(strict_hits, done) + " flexible " +
-                          percent(flexible_hits, done));
-      progress->advance();
-    }
+    run.record(i, std::move(*g));
   }
-  if (progress) progress->finish();
   for (const Status& e : errors) LLMQ_RETURN_IF_ERROR(e);
-  LLMQ_RETURN_IF_ERROR(score_gsm8k(result));
-  return result;
+  return finish_gsm8k(run);
+}
+
+Expected<Gsm8kResult> evaluate_gsm8k_batched(const BatchGreedyFn& generate, int64_t max_position_embeddings,
+                                             const Tokenizer& tokenizer, const std::vector<Gsm8kDoc>& test,
+                                             const std::vector<Gsm8kDoc>& train, const Gsm8kConfig& config) {
+  Gsm8kRun run;
+  LLMQ_RETURN_IF_ERROR(prepare_gsm8k(run, tokenizer, test, train, config, max_position_embeddings));
+  const int64_t n = static_cast<int64_t>(run.prompt_ids.size());
+  for (int64_t b0 = 0; b0 < n; b0 += config.batch) {
+    const int64_t b1 = std::min(n, b0 + config.batch);
+    const std::vector<std::vector<int32_t>> prompts(run.prompt_ids.begin() + b0, run.prompt_ids.begin() + b1);
+    auto generated = generate(prompts, config.max_gen_toks);
+    if (!generated) return generated.status().with_context("docs " + std::to_string(b0) + ".." + std::to_string(b1 - 1));
+    if (static_cast<int64_t>(generated->size()) != b1 - b0)
+      return Status::error("gsm8k: the generator returned " + std::to_string(generated->size()) + " continuations for " +
+                           std::to_string(b1 - b0) + " prompts");
+    for (int64_t i = b0; i < b1; ++i)
+      run.record(i, finish_until(tokenizer, std::move((*generated)[static_cast<size_t>(i - b0)]), tokenizer.eos_ids(),
+                                 run.result.until));
+  }
+  return finish_gsm8k(run);
 }
 
 ordered_json gsm8k_results_json(const Gsm8kResult& result) {

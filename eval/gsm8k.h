@@ -61,6 +61,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -152,6 +153,18 @@ Status score_gsm8k(Gsm8kResult& result);
 Expected<Gsm8kResult> evaluate_gsm8k(const LlamaModel& model, const Tokenizer& tokenizer,
                                      const std::vector<Gsm8kDoc>& test, const std::vector<Gsm8kDoc>& train,
                                      const Gsm8kConfig& config);
+
+// Greedy continuations of each prompt (token ids), stopping only at EOS (kept) or max_new
+// tokens: the GPU runner's batched generation, or any other greedy generator.
+using BatchGreedyFn = std::function<Expected<std::vector<std::vector<int32_t>>>(
+    const std::vector<std::vector<int32_t>>& prompts, int64_t max_new)>;
+
+// The same evaluation with prompts generated config.batch at a time by `generate`; the stop
+// strings are applied afterwards (finish_until), so the samples equal evaluate_gsm8k's for the
+// same greedy model.
+Expected<Gsm8kResult> evaluate_gsm8k_batched(const BatchGreedyFn& generate, int64_t max_position_embeddings,
+                                             const Tokenizer& tokenizer, const std::vector<Gsm8kDoc>& test,
+                                             const std::vector<Gsm8kDoc>& train, const Gsm8kConfig& config);
 
 // lm-eval's results layout for this one task: {"results": {task: {"alias", "exact_match,
 // strict-match", "exact_match_stderr,strict-match", ...}}, "group_subtasks", "configs",

@@ -96,4 +96,30 @@ Expected<GenerateUntilResult> generate_until(const LlamaModel& model, const Toke
   return r;
 }
 
+GenerateUntilResult finish_until(const Tokenizer& tokenizer, std::vector<int32_t> generated,
+                                 const std::vector<int32_t>& eos_ids, const std::vector<std::string>& until) {
+  GenerateUntilResult r;
+  // The same checks, in the same order, as greedy_loop with generate_until's stop test.
+  for (size_t t = 1; t <= generated.size(); ++t) {
+    if (std::find(eos_ids.begin(), eos_ids.end(), generated[t - 1]) != eos_ids.end()) {
+      generated.resize(t);
+      r.stop = StopReason::kEos;
+      break;
+    }
+    const std::string text = tokenizer.decode(std::vector<int32_t>(generated.begin(), generated.begin() + t));
+    const bool hit = std::any_of(until.begin(), until.end(),
+                                 [&](const std::string& stop) { return !stop.empty() && text.find(stop) != std::string::npos; });
+    if (hit) {
+      generated.resize(t);
+      r.stop = StopReason::kStopString;
+      break;
+    }
+  }
+  std::vector<int32_t> body = generated;
+  if (r.stop == StopReason::kEos) body.pop_back();
+  r.text = cut_at_stop_strings(tokenizer.decode(body), until);
+  r.tokens = std::move(generated);
+  return r;
+}
+
 }  // namespace llmq

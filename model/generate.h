@@ -59,4 +59,11 @@ Expected<GenerateUntilResult> generate_until(const LlamaModel& model, const Toke
                                             const std::vector<int32_t>& prompt, const GenerateConfig& config,
                                             const std::vector<std::string>& until);
 
+// generate_until's result from a continuation generated with no stop strings (a batched
+// generator stops only at EOS or the token limit): the prefix generate_until would have
+// stopped at. Greedy tokens do not depend on what follows them, so this is identical to
+// generate_until on the same model, which lets a batched GPU generator run lm-eval's stops.
+GenerateUntilResult finish_until(const Tokenizer& tokenizer, std::vector<int32_t> generated,
+                                 const std::vector<int32_t>& eos_ids, const std::vector<std::string>& until);
+
 }  // namespace llmq

@@ -483,6 +483,74 @@ TEST(GenerateUntil, StopsAtAStringInTheGreedyText) {
   EXPECT_EQ(none->tokens, full->tokens);
 }
 
+// The batched path (the GPU runner's shape: generate without stop strings, cut afterwards)
+// gives the same samples as generating with the stops, on the same greedy model; here the
+// generator is the CPU model itself, in batches of 2 over 5 docs (one short batch).
+TEST(Gsm8kPipeline, BatchedGenerationMatchesStopAwareGeneration) {
+  LLMQ_REQUIRE_TEST_DATA();
+  Loaded l = load_stories();
+  ASSERT_TRUE(l.model);
+  auto test = load_gsm8k_jsonl(data("gsm8k/test.jsonl"));
+  auto train = load_gsm8k_jsonl(data("gsm8k/train.jsonl"));
+  ASSERT_TRUE(test && train);
+  Gsm8kConfig c;
+  c.limit = 5;
+  c.batch = 2;
+  c.max_gen_toks = 64;
+  c.progress = false;
+  auto reference = evaluate_gsm8k(*l.model, *l.tokenizer, *test, *train, c);
+  ASSERT_TRUE(reference) << reference.status().message();
+  int calls = 0;
+  const BatchGreedyFn cpu_batches = [&](const std::vector<std::vector<int32_t>>& prompts, int64_t max_new)
+      -> Expected<std::vector<std::vector<int32_t>>> {
+    ++calls;
+    GenerateConfig gc;
+    gc.max_new_tokens = max_new;
+    gc.eos_ids = l.tokenizer->eos_ids();
+    std::vector<std::vector<int32_t>> out;
+    for (const auto& p : prompts) {
+      LLMQ_ASSIGN_OR_RETURN(GenerateResult g, generate_greedy(*l.model, p, gc));
+      out.push_back(std::move(g.tokens));
+    }
+    return out;
+  };
+  auto batched = evaluate_gsm8k_batched(cpu_batches, l.model->config().max_position_embeddings, *l.tokenizer, *test,
+                                        *train, c);
+  ASSERT_TRUE(batched) << batched.status().message();
+  EXPECT_EQ(calls, 3);
+  EXPECT_EQ(gsm8k_samples_jsonl(*batched), gsm8k_samples_jsonl(*reference));
+}
+
+// finish_until cuts a stop-free continuation where generate_until stops: stop strings taken
+// from the continuation itself (a word in the middle, one spanning tokens, one never seen).
+TEST(Gsm8kPipeline, FinishUntilEqualsGenerateUntil) {
+  LLMQ_REQUIRE_TEST_DATA();
+  Loaded l = load_stories();
+  ASSERT_TRUE(l.model);
+  const std::vector<int32_t> prompt = l.tokenizer->encode("Once upon a time, there was a little girl");
+  GenerateConfig gc;
+  gc.max_new_tokens = 48;
+  gc.eos_ids = l.tokenizer->eos_ids();
+  auto free_run = generate_greedy(*l.model, prompt, gc);
+  ASSERT_TRUE(free_run);
+  const std::string text = l.tokenizer->decode(free_run->tokens);
+  ASSERT_GT(text.size(), 40u) << text;
+  const std::string middle = text.substr(text.size() / 2, 5), early = text.substr(10, 3);
+  for (const std::vector<std::string>& until :
+       {std::vector<std::string>{middle}, std::vector<std::string>{"@@never@@", early}, std::vector<std::string>{"@@never@@"}}) {
+    auto direct = generate_until(*l.model, *l.tokenizer, prompt, gc, until);
+    ASSERT_TRUE(direct);
+    const GenerateUntilResult cut = finish_until(*l.tokenizer, free_run->tokens, gc.eos_ids, until);
+    EXPECT_EQ(cut.tokens, direct->tokens) << until.back();
+    EXPECT_EQ(cut.text, direct->text) << until.back();
+    EXPECT_EQ(cut.stop, direct->stop) << until.back();
+    EXPECT_EQ(direct->stop, until.back() == "@@never@@" ? free_run->stopped_at_eos ? StopReason::kEos
+                                                                                   : StopReason::kMaxTokens
+                                                        : StopReason::kStopString)
+        << until.back();
+  }
+}
+
 TEST(Gsm8kPipeline, Stories260kMechanicsAndDeterminism) {
   LLMQ_REQUIRE_TEST_DATA();
   Loaded l = load_stories();
