@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "quantizers/per_channel.h"
+
 namespace llmq {
 
 Int4Params int4_group_params(const float* row, int64_t group, int64_t group_size, const Int4Config& config) {
@@ -38,22 +40,7 @@ QuantizedLinear quantize_rtn_int4(const TensorView& w, const Int4Config& config)
 }
 
 QuantizedLinear quantize_rtn_int8(const TensorView& w, const Int8Config& config) {
-  LLMQ_CHECK(w.dtype == DType::kF32 && w.rank() == 2, "quantize_rtn_int8 takes float32 [out, in]");
-  const int64_t out = w.dim(0), in = w.dim(1);
-  QuantizedLinear q = make_channel_linear(QuantScheme::kInt8Channel, out, in, config.scale_dtype);
-  const float* src = w.as<float>();
-  int8_t* codes = q.codes.data<int8_t>();
-  float* scales = q.scales.data<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < out; ++n) {
-    const float* row = src + n * in;
-    float amax = 0;
-    for (int64_t k = 0; k < in; ++k) amax = std::max(amax, std::fabs(row[k]));
-    const float s = round_scale_to(amax > 0 ? amax / 127.5f : 1.0f, config.scale_dtype);
-    scales[n] = s;
-    for (int64_t k = 0; k < in; ++k) codes[n * in + k] = int8_code(row[k], s);
-  }
-  return q;
+  return quantize_per_channel<int8_t>(w, QuantScheme::kInt8Channel, 127.5f, config.scale_dtype, int8_code);
 }
 
 }  // namespace llmq

@@ -334,6 +334,9 @@ struct Engine::Impl {
     mark("lm_head");
   }
 
+  // Checks a decode step's tokens, appends a position to each slot 0..B-1 and uploads the rows.
+  Status begin_decode(const std::vector<int32_t>& tokens);
+
   void copy_rows_in(const std::vector<int32_t>& i, const std::vector<int32_t>& p, const std::vector<int32_t>& s) {
     const size_t bytes = i.size() * sizeof(int32_t);
     LLMQ_CUDA_CHECK(cudaMemcpyAsync(ids.as(), i.data(), bytes, cudaMemcpyHostToDevice, stream));
@@ -614,13 +617,19 @@ Status check_decode(const std::vector<int32_t>& tokens, const std::vector<int>& 
 }
 }  // namespace
 
+Status Engine::Impl::begin_decode(const std::vector<int32_t>& tokens) {
+  LLMQ_RETURN_IF_ERROR(check_decode(tokens, length, capacity, c.vocab_size));
+  const int B = static_cast<int>(tokens.size());
+  std::vector<int32_t> p(B), sq(B);
+  for (int b = 0; b < B; ++b) p[b] = length[b]++, sq[b] = b;
+  copy_rows_in(tokens, p, sq);
+  return Status::ok();
+}
+
 Expected<std::vector<int32_t>> Engine::decode_greedy(const std::vector<int32_t>& tokens) {
   Impl& e = *impl_;
-  LLMQ_RETURN_IF_ERROR(check_decode(tokens, e.length, e.capacity, e.c.vocab_size));
+  LLMQ_RETURN_IF_ERROR(e.begin_decode(tokens));
   const int B = static_cast<int>(tokens.size());
-  std::vector<int32_t> pos(B), seq(B);
-  for (int b = 0; b < B; ++b) pos[b] = e.length[b]++, seq[b] = b;
-  e.copy_rows_in(tokens, pos, seq);
   e.decode_step(B);
   std::vector<int32_t> next(B);
   LLMQ_CUDA_CHECK(cudaMemcpyAsync(next.data(), e.next.as(), B * 4, cudaMemcpyDeviceToHost, e.stream));
@@ -630,11 +639,8 @@ Expected<std::vector<int32_t>> Engine::decode_greedy(const std::vector<int32_t>&
 
 Expected<std::vector<std::pair<std::string, double>>> Engine::profile_decode_step(const std::vector<int32_t>& tokens) {
   Impl& e = *impl_;
-  LLMQ_RETURN_IF_ERROR(check_decode(tokens, e.length, e.capacity, e.c.vocab_size));
+  LLMQ_RETURN_IF_ERROR(e.begin_decode(tokens));
   const int B = static_cast<int>(tokens.size());
-  std::vector<int32_t> pos(B), seq(B);
-  for (int b = 0; b < B; ++b) pos[b] = e.length[b]++, seq[b] = b;
-  e.copy_rows_in(tokens, pos, seq);
   std::vector<std::pair<const char*, cudaEvent_t>> marks;
   e.marks = &marks;
   e.mark("start");

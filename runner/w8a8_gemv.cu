@@ -31,6 +31,19 @@ __device__ __forceinline__ void fp8x16_to_f32(const uint4& u, float* out) {
   }
 }
 
+// Sums each row's lane partials and writes y[m, n] = bf16(acc · sx[m] · sw[n]) in double, the
+// scaling kernel's order; lane m writes row m.
+template <int M, class Acc>
+__device__ __forceinline__ void store_scaled(Acc (&acc)[M], const float* sx, const float* sw, bf16* y, int n, int N,
+                                             int lane) {
+  for (int m = 0; m < M; ++m)
+    for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
+  for (int m = 0; m < M; ++m)
+    if (m == lane)
+      y[static_cast<int64_t>(m) * N + n] =
+          f32_to_bf16(static_cast<float>(static_cast<double>(acc[m]) * sx[m] * static_cast<double>(sw[n])));
+}
+
 template <int M>
 __global__ void __launch_bounds__(kWarps * 32) gemv_int8_kernel(const int8_t* xq, const float* sx, const int8_t* wq,
                                                                 const float* sw, bf16* y, int N, int ld) {
@@ -49,13 +62,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_int8_kernel(const int8_t* xq
       acc[m] = __dp4a(static_cast<int>(wv.w), static_cast<int>(xv.w), acc[m]);
     }
   }
-  for (int m = 0; m < M; ++m)
-    for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
-  if (lane < M)
-    for (int m = 0; m < M; ++m)
-      if (m == lane)
-        y[static_cast<int64_t>(m) * N + n] =
-            f32_to_bf16(static_cast<float>(static_cast<double>(acc[m]) * sx[m] * static_cast<double>(sw[n])));
+  store_scaled<M>(acc, sx, sw, y, n, N, lane);
 }
 
 template <int M>
@@ -75,13 +82,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_fp8_kernel(const uint8_t* xq
       for (int i = 0; i < 16; ++i) acc[m] = fmaf(wf[i], xf[i], acc[m]);
     }
   }
-  for (int m = 0; m < M; ++m)
-    for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], o);
-  if (lane < M)
-    for (int m = 0; m < M; ++m)
-      if (m == lane)
-        y[static_cast<int64_t>(m) * N + n] =
-            f32_to_bf16(static_cast<float>(static_cast<double>(acc[m]) * sx[m] * static_cast<double>(sw[n])));
+  store_scaled<M>(acc, sx, sw, y, n, N, lane);
 }
 
 template <class Code>
