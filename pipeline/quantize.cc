@@ -27,6 +27,11 @@ Status validate_options(const QuantizeOptions& o, QuantMethod method) {
     return Status::error("quantize: --asym applies to gptq and rtn-int4 (" + m + " has a fixed grid)");
   if ((o.act_order || o.mse_clip || !o.sequential) && method != QuantMethod::kGptq)
     return Status::error("quantize: --act-order, --mse-clip and --no-sequential apply to gptq only");
+  // compressed-tensors removed actorder "group" (its PR #840; 0.20 refuses such configs), so
+  // the checkpoint would not load there: act-order is written as GPTQ v1 (g_idx) instead.
+  if (o.act_order && o.format == "compressed-tensors")
+    return Status::error("quantize: --act-order with --format compressed-tensors no longer loads in "
+                         "compressed-tensors >= 0.20 (actorder \"group\" was removed); use --format gptq");
   return Status::ok();
 }
 

@@ -130,6 +130,9 @@ TEST_F(Cli, CalibrateAndQuantizeFromTheCommandLine) {
                         "unknown method 'int3'");
   expect_one_line_error(run_llmq("quantize --model " + model + " --method awq --out " + dir_ + "/x"),
                         "needs calibration");
+  expect_one_line_error(run_llmq("quantize --model " + model + " --method gptq --act-order --format compressed-tensors "
+                                 "--calib " + calib + " --out " + dir_ + "/x"),
+                        "--format gptq");
   expect_one_line_error(run_llmq("quantize --model " + out + " --method fp8 --out " + dir_ + "/x"),
                         "already quantized");
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
+#include <unistd.h>
 
 #include "core/output_dir.h"
 #include "eval/gsm8k.h"
@@ -34,6 +35,7 @@ struct EvalArgs {
   int64_t limit_tokens = 0;
   std::string precision = "f32";
   std::string json_out;
+  std::string logits_out;  // --logits-out: the first perplexity window's logits (safetensors)
   bool force = false;
   // GSM8K; defaults from Gsm8kConfig.
   std::string gsm8k_file;
@@ -102,6 +104,8 @@ Status check_args(const EvalArgs& a) {
     return Status::error("eval: nothing to do (give --ppl FILE, --gsm8k FILE and/or --bench)");
   if (!a.samples_out.empty() && a.gsm8k_file.empty()) return Status::error("--samples-out needs --gsm8k");
   if (!a.samples_out.empty() && a.models.size() > 1) return Status::error("--samples-out needs a single --model");
+  if (!a.logits_out.empty() && a.ppl_file.empty()) return Status::error("--logits-out needs --ppl");
+  if (!a.logits_out.empty() && a.models.size() > 1) return Status::error("--logits-out needs a single --model");
   if (a.bench) {
     const BenchOptions& b = a.bench_options;
     if (b.batches.empty()) return Status::error("--batches: give at least one batch size");
@@ -111,6 +115,7 @@ Status check_args(const EvalArgs& a) {
     if (b.output_len < 2) return Status::error("--bench-out must be >= 2 (one prefill token plus decode steps)");
   }
   LLMQ_RETURN_IF_ERROR(check_output_free(a.json_out, a.force));
+  LLMQ_RETURN_IF_ERROR(check_output_free(a.logits_out, a.force));
   return check_output_free(a.samples_out, a.force);
 }
 
@@ -166,6 +171,32 @@ Status add_bench(const std::string& model_dir, const EvalArgs& a, nlohmann::orde
   return Status::ok();
 }
 
+// --logits-out: float32 logits [T, vocab] of the first perplexity window (T = min(window,
+// tokens)) and its ids, "logits" F32 and "input_ids" I64 in one safetensors file, to compare this
+// forward with another implementation's (scripts/ecosystem/check_loaders.py).
+Status write_logits(const std::string& path, const LlamaModel& model, const std::vector<int32_t>& ids, int64_t window,
+                    Precision precision, bool force) {
+  const std::vector<int32_t> first(ids.begin(), ids.begin() + std::min<int64_t>(window, ids.size()));
+  KvCache cache = model.make_cache(static_cast<int64_t>(first.size()));
+  ForwardOptions opt;
+  opt.precision = precision;
+  SafetensorsWriter w;
+  w.add("logits", model.prefill(first, cache, LogitsFor::kAll, opt));  // [T, vocab]
+  Tensor tokens(DType::kI64, {static_cast<int64_t>(first.size())});  // [T]
+  for (size_t t = 0; t < first.size(); ++t) tokens.data<int64_t>()[t] = first[t];
+  w.add("input_ids", std::move(tokens));
+  if (!force && std::filesystem::exists(path)) return Status::error(path + ": exists (use --force to replace it)");
+  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  Status written = w.write(tmp);
+  std::error_code ec;
+  if (written.is_ok()) std::filesystem::rename(tmp, path, ec);
+  if (!written.is_ok() || ec) {
+    std::filesystem::remove(tmp, ec);
+    return written.is_ok() ? Status::error(path + ": cannot move into place") : written;
+  }
+  return Status::ok();
+}
+
 Status add_perplexity(const std::string& model_dir, const LlamaModel& model, const Tokenizer& tokenizer,
                       const EvalArgs& a, const EvalInputs& in, const std::string& format, nlohmann::ordered_json& j) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -191,6 +222,8 @@ Status add_perplexity(const std::string& model_dir, const LlamaModel& model, con
                      {"mean_nll", result->mean_nll},
                      {"ppl", result->ppl},
                      {"seconds", seconds}};
+  if (!a.logits_out.empty())
+    LLMQ_RETURN_IF_ERROR(write_logits(a.logits_out, model, ids, result->window, in.precision, a.force));
   return Status::ok();
 }
 
@@ -324,8 +357,10 @@ void add_eval_command(CLI::App& app, CommandRunner& run) {
   sub->add_option("--seq-len", args->seq_len, "Window length (default min(2048, max_position_embeddings))");
   sub->add_option("--limit-tokens", args->limit_tokens, "Use only the first N tokens");
   sub->add_option("--precision", args->precision, "f32, or bf16 (emulates bf16 activations)")->capture_default_str();
+  sub->add_option("--logits-out", args->logits_out,
+                  "With --ppl: write the float32 logits [T, vocab] of the first window (and its input_ids) as safetensors");
   sub->add_option("--json", args->json_out, "Write the result as JSON here (an array of records for several --model)");
-  sub->add_flag("--force", args->force, "Replace existing --json / --samples-out files");
+  sub->add_flag("--force", args->force, "Replace existing --json / --samples-out / --logits-out files");
   sub->callback([args, &run] { run = [args] { return run_eval(*args); }; });
 }
 

@@ -18,5 +18,6 @@ void add_eval_command(CLI::App& app, CommandRunner& run);
 void add_calibrate_command(CLI::App& app, CommandRunner& run);
 void add_quantize_command(CLI::App& app, CommandRunner& run);
 void add_report_command(CLI::App& app, CommandRunner& run);
+void add_dequantize_command(CLI::App& app, CommandRunner& run);
 
 }  // namespace llmq::cli

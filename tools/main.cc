@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   llmq::cli::add_calibrate_command(app, run);
   llmq::cli::add_quantize_command(app, run);
   llmq::cli::add_report_command(app, run);
+  llmq::cli::add_dequantize_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
