@@ -101,4 +101,26 @@ Tensor f32_to(const TensorView& v, DType target) {
   return out;
 }
 
+Tensor concat_rows(const std::vector<const Tensor*>& parts) {
+  LLMQ_CHECK(!parts.empty(), "concat_rows of nothing");
+  Shape shape = parts.front()->shape();
+  LLMQ_CHECK(!shape.empty(), "concat_rows of a scalar");
+  int64_t rows = 0;
+  for (const Tensor* p : parts) {
+    Shape trailing = p->shape();
+    LLMQ_CHECK(!trailing.empty() && p->dtype() == parts.front()->dtype(), "concat_rows: " << shape_str(p->shape()));
+    rows += trailing[0];
+    trailing[0] = shape[0];
+    LLMQ_CHECK(trailing == shape, "concat_rows: " << shape_str(p->shape()) << " vs " << shape_str(shape));
+  }
+  shape[0] = rows;
+  Tensor out(parts.front()->dtype(), shape);
+  uint8_t* dst = static_cast<uint8_t*>(out.raw());
+  for (const Tensor* p : parts) {
+    std::memcpy(dst, p->raw(), static_cast<size_t>(p->nbytes()));
+    dst += p->nbytes();
+  }
+  return out;
+}
+
 }  // namespace llmq

@@ -94,4 +94,7 @@ Tensor to_f32(const TensorView& v);
 // Converts a float32 view to bf16 / f16 with round-to-nearest-even.
 Tensor f32_to(const TensorView& v, DType target);
 
+// The parts stacked along dim 0 (same dtype and trailing dims, contiguous host tensors).
+Tensor concat_rows(const std::vector<const Tensor*>& parts);
+
 }  // namespace llmq

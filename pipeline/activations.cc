@@ -48,20 +48,9 @@ Expected<std::array<InputStats, kNumLinearInputs>> collect_layer_stats(const Dec
 }
 
 Tensor concat_rows(const std::vector<Tensor>& parts) {
-  LLMQ_CHECK(!parts.empty(), "concat_rows of nothing");
-  const int64_t cols = parts.front().dim(1);
-  int64_t rows = 0;
-  for (const Tensor& p : parts) {
-    LLMQ_CHECK(p.shape().size() == 2 && p.dim(1) == cols && p.dtype() == DType::kF32, "concat_rows: " << shape_str(p.shape()));
-    rows += p.dim(0);
-  }
-  Tensor out(DType::kF32, {rows, cols});
-  float* dst = out.data<float>();
-  for (const Tensor& p : parts) {
-    std::memcpy(dst, p.data<float>(), static_cast<size_t>(p.numel()) * sizeof(float));
-    dst += p.numel();
-  }
-  return out;
+  std::vector<const Tensor*> ptrs;
+  for (const Tensor& p : parts) ptrs.push_back(&p);
+  return llmq::concat_rows(ptrs);
 }
 
 }  // namespace llmq

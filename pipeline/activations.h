@@ -32,7 +32,7 @@ Expected<std::array<InputStats, kNumLinearInputs>> collect_layer_stats(const Dec
                                                                        const std::vector<Tensor>& activations,
                                                                        bool hessian);
 
-// The samples' rows stacked: [Σ T_s, cols].
+// The samples' rows stacked: [Σ T_s, cols] (core/tensor.h's concat_rows over a vector of samples).
 Tensor concat_rows(const std::vector<Tensor>& parts);
 
 }  // namespace llmq

@@ -132,20 +132,6 @@ Expected<HostLinear> read_linear(const HfCheckpoint& ckpt, const std::string& pr
   return h;
 }
 
-Tensor concat_rows(const std::vector<const Tensor*>& parts) {
-  int64_t rows = 0;
-  for (const Tensor* p : parts) rows += p->dim(0);
-  Shape shape = parts[0]->shape();
-  shape[0] = rows;
-  Tensor out(parts[0]->dtype(), shape);
-  uint8_t* dst = static_cast<uint8_t*>(out.raw());
-  for (const Tensor* p : parts) {
-    std::memcpy(dst, p->raw(), static_cast<size_t>(p->nbytes()));
-    dst += p->nbytes();
-  }
-  return out;
-}
-
 // q/k/v (or gate/up) as one linear with the outputs concatenated. Quantized parts must share
 // scheme, group size and act-order permutation.
 Expected<HostLinear> fuse(std::vector<HostLinear> parts, const std::string& what) {

@@ -88,5 +88,18 @@ TEST(StagedOutputDir, AppearsOnlyOnCommitAndRespectsForce) {
   fs::remove_all(root);
 }
 
+TEST(Tensor, ConcatRowsStacksPartsInOrder) {
+  Tensor a(DType::kF32, {1, 3}), b(DType::kF32, {2, 3});
+  for (int i = 0; i < 3; ++i) a.data<float>()[i] = static_cast<float>(i);
+  for (int i = 0; i < 6; ++i) b.data<float>()[i] = static_cast<float>(10 + i);
+  const Tensor c = concat_rows({&a, &b});
+  ASSERT_EQ(c.shape(), (Shape{3, 3}));
+  EXPECT_EQ(c.data<float>()[2], 2.0f);
+  EXPECT_EQ(c.data<float>()[3], 10.0f);
+  EXPECT_EQ(c.data<float>()[8], 15.0f);
+  Tensor wrong(DType::kF32, {1, 4});
+  EXPECT_DEATH_IF_SUPPORTED(concat_rows({&a, &wrong}), "concat_rows");
+}
+
 }  // namespace
 }  // namespace llmq
