@@ -237,6 +237,7 @@ Expected<Gsm8kResult> evaluate_gsm8k(const LlamaModel& model, const Tokenizer& t
                                      const Gsm8kConfig& config) {
   Gsm8kRun run;
   LLMQ_RETURN_IF_ERROR(prepare_gsm8k(run, tokenizer, test, train, config, model.config().max_position_embeddings));
+  run.result.batch = 1;  // one sample per thread, whatever config.batch says
   GenerateConfig gc;
   gc.max_new_tokens = config.max_gen_toks;
   gc.eos_ids = tokenizer.eos_ids();
@@ -260,10 +261,16 @@ Expected<Gsm8kResult> evaluate_gsm8k(const LlamaModel& model, const Tokenizer& t
 
 Expected<Gsm8kResult> evaluate_gsm8k_batched(const BatchGreedyFn& generate, int64_t max_position_embeddings,
                                              const Tokenizer& tokenizer, const std::vector<Gsm8kDoc>& test,
-                                             const std::vector<Gsm8kDoc>& train, const Gsm8kConfig& config) {
+                                             const std::vector<Gsm8kDoc>& train, const Gsm8kConfig& config,
+                                             const BatchPlanFn& plan) {
   Gsm8kRun run;
   LLMQ_RETURN_IF_ERROR(prepare_gsm8k(run, tokenizer, test, train, config, max_position_embeddings));
   const int64_t n = static_cast<int64_t>(run.prompt_ids.size());
+  if (plan && n > 0) {
+    int64_t longest = 0;
+    for (const std::vector<int32_t>& p : run.prompt_ids) longest = std::max<int64_t>(longest, p.size());
+    LLMQ_RETURN_IF_ERROR(plan(std::min(n, config.batch), longest));
+  }
   for (int64_t b0 = 0; b0 < n; b0 += config.batch) {
     const int64_t b1 = std::min(n, b0 + config.batch);
     const std::vector<std::vector<int32_t>> prompts(run.prompt_ids.begin() + b0, run.prompt_ids.begin() + b1);

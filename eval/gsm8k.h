@@ -89,7 +89,8 @@ struct Gsm8kConfig {
   Gsm8kStyle style = Gsm8kStyle::kGsm8k;
   int64_t fewshot = -1;        // -1: the style's default (5 / 8)
   int64_t limit = 0;           // 0: every test doc; else the first N (lm-eval --limit N)
-  int64_t batch = 1;           // batch size for the GPU runner; the CPU path runs one sample per thread
+  int64_t batch = 32;          // prompts per generation call of the batched (GPU runner) path; the CPU
+                               // path runs one sample per thread and records batch 1
   int64_t max_gen_toks = 256;  // HFLM's default max_gen_toks
   int64_t seed = 1234;         // lm-eval's default --fewshot_random_seed
   Precision precision = Precision::kFloat32;
@@ -159,12 +160,18 @@ Expected<Gsm8kResult> evaluate_gsm8k(const LlamaModel& model, const Tokenizer& t
 using BatchGreedyFn = std::function<Expected<std::vector<std::vector<int32_t>>>(
     const std::vector<std::vector<int32_t>>& prompts, int64_t max_new)>;
 
+// Called once before the first generation with the most prompts any call passes and the
+// longest prompt (tokens, after truncation), so a generator can size its KV cache:
+// longest_prompt + max_gen_toks positions per sequence suffice.
+using BatchPlanFn = std::function<Status(int64_t max_batch, int64_t longest_prompt)>;
+
 // The same evaluation with prompts generated config.batch at a time by `generate`; the stop
 // strings are applied afterwards (finish_until), so the samples equal evaluate_gsm8k's for the
-// same greedy model.
+// same greedy model. `plan` (optional) runs after the prompts are built, before `generate`.
 Expected<Gsm8kResult> evaluate_gsm8k_batched(const BatchGreedyFn& generate, int64_t max_position_embeddings,
                                              const Tokenizer& tokenizer, const std::vector<Gsm8kDoc>& test,
-                                             const std::vector<Gsm8kDoc>& train, const Gsm8kConfig& config);
+                                             const std::vector<Gsm8kDoc>& train, const Gsm8kConfig& config,
+                                             const BatchPlanFn& plan = nullptr);
 
 // lm-eval's results layout for this one task: {"results": {task: {"alias", "exact_match,
 // strict-match", "exact_match_stderr,strict-match", ...}}, "group_subtasks", "configs",

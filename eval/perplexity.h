@@ -4,12 +4,17 @@
 // scores its W - 1 next-token predictions; ppl = exp(sum NLL / scored tokens).
 // Windows run in parallel (OpenMP, one KV cache per thread); each window's NLL is summed in
 // double and the windows are added in order, so the result does not depend on thread count.
+//
+// The convention is split into plan_perplexity (the windows), window_nll (one window's NLL
+// from its logits) and perplexity_result (the sum), so that other forwards (the CUDA runner,
+// runner/eval_gpu.h) score exactly the same windows the same way.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "core/status.h"
+#include "formats/hf_config.h"
 #include "model/llama.h"
 
 namespace llmq {
@@ -29,8 +34,29 @@ struct PerplexityResult {
   int64_t stride = 0;
 };
 
-// Errors: W < 2 or beyond max_position_embeddings, S < 1, ids outside the vocabulary, or
-// too few ids for one window (n <= W).
+// The windows of one run: window w is ids[w * stride, w * stride + window).
+struct PerplexityPlan {
+  int64_t window = 0;   // W after defaults
+  int64_t stride = 0;   // S after defaults
+  int64_t windows = 0;  // s = 0, S, ... while s < n - W
+  int64_t begin(int64_t w) const { return w * stride; }
+};
+
+// Resolves the defaults and checks the ids against the model. Errors: W < 2 or beyond
+// max_position_embeddings, S < 0, ids outside the vocabulary, or too few ids for one window
+// (n <= W).
+Expected<PerplexityPlan> plan_perplexity(const LlamaConfig& config, const std::vector<int32_t>& ids,
+                                         const PerplexityConfig& pc);
+
+// Sum over t < predictions of -log softmax(logits[t])[next[t]], in double (rows in parallel,
+// added in row order: the same bytes for any thread count). logits: [>= predictions, vocab]
+// float32.
+double window_nll(const Tensor& logits, const int32_t* next, int64_t predictions);
+
+// The result from each window's NLL (window_nll), added in window order.
+PerplexityResult perplexity_result(const PerplexityPlan& plan, const std::vector<double>& window_nlls);
+
+// The CPU reference forward over plan_perplexity's windows. Errors: plan_perplexity's.
 Expected<PerplexityResult> perplexity(const LlamaModel& model, const std::vector<int32_t>& ids,
                                       const PerplexityConfig& config);
 

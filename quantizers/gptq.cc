@@ -41,7 +41,7 @@ using StridedMapF = Eigen::Map<RowMajorF, 0, Eigen::OuterStride<>>;
 using ConstStridedMapF = Eigen::Map<const RowMajorF, 0, Eigen::OuterStride<>>;
 
 constexpr int64_t kRowChunk = 128;  // rows per task; fixed, so bits do not depend on threads
-constexpr double kDampStep = 0.01;   // GPTQModel's retry increment
+using gptq_detail::kDampStep;
 
 // Group (scale, zero) from the group's current weights v[0, gs).
 Int4Params group_params(const float* v, int64_t gs, const GptqConfig& c) {
@@ -146,9 +146,9 @@ template <class T>
 std::vector<float> inverse_factor(const T* h, int64_t n, const std::vector<int64_t>& perm,
                                   const std::vector<uint8_t>& dead, double damp_percent, double* damp_out,
                                   int* fallbacks) {
-  double mean_diag = 0;
-  for (int64_t j = 0; j < n; ++j) mean_diag += dead[j] ? 1.0 : static_cast<double>(h[j * n + j]);
-  mean_diag /= static_cast<double>(n);
+  std::vector<double> diag(n);  // [n] diag(H) as given
+  for (int64_t j = 0; j < n; ++j) diag[j] = static_cast<double>(h[j * n + j]);
+  const double mean_diag = gptq_detail::mean_diag(diag, dead);
   const std::vector<int64_t> rperm(perm.rbegin(), perm.rend());  // [n] J P: reversed order
   Eigen::MatrixXd hd(n, n);  // [n, n] J (damped, permuted H) J; then Lr
   Eigen::MatrixXd x(n, n);   // [n, n] Lr^-1
@@ -171,20 +171,6 @@ std::vector<float> inverse_factor(const T* h, int64_t n, const std::vector<int64
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = i; j < n; ++j) u[i * n + j] = static_cast<float>(x(n - 1 - i, n - 1 - j));
   return u;
-}
-
-// [i1, i2) column blocks of at most block_size, cut so that no group starting after a block's
-// first column ends after the block (see the file comment).
-std::vector<std::pair<int64_t, int64_t>> make_blocks(int64_t in, int64_t block_size, int64_t gs) {
-  std::vector<std::pair<int64_t, int64_t>> blocks;
-  for (int64_t i1 = 0; i1 < in;) {
-    int64_t i2 = std::min(in, i1 + block_size);
-    const int64_t last_start = ((i2 - 1) / gs) * gs;  // last group start inside [i1, i2)
-    if (last_start > i1 && last_start + gs > i2) i2 = last_start;
-    blocks.emplace_back(i1, i2);
-    i1 = i2;
-  }
-  return blocks;
 }
 
 // tr(A H A^T) for A [out, in] given row by row (fill(n, dst) writes row n), H [in, in].
@@ -220,6 +206,44 @@ double output_rel_error(const T* h, const float* w, const float* deq, int64_t ou
 
 }  // namespace
 
+namespace gptq_detail {
+
+void plan_columns(const std::vector<double>& diag, bool act_order, std::vector<uint8_t>* dead,
+                  std::vector<int64_t>* perm) {
+  const int64_t in = static_cast<int64_t>(diag.size());
+  std::vector<double> key(in);  // [in] diag(H) with dead columns set to 1
+  dead->assign(in, 0);
+  for (int64_t j = 0; j < in; ++j) {
+    (*dead)[j] = diag[j] == 0.0;
+    key[j] = (*dead)[j] ? 1.0 : diag[j];
+  }
+  perm->resize(in);
+  std::iota(perm->begin(), perm->end(), 0);
+  if (act_order)  // stable, so ties keep column order
+    std::stable_sort(perm->begin(), perm->end(), [&](int64_t a, int64_t b) { return key[a] > key[b]; });
+}
+
+double mean_diag(const std::vector<double>& diag, const std::vector<uint8_t>& dead) {
+  const int64_t n = static_cast<int64_t>(diag.size());
+  double mean = 0;
+  for (int64_t j = 0; j < n; ++j) mean += dead[j] ? 1.0 : diag[j];
+  return mean / static_cast<double>(n);
+}
+
+std::vector<std::pair<int64_t, int64_t>> column_blocks(int64_t in, int64_t block_size, int64_t gs) {
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  for (int64_t i1 = 0; i1 < in;) {
+    int64_t i2 = std::min(in, i1 + block_size);
+    const int64_t last_start = ((i2 - 1) / gs) * gs;  // last group start inside [i1, i2)
+    if (last_start > i1 && last_start + gs > i2) i2 = last_start;
+    blocks.emplace_back(i1, i2);
+    i1 = i2;
+  }
+  return blocks;
+}
+
+}  // namespace gptq_detail
+
 // report may be null: it costs two O(out * in^2) traces, tr(E H E^T) and tr(W H W^T).
 QuantizedLinear quantize_gptq(const TensorView& w, const TensorView& hessian, const GptqConfig& config,
                               QuantReport* report) {
@@ -239,18 +263,12 @@ QuantizedLinear quantize_gptq(const TensorView& w, const TensorView& hessian, co
   const bool h64 = hessian.dtype == DType::kF64;
   const float* src = w.as<float>();
 
-  // 1. dead columns; 2. act-order permutation (stable, so ties keep column order).
-  std::vector<double> diag(in);  // [in] diag(H) with dead columns set to 1
-  std::vector<uint8_t> dead(in);  // [in] H[j, j] == 0
-  for (int64_t j = 0; j < in; ++j) {
-    const double d = h64 ? hessian.as<double>()[j * in + j] : hessian.as<float>()[j * in + j];
-    dead[j] = d == 0.0;
-    diag[j] = dead[j] ? 1.0 : d;
-  }
-  std::vector<int64_t> perm(in);  // [in] position -> original column
-  std::iota(perm.begin(), perm.end(), 0);
-  if (config.act_order)
-    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return diag[a] > diag[b]; });
+  // 1. dead columns; 2. act-order permutation.
+  std::vector<double> diag(in);  // [in] diag(H)
+  for (int64_t j = 0; j < in; ++j) diag[j] = h64 ? hessian.as<double>()[j * in + j] : hessian.as<float>()[j * in + j];
+  std::vector<uint8_t> dead;   // [in] H[j, j] == 0
+  std::vector<int64_t> perm;   // [in] position -> original column
+  gptq_detail::plan_columns(diag, config.act_order, &dead, &perm);
 
   // 3, 4. damping and U = chol_upper(H^-1) in float64.
   double damp = 0;
@@ -271,7 +289,7 @@ QuantizedLinear quantize_gptq(const TensorView& w, const TensorView& hessian, co
     for (int64_t i = 0; i < in; ++i) wp[n * in + i] = dead[perm[i]] ? 0.0f : src[n * in + perm[i]];
 
   // 5. the sweep, chunk of rows by chunk of rows.
-  const auto blocks = make_blocks(in, config.block_size, gs);
+  const auto blocks = gptq_detail::column_blocks(in, config.block_size, gs);
   const int64_t chunks = (out + kRowChunk - 1) / kRowChunk;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t c = 0; c < chunks; ++c) {

@@ -18,6 +18,10 @@
 // With H = I this is exactly RTN (tested).
 #pragma once
 
+#include <cstdint>
+#include <utility>
+#include <vector>
+
 #include "core/tensor.h"
 #include "quantizers/int_grid.h"
 #include "quantizers/quantized_linear.h"
@@ -41,5 +45,25 @@ struct GptqConfig {
 // w: float32 [out, in]; hessian: float32 or float64 [in, in] (symmetric, PSD up to rounding).
 QuantizedLinear quantize_gptq(const TensorView& w, const TensorView& hessian, const GptqConfig& config,
                               QuantReport* report);
+
+// Host-side decisions shared with the GPU implementation (quantizers/gpu/gptq_gpu.h), so both
+// take exactly the same ones.
+namespace gptq_detail {
+
+constexpr double kDampStep = 0.01;  // GPTQModel's retry increment
+
+// Steps 1 and 2 from diag(H) [in]: dead[j] = (diag[j] == 0); perm [in] maps position ->
+// original column (identity, or diag descending with dead columns counted as 1, stable).
+void plan_columns(const std::vector<double>& diag, bool act_order, std::vector<uint8_t>* dead,
+                  std::vector<int64_t>* perm);
+
+// mean(diag(H)) with dead columns counted as 1, summed in column order in float64.
+double mean_diag(const std::vector<double>& diag, const std::vector<uint8_t>& dead);
+
+// [i1, i2) column blocks of at most block_size, cut so that no group starting after a block's
+// first column ends after the block (gptq.cc's file comment says why).
+std::vector<std::pair<int64_t, int64_t>> column_blocks(int64_t in, int64_t block_size, int64_t group_size);
+
+}  // namespace gptq_detail
 
 }  // namespace llmq

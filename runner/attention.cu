@@ -7,7 +7,9 @@
 //
 // Each K/V row is read as 16-byte chunks of 8 bf16: hd/8 lanes cover one row, and the lane
 // groups of a warp cover consecutive rows, so loads are coalesced for any hd in 8..256.
-// Prefill re-reads K/V per query row (no query tiling yet): correct but O(T^2) L2 traffic.
+// Here prefill re-reads K/V per query row (O(T^2) L2 traffic, CUDA cores): prefill whose rows'
+// layout is known on the host goes to the tensor-core kernel instead (attention_prefill.h),
+// which falls back to this one for short spans and head shapes it does not cover.
 #include <cfloat>
 
 #include "core/numeric.h"
@@ -60,6 +62,37 @@ __device__ float block_reduce(float v, float* shared, bool is_max) {
   return total;
 }
 
+// P·V for the G heads of a kv head over positions 0..n-1 of v (rows kv_dim apart), shared by
+// the one-block and the split kernels: lane group `slice` accumulates positions slice,
+// slice + slices, ... weighted by prob(g, j) (the bf16-rounded numerators); the slices'
+// partial sums meet in shared memory `partial` [slices, G, hd] and are added in slice order
+// (deterministic); store(i, o) receives the sum for element i = g * hd + d.
+template <int G, class Prob, class Store>
+__device__ __forceinline__ void pv_slices(const bf16* v, int kv_dim, int n, int hd, Prob prob, float* partial,
+                                          Store store) {
+  const int chunks = hd / 8, slices = kThreads / chunks;
+  const int c = threadIdx.x % chunks, slice = threadIdx.x / chunks;
+  float acc[G][8];
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+  for (int j = slice; j < n; j += slices) {
+    float v8[8];
+    unpack8(*reinterpret_cast<const uint4*>(v + static_cast<int64_t>(j) * kv_dim + c * 8), v8);
+    for (int g = 0; g < G; ++g) {
+      const float p = prob(g, j);
+      for (int i = 0; i < 8; ++i) acc[g][i] += p * v8[i];
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < 8; ++i) partial[(slice * G + g) * hd + c * 8 + i] = acc[g][i];
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * hd; i += kThreads) {
+    float o = 0.0f;
+    for (int sl = 0; sl < slices; ++sl) o += partial[sl * G * hd + i];
+    store(i, o);
+  }
+}
+
 // Shared memory: q [G, hd] | scores [G, capacity] | partial [slices, G, hd] (f32).
 template <int G>
 __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
@@ -109,26 +142,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
   }
   __syncthreads();
 
-  float acc[G][8];
-  for (int g = 0; g < G; ++g)
-    for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
-  for (int j = slice; j < L; j += slices) {
-    float v8[8];
-    unpack8(*reinterpret_cast<const uint4*>(a.v_cache + base + static_cast<int64_t>(j) * kv_dim + c * 8), v8);
-    for (int g = 0; g < G; ++g) {
-      const float p = scores[g * a.capacity + j];
-      for (int i = 0; i < 8; ++i) acc[g][i] += p * v8[i];
-    }
-  }
-  for (int g = 0; g < G; ++g)
-    for (int i = 0; i < 8; ++i) partial[(slice * G + g) * hd + c * 8 + i] = acc[g][i];
-  __syncthreads();
-  for (int i = threadIdx.x; i < G * hd; i += kThreads) {
-    float o = 0.0f;
-    for (int sl = 0; sl < slices; ++sl) o += partial[sl * G * hd + i];
-    const int g = i / hd;
-    a.out[static_cast<int64_t>(r) * a.n_q * hd + (kvh * G) * hd + i] = f32_to_bf16(o * inv_sum[g]);
-  }
+  bf16* out = a.out + static_cast<int64_t>(r) * a.n_q * hd + (kvh * G) * hd;
+  pv_slices<G>(
+      a.v_cache + base, kv_dim, L, hd, [&](int g, int j) { return scores[g * a.capacity + j]; }, partial,
+      [&](int i, float o) { out[i] = f32_to_bf16(o * inv_sum[i / hd]); });
 }
 
 size_t smem_bytes(int G, int hd, int capacity) {
@@ -228,7 +245,7 @@ __global__ void __launch_bounds__(kThreads) split_pv_kernel(AttentionArgs a, Spl
   __shared__ float e[G][kChunk];
   __shared__ float p[G][kChunk];
   const int r = blockIdx.x, kvh = blockIdx.y, chunk = blockIdx.z, chunks = gridDim.z;
-  const int hd = a.hd, lanes = hd / 8, slices = kThreads / lanes;
+  const int hd = a.hd;
   const int L = a.pos[r] + 1, j_begin = chunk * kChunk, n = max(0, min(L, j_begin + kChunk) - j_begin);
   const int kv_dim = a.n_kv * hd;
   const int64_t rh0 = int64_t(r) * a.n_q + kvh * G;
@@ -251,25 +268,10 @@ __global__ void __launch_bounds__(kThreads) split_pv_kernel(AttentionArgs a, Spl
     w.chunk_l[(rh0 + threadIdx.x) * chunks + chunk] = l;
   }
   const int64_t base = static_cast<int64_t>(a.seq[r]) * a.capacity * kv_dim + kvh * hd;
-  const int c = threadIdx.x % lanes, slice = threadIdx.x / lanes;
-  float acc[G][8];
-  for (int g = 0; g < G; ++g)
-    for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
-  for (int jj = slice; jj < n; jj += slices) {
-    float v8[8];
-    unpack8(*reinterpret_cast<const uint4*>(a.v_cache + base + static_cast<int64_t>(j_begin + jj) * kv_dim + c * 8), v8);
-    for (int g = 0; g < G; ++g)
-      for (int i = 0; i < 8; ++i) acc[g][i] += p[g][jj] * v8[i];
-  }
-  for (int g = 0; g < G; ++g)
-    for (int i = 0; i < 8; ++i) partial[(slice * G + g) * hd + c * 8 + i] = acc[g][i];
-  __syncthreads();
-  for (int i = threadIdx.x; i < G * hd; i += kThreads) {
-    float o = 0.0f;
-    for (int sl = 0; sl < slices; ++sl) o += partial[sl * G * hd + i];
-    const int g = i / hd, d = i % hd;
-    w.acc[((rh0 + g) * chunks + chunk) * hd + d] = o;
-  }
+  pv_slices<G>(
+      a.v_cache + base + static_cast<int64_t>(j_begin) * kv_dim, kv_dim, n, hd,
+      [&](int g, int jj) { return p[g][jj]; }, partial,
+      [&](int i, float o) { w.acc[((rh0 + i / hd) * chunks + chunk) * hd + i % hd] = o; });
 }
 
 // Block (row, head), one thread per dim: the chunks' sums, times 1/rowsum, rounded to bf16.

@@ -5,7 +5,9 @@
 //   llmq_runner_bench --model DIR [--batches 1,16,64] [--in 512] [--out 128] [--json FILE]
 //                     [--rtn fp8|int8|w4a16]   quantize a BF16 checkpoint in memory first
 //                     [--profile 1]            and time one eager decode step per op kind
-//   llmq_runner_bench --kernels                   linear kernels on Llama-3.1-8B shapes
+//   llmq_runner_bench --kernels                   linear kernels on Llama-3.1-8B shapes, then the
+//                                                 decode GEMVs (runner/gemv.h) against cuBLASLt
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +22,7 @@
 #include "runner/bench.h"
 #include "runner/device_buffer.h"
 #include "runner/gemm.h"
+#include "runner/gemv.h"
 #include "runner/kernels.h"
 #include "runner/w4a16.h"
 
@@ -51,6 +54,69 @@ DeviceBuffer random_bytes(size_t n, uint32_t seed) {
   DeviceBuffer b(v.size() * 4);
   LLMQ_CUDA_CHECK(cudaMemcpy(b.as(), v.data(), v.size() * 4, cudaMemcpyHostToDevice));
   return b;
+}
+
+// Copies of one random weight buffer, enough that cycling through them reads more than three
+// times the L2 (else the smaller shapes would be served from L2 and beat HBM).
+std::vector<DeviceBuffer> weight_copies(size_t bytes, uint32_t seed) {
+  int device = 0, l2_bytes = 0;
+  LLMQ_CUDA_CHECK(cudaGetDevice(&device));
+  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  const size_t copies = std::min<size_t>(32, std::max<size_t>(1, (3 * size_t(l2_bytes) + bytes - 1) / bytes));
+  std::vector<DeviceBuffer> out;
+  out.push_back(random_bytes(bytes, seed));
+  for (size_t i = 1; i < copies; ++i) {
+    out.emplace_back(bytes);
+    LLMQ_CUDA_CHECK(cudaMemcpy(out.back().as(), out.front().as(), bytes, cudaMemcpyDeviceToDevice));
+  }
+  return out;
+}
+
+// The decode GEMVs of runner/gemv.h (no epilogue) on the five Llama-3.1-8B linears for
+// M = 1, 4, 8: microseconds and percent of the measured HBM read bandwidth (weight bytes,
+// plus the per-channel scales for W8A8, over the time), BF16 next to cuBLASLt on the same
+// shape. The W8A8 columns time the GEMV alone (activations already quantized).
+void gemv_bench(double hbm_gbps, gpu::Blas& blas) {
+  struct Shape { const char* name; int N, K; };
+  const Shape shapes[] = {{"qkv 6144x4096", 6144, 4096}, {"o 4096x4096", 4096, 4096},
+                          {"gate_up 28672x4096", 28672, 4096}, {"down 4096x14336", 4096, 14336},
+                          {"lm_head 128256x4096", 128256, 4096}};
+  const int max_m = gpu::kGemvMaxM, max_n = 128256, max_k = 14336;
+  DeviceBuffer x = random_bytes(size_t(max_m) * max_k * 2, 11), xq = random_bytes(size_t(max_m) * max_k, 12);
+  DeviceBuffer y(size_t(max_m) * max_n * 2), sx(max_m * 4), sw(max_n * 4);
+  const std::vector<float> scales(max_n, 0.01f);
+  LLMQ_CUDA_CHECK(cudaMemcpy(sx.as(), scales.data(), max_m * 4, cudaMemcpyHostToDevice));
+  LLMQ_CUDA_CHECK(cudaMemcpy(sw.as(), scales.data(), max_n * 4, cudaMemcpyHostToDevice));
+  std::printf("\ndecode GEMVs (us, %% of HBM %.0f GB/s)\n", hbm_gbps);
+  std::printf("%-22s %2s %18s %18s %18s %18s\n", "linear [N x K]", "M", "gemv_bf16", "cublasLt_bf16", "gemv_fp8",
+              "gemv_int8");
+  for (const Shape& s : shapes) {
+    const std::vector<DeviceBuffer> w16 = weight_copies(size_t(s.N) * s.K * 2, 13);
+    const std::vector<DeviceBuffer> w8 = weight_copies(size_t(s.N) * s.K, 14);
+    for (int M : {1, 4, 8}) {
+      size_t i = 0;  // the next weight copy
+      const auto* xs = x.as<const uint16_t>();
+      auto* ys = y.as<uint16_t>();
+      const double t[4] = {
+          time_us([&] { gpu::gemv_bf16(xs, w16[i++ % w16.size()].as<const uint16_t>(), ys, M, s.N, s.K, {}, nullptr); }),
+          time_us([&] { blas.gemm_bf16(xs, w16[i++ % w16.size()].as<const uint16_t>(), ys, M, s.N, s.K, nullptr); }),
+          time_us([&] {
+            gpu::gemv_w8a8_fp8(xq.as<const uint8_t>(), sx.as<const float>(), w8[i++ % w8.size()].as<const uint8_t>(),
+                               sw.as<const float>(), ys, M, s.N, s.K, {}, nullptr);
+          }),
+          time_us([&] {
+            gpu::gemv_w8a8_int8(xq.as<const int8_t>(), sx.as<const float>(), w8[i++ % w8.size()].as<const int8_t>(),
+                                sw.as<const float>(), ys, M, s.N, s.K, {}, nullptr);
+          }),
+      };
+      const double bytes[4] = {double(s.N) * s.K * 2, double(s.N) * s.K * 2, double(s.N) * (s.K + 4.0),
+                               double(s.N) * (s.K + 4.0)};
+      std::printf("%-22s %2d", s.name, M);
+      for (int f = 0; f < 4; ++f)
+        std::printf(" %9.1f us %4.0f%%", t[f], 100.0 * bytes[f] / (t[f] * 1e-6) / 1e9 / hbm_gbps);
+      std::printf("\n");
+    }
+  }
 }
 
 int kernels_bench() {
@@ -120,6 +186,7 @@ int kernels_bench() {
   std::printf("one decoder layer's linears (us): ");
   for (int f = 0; f < 4; ++f)
     std::printf("%s M=1 %.1f M=16 %.1f M=64 %.1f%s", names[f], step_us[f][0], step_us[f][1], step_us[f][2], f < 3 ? " | " : "\n");
+  gemv_bench(bw, blas);
   return 0;
 }
 

@@ -15,6 +15,8 @@
 #include "runner/device.h"
 #include "runner/device_buffer.h"
 #include "runner/gemm.h"
+#include "runner/gemv.h"
+#include "runner/attention_prefill.h"
 #include "runner/kernels.h"
 #include "runner/kernels_ref.h"
 #include "runner/w4a16.h"
@@ -41,6 +43,26 @@ std::vector<bf16> to_bf16(const TensorView& v) {
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// Rows [0, n) and [n, 2n) of a row-major buffer of 2n rows become 0, n, 1, n + 1, ...: the
+// gate and up rows of the fused MLP input linear, interleaved so that one GEMV block holds
+// both rows of a (gate, up) pair and can apply SwiGLU in its epilogue (runner/gemv.h).
+void interleave_halves(void* data, int64_t rows, size_t row_bytes) {
+  LLMQ_CHECK(rows % 2 == 0, "interleave_halves: odd row count " << rows);
+  const auto* src = static_cast<const uint8_t*>(data);
+  std::vector<uint8_t> out(static_cast<size_t>(rows) * row_bytes);
+  const int64_t n = rows / 2;
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(&out[static_cast<size_t>(2 * i) * row_bytes], src + static_cast<size_t>(i) * row_bytes, row_bytes);
+    std::memcpy(&out[static_cast<size_t>(2 * i + 1) * row_bytes], src + static_cast<size_t>(n + i) * row_bytes, row_bytes);
+  }
+  std::memcpy(data, out.data(), out.size());
+}
+
+void interleave_halves(Tensor& t) {
+  if (t.empty()) return;  // e.g. the zeros of a symmetric or 8-bit linear
+  interleave_halves(t.raw(), t.dim(0), static_cast<size_t>(t.nbytes() / t.dim(0)));
+}
+
 // What one forward needs besides the layer buffers: activation-quantization codes and scales,
 // the W8A8 accumulator and the W4A16 scratch, sized for the largest linear at max_rows.
 struct LinearScratch {
@@ -52,6 +74,13 @@ struct LinearScratch {
 };
 
 enum class LinearKind { kBf16, kFp8, kInt8, kW4A16 };
+
+// A linear's input: bf16 activations, or already quantized per token into the scratch codes
+// and scales (W8A8 after an RMSNorm that fused the quantization in).
+struct LinearIn {
+  const bf16* x = nullptr;
+  bool quantized = false;
+};
 
 // One linear on the device in its checkpoint form.
 struct GpuLinear {
@@ -65,39 +94,54 @@ struct GpuLinear {
 
   size_t bytes() const { return weight.bytes() + scales.bytes() + w4.bytes() + (shared_weight ? size_t(N) * K * 2 : 0); }
 
-  void forward(const bf16* x, bf16* y, int M, LinearScratch& s, gpu::Blas& blas, cudaStream_t st) const {
+  // Decode shapes run as GEMVs (one pass over the weights at HBM bandwidth instead of GEMM
+  // tiles made for large M), which also apply the epilogue (residual add, SwiGLU) in-kernel.
+  bool uses_gemv(int M) const {
     switch (kind) {
-      case LinearKind::kBf16:
-        blas.gemm_bf16(x, shared_weight ? shared_weight : weight.as<const bf16>(), y, M, N, K, st);
-        return;
+      case LinearKind::kBf16: return M <= gpu::kGemvMaxM && K % 8 == 0;
       case LinearKind::kFp8:
-      case LinearKind::kInt8: {
-        if (K_pad != K) LLMQ_CUDA_CHECK(cudaMemsetAsync(s.codes.as(), 0, size_t(M) * K_pad, st));
-        // Decode: one pass at HBM bandwidth instead of cuBLASLt's large-M tiles + scaling.
-        const bool gemv = M <= gpu::kW8A8GemvMaxM && K_pad % 16 == 0;
-        if (kind == LinearKind::kFp8) {
-          gpu::quantize_fp8_per_token(x, s.codes.as<uint8_t>(), K_pad, s.scales.as<float>(), M, K, st);
-          if (gemv)
-            return gpu::w8a8_gemv_fp8(s.codes.as<const uint8_t>(), s.scales.as<const float>(), weight.as<const uint8_t>(),
-                                      scales.as<const float>(), y, M, N, K_pad, st);
-          blas.gemm_fp8(s.codes.as<const uint8_t>(), weight.as<const uint8_t>(), s.acc.as<float>(), M, N, K_pad, st);
-          gpu::scale_rows_cols_f32(s.acc.as<const float>(), s.scales.as<const float>(), scales.as<const float>(), y, M,
-                                   N, st);
-        } else {
-          gpu::quantize_int8_per_token(x, s.codes.as<int8_t>(), K_pad, s.scales.as<float>(), M, K, st);
-          if (gemv)
-            return gpu::w8a8_gemv_int8(s.codes.as<const int8_t>(), s.scales.as<const float>(), weight.as<const int8_t>(),
-                                       scales.as<const float>(), y, M, N, K_pad, st);
-          blas.gemm_int8(s.codes.as<const int8_t>(), weight.as<const int8_t>(), s.acc.as<int32_t>(), M, N, K_pad, st);
-          gpu::scale_rows_cols_i32(s.acc.as<const int32_t>(), s.scales.as<const float>(), scales.as<const float>(), y,
-                                   M, N, st);
-        }
-        return;
-      }
-      case LinearKind::kW4A16:
-        gpu::w4a16_gemm(w4, x, y, M, {s.x_perm.as<bf16>(), s.w_bf16.as<bf16>()}, blas, st);
-        return;
+      case LinearKind::kInt8: return M <= gpu::kGemvMaxM && K_pad % 16 == 0;
+      case LinearKind::kW4A16: return gpu::w4a16_fuses_epilogue(w4, M);
     }
+    return false;
+  }
+  // The per-token quantization the RMSNorm before this linear may produce for it (W8A8 inputs
+  // that need no zero padding).
+  gpu::ActQuant input_quant() const {
+    if (K_pad != K) return gpu::ActQuant::kNone;
+    if (kind == LinearKind::kFp8) return gpu::ActQuant::kFp8;
+    if (kind == LinearKind::kInt8) return gpu::ActQuant::kInt8;
+    return gpu::ActQuant::kNone;
+  }
+
+  // y = epi(in · Wᵀ); a non-empty epilogue only where uses_gemv(M).
+  void forward(LinearIn in, bf16* y, int M, const gpu::GemvEpilogue& epi, LinearScratch& s, gpu::Blas& blas,
+               cudaStream_t st) const {
+    const bool gemv = uses_gemv(M);
+    LLMQ_CHECK(gemv || (!epi.residual && !epi.swiglu), "linear: epilogue without a GEMV (M " << M << ")");
+    if (kind == LinearKind::kBf16) {
+      const bf16* w = shared_weight ? shared_weight : weight.as<const bf16>();
+      if (gemv) return gpu::gemv_bf16(in.x, w, y, M, N, K, epi, st);
+      return blas.gemm_bf16(in.x, w, y, M, N, K, st);
+    }
+    if (kind == LinearKind::kW4A16)
+      return gpu::w4a16_gemm(w4, in.x, y, M, {s.x_perm.as<bf16>(), s.w_bf16.as<bf16>()}, blas, st, epi);
+    const bool fp8 = kind == LinearKind::kFp8;
+    if (!in.quantized) {
+      if (K_pad != K) LLMQ_CUDA_CHECK(cudaMemsetAsync(s.codes.as(), 0, size_t(M) * K_pad, st));
+      if (fp8) gpu::quantize_fp8_per_token(in.x, s.codes.as<uint8_t>(), K_pad, s.scales.as<float>(), M, K, st);
+      else gpu::quantize_int8_per_token(in.x, s.codes.as<int8_t>(), K_pad, s.scales.as<float>(), M, K, st);
+    }
+    const float* sx = s.scales.as<const float>();
+    const float* sw = scales.as<const float>();
+    if (fp8) {
+      if (gemv) return gpu::gemv_w8a8_fp8(s.codes.as<const uint8_t>(), sx, weight.as<const uint8_t>(), sw, y, M, N, K_pad, epi, st);
+      blas.gemm_fp8(s.codes.as<const uint8_t>(), weight.as<const uint8_t>(), s.acc.as<float>(), M, N, K_pad, st);
+      return gpu::scale_rows_cols_f32(s.acc.as<const float>(), sx, sw, y, M, N, st);
+    }
+    if (gemv) return gpu::gemv_w8a8_int8(s.codes.as<const int8_t>(), sx, weight.as<const int8_t>(), sw, y, M, N, K_pad, epi, st);
+    blas.gemm_int8(s.codes.as<const int8_t>(), weight.as<const int8_t>(), s.acc.as<int32_t>(), M, N, K_pad, st);
+    gpu::scale_rows_cols_i32(s.acc.as<const int32_t>(), sx, sw, y, M, N, st);
   }
 };
 
@@ -134,8 +178,7 @@ Expected<HostLinear> read_linear(const HfCheckpoint& ckpt, const std::string& pr
 
 // q/k/v (or gate/up) as one linear with the outputs concatenated. Quantized parts must share
 // scheme, group size and act-order permutation.
-Expected<HostLinear> fuse(std::vector<HostLinear> parts, const std::string& what) {
-  if (parts.size() == 1) return std::move(parts[0]);
+Expected<HostLinear> concat(std::vector<HostLinear> parts, const std::string& what) {
   HostLinear out;
   out.quantized = parts[0].quantized;
   std::vector<const Tensor*> a, b, c;
@@ -171,6 +214,21 @@ Expected<HostLinear> fuse(std::vector<HostLinear> parts, const std::string& what
   q.out_features = q.codes.dim(0);
   q.symmetric = true;
   for (const HostLinear& p : parts) q.symmetric = q.symmetric && p.q.symmetric;
+  return out;
+}
+
+// With interleave (gate/up: two parts of equal size) the rows alternate between the parts.
+Expected<HostLinear> fuse(std::vector<HostLinear> parts, const std::string& what, bool interleave = false) {
+  if (parts.size() == 1) return std::move(parts[0]);
+  LLMQ_ASSIGN_OR_RETURN(HostLinear out, concat(std::move(parts), what));
+  if (!interleave) return out;
+  if (!out.quantized) {
+    interleave_halves(out.dense.data(), out.out, static_cast<size_t>(out.in) * sizeof(bf16));
+    return out;
+  }
+  interleave_halves(out.q.codes);
+  interleave_halves(out.q.scales);
+  interleave_halves(out.q.zeros);
   return out;
 }
 
@@ -239,7 +297,9 @@ struct Engine::Impl {
   DeviceBuffer sel;           // [rows] int32: rows whose logits are wanted
   DeviceBuffer decode_sel;    // [max_batch] int32: 0..B-1
   DeviceBuffer next;          // [logit_rows] int32 argmax
+  DeviceBuffer argmax_ws;     // gpu::argmax_rows' workspace for logit_rows rows (kept zeroed)
   DeviceBuffer attn_ws;       // split-attention scratch for up to attn_ws_rows rows (decode)
+  std::vector<gpu::RowSpan> spans;  // prefill: the forward's rows as runs of one slot (tensor-core attention); empty in decode
   int attn_ws_rows = 0;
   LinearScratch scratch;
 
@@ -266,47 +326,93 @@ struct Engine::Impl {
   int kv_dim() const { return static_cast<int>(c.kv_dim()); }
 
   // The decoder on rows ids/pos/seq [M] (already on the device); leaves the final hidden
-  // states (before the final norm) in x.
+  // states (before the final norm) in x. A residual branch that a GEMV did not add in its
+  // epilogue stays `pending` and the next RMSNorm adds it (one pass instead of two).
   void forward_rows(int M) {
-    const int hidden = static_cast<int>(c.hidden_size), inter = static_cast<int>(c.intermediate_size);
     const int n_q = static_cast<int>(c.num_attention_heads), n_kv = static_cast<int>(c.num_key_value_heads);
     const int hd = static_cast<int>(c.head_dim);
-    const float eps = static_cast<float>(c.rms_norm_eps);
     bf16* xs = x.as<bf16>();
-    bf16* hs = h.as<bf16>();
-    gpu::embed(embed.as<const bf16>(), ids.as<const int32_t>(), xs, M, hidden, stream);
+    gpu::embed(embed.as<const bf16>(), ids.as<const int32_t>(), xs, M, static_cast<int>(c.hidden_size), stream);
     mark("embed");
+    const bf16* pending = nullptr;
     for (size_t l = 0; l < layers.size(); ++l) {
       const GpuLayer& L = layers[l];
-      gpu::rms_norm(xs, L.ln1.as<const bf16>(), hs, M, hidden, eps, stream);
-      mark("rms_norm");
-      L.qkv.forward(hs, qkv.as<bf16>(), M, scratch, *blas, stream);
+      const LinearIn qkv_in = norm(pending, L.ln1, L.qkv, M);
+      linear(L.qkv, qkv_in, qkv.as<bf16>(), M, {});
       mark("qkv_proj");
       gpu::rope_and_cache({qkv.as<bf16>(), cos_t.as<const float>(), sin_t.as<const float>(), pos.as<const int32_t>(),
                            seq.as<const int32_t>(), k_cache[l].as<bf16>(), v_cache[l].as<bf16>(), M, n_q, n_kv, hd,
                            capacity},
                           stream);
       mark("rope_and_cache");
-      gpu::attention({qkv.as<const bf16>(), q_dim() + 2 * kv_dim(), k_cache[l].as<const bf16>(),
-                      v_cache[l].as<const bf16>(), pos.as<const int32_t>(), seq.as<const int32_t>(), attn.as<bf16>(), M,
-                      n_q, n_kv, hd, capacity, attn_ws.as<float>(), attn_ws_rows},
-                     stream);
+      const gpu::AttentionArgs args{qkv.as<const bf16>(), q_dim() + 2 * kv_dim(), k_cache[l].as<const bf16>(),
+                                    v_cache[l].as<const bf16>(), pos.as<const int32_t>(), seq.as<const int32_t>(),
+                                    attn.as<bf16>(), M, n_q, n_kv, hd, capacity, attn_ws.as<float>(), attn_ws_rows};
+      if (spans.empty()) gpu::attention(args, stream);
+      else gpu::attention(args, spans, stream);
       mark("attention");
-      L.o.forward(attn.as<const bf16>(), hs, M, scratch, *blas, stream);
+      pending = residual_linear(L.o, attn.as<const bf16>(), M);
       mark("o_proj");
-      gpu::add_inplace(xs, hs, int64_t(M) * hidden, stream);
-      mark("residual_add");
-      gpu::rms_norm(xs, L.ln2.as<const bf16>(), hs, M, hidden, eps, stream);
-      mark("rms_norm");
-      L.gate_up.forward(hs, gate_up.as<bf16>(), M, scratch, *blas, stream);
-      mark("gate_up_proj");
-      gpu::silu_mul(gate_up.as<const bf16>(), act.as<bf16>(), M, inter, stream);
-      mark("silu_mul");
-      L.down.forward(act.as<const bf16>(), hs, M, scratch, *blas, stream);
+      const LinearIn mlp_in = norm(pending, L.ln2, L.gate_up, M);
+      swiglu_linear(L.gate_up, mlp_in, M);
+      pending = residual_linear(L.down, act.as<const bf16>(), M);
       mark("down_proj");
-      gpu::add_inplace(xs, hs, int64_t(M) * hidden, stream);
+    }
+    if (pending) {
+      gpu::add_inplace(xs, pending, int64_t(M) * c.hidden_size, stream);
       mark("residual_add");
     }
+  }
+
+  void linear(const GpuLinear& L, LinearIn in, bf16* y, int M, const gpu::GemvEpilogue& epi) {
+    L.forward(in, y, M, epi, scratch, *blas, stream);
+  }
+
+  // x += pending (if any), then RMSNorm of x with weight w for the linear `next`: into h, or
+  // straight into the per-token codes when next is a W8A8 linear.
+  LinearIn norm(const bf16* pending, const DeviceBuffer& w, const GpuLinear& next, int M) {
+    gpu::RmsNormArgs a;
+    a.x = x.as<bf16>();
+    a.delta = pending;
+    a.w = w.as<const bf16>();
+    a.rows = M;
+    a.n = static_cast<int>(c.hidden_size);
+    a.eps = static_cast<float>(c.rms_norm_eps);
+    a.quant = next.input_quant();
+    if (a.quant == gpu::ActQuant::kNone) a.y = h.as<bf16>();
+    a.codes = scratch.codes.as();
+    a.ld_codes = next.K_pad;
+    a.scales = scratch.scales.as<float>();
+    gpu::rms_norm(a, stream);
+    mark("rms_norm");
+    return a.quant == gpu::ActQuant::kNone ? LinearIn{h.as<const bf16>(), false} : LinearIn{nullptr, true};
+  }
+
+  // x += in · Wᵀ: in the GEMV's epilogue, or returns the branch (in h) for the next norm.
+  const bf16* residual_linear(const GpuLinear& L, const bf16* in, int M) {
+    if (L.uses_gemv(M)) {
+      gpu::GemvEpilogue e;
+      e.residual = x.as<const bf16>();
+      linear(L, {in, false}, x.as<bf16>(), M, e);
+      return nullptr;
+    }
+    linear(L, {in, false}, h.as<bf16>(), M, {});
+    return h.as<const bf16>();
+  }
+
+  // act = SwiGLU of the interleaved gate/up linear: in the GEMV's epilogue, or a pass after.
+  void swiglu_linear(const GpuLinear& L, LinearIn in, int M) {
+    if (L.uses_gemv(M)) {
+      gpu::GemvEpilogue e;
+      e.swiglu = true;
+      linear(L, in, act.as<bf16>(), M, e);
+      mark("gate_up_proj");
+      return;
+    }
+    linear(L, in, gate_up.as<bf16>(), M, {});
+    mark("gate_up_proj");
+    gpu::silu_mul_pairs(gate_up.as<const bf16>(), act.as<bf16>(), M, static_cast<int>(c.intermediate_size), stream);
+    mark("silu_mul");
   }
 
   // Final norm and lm_head on the rows of x listed in `rows` [S] (device), S <= logit_rows.
@@ -316,7 +422,7 @@ struct Engine::Impl {
     gpu::rms_norm(h.as<const bf16>(), final_norm.as<const bf16>(), h.as<bf16>(), S, hidden,
                   static_cast<float>(c.rms_norm_eps), stream);
     mark("final_norm");
-    lm_head.forward(h.as<const bf16>(), logits.as<bf16>(), S, scratch, *blas, stream);
+    linear(lm_head, {h.as<const bf16>(), false}, logits.as<bf16>(), S, {});
     mark("lm_head");
   }
 
@@ -349,7 +455,7 @@ struct Engine::Impl {
     const auto enqueue = [&] {
       forward_rows(B);
       head(decode_sel.as<const int32_t>(), B);
-      gpu::argmax_rows(logits.as<const bf16>(), next.as<int32_t>(), B, static_cast<int>(c.vocab_size), stream);
+      gpu::argmax_rows(logits.as<const bf16>(), next.as<int32_t>(), B, static_cast<int>(c.vocab_size), argmax_ws.as(), stream);
       mark("argmax");
     };
     enqueue();  // eager: also creates the cuBLASLt plans and kernel attributes outside capture
@@ -481,7 +587,7 @@ Expected<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Eng
     gu.push_back(std::move(hg));
     gu.push_back(std::move(hu));
     LLMQ_ASSIGN_OR_RETURN(HostLinear fqkv, fuse(std::move(qkv), where + " q/k/v"));
-    LLMQ_ASSIGN_OR_RETURN(HostLinear fgu, fuse(std::move(gu), where + " gate/up"));
+    LLMQ_ASSIGN_OR_RETURN(HostLinear fgu, fuse(std::move(gu), where + " gate/up", /*interleave=*/true));
     GpuLayer g;
     LLMQ_ASSIGN_OR_RETURN(g.qkv, upload(fqkv, fp8_ok));
     LLMQ_ASSIGN_OR_RETURN(g.o, upload(ho, fp8_ok));
@@ -533,6 +639,8 @@ Expected<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Eng
   for (int i = 0; i < options.max_batch; ++i) iota[i] = i;
   e.decode_sel = DeviceBuffer::from_host(iota);
   e.next = DeviceBuffer(size_t(e.logit_rows) * 4);
+  e.argmax_ws = DeviceBuffer(gpu::argmax_workspace_bytes(e.logit_rows));
+  LLMQ_CUDA_CHECK(cudaMemset(e.argmax_ws.as(), 0, e.argmax_ws.bytes()));
   e.attn_ws = DeviceBuffer(attn_ws_bytes);
   if (quantized) {
     e.scratch.codes = DeviceBuffer(size_t(rows) * round_up(max_k, 16));
@@ -573,7 +681,9 @@ Expected<Tensor> Engine::prefill(const std::vector<std::vector<int32_t>>& prompt
     const int M = std::min(e.opt.max_rows, total - r0);
     e.copy_rows_in({ids.begin() + r0, ids.begin() + r0 + M}, {pos.begin() + r0, pos.begin() + r0 + M},
                    {seq.begin() + r0, seq.begin() + r0 + M});
+    e.spans = gpu::row_spans(pos.data() + r0, seq.data() + r0, M);
     e.forward_rows(M);
+    e.spans.clear();
     std::vector<int32_t> want;  // rows of this chunk whose logits are returned, chunk-relative
     for (int r = r0; r < r0 + M; ++r)
       if (all_logits || std::find(last_row.begin(), last_row.end(), r) != last_row.end()) want.push_back(r - r0);
@@ -632,7 +742,7 @@ Expected<std::vector<std::pair<std::string, double>>> Engine::profile_decode_ste
   e.mark("start");
   e.forward_rows(B);
   e.head(e.decode_sel.as<const int32_t>(), B);
-  gpu::argmax_rows(e.logits.as<const bf16>(), e.next.as<int32_t>(), B, static_cast<int>(e.c.vocab_size), e.stream);
+  gpu::argmax_rows(e.logits.as<const bf16>(), e.next.as<int32_t>(), B, static_cast<int>(e.c.vocab_size), e.argmax_ws.as(), e.stream);
   e.mark("argmax");
   e.marks = nullptr;
   LLMQ_CUDA_CHECK(cudaStreamSynchronize(e.stream));

@@ -26,12 +26,36 @@ using bf16 = uint16_t;
 // reference's exact value. y may alias x.
 void rms_norm(const bf16* x, const bf16* w, bf16* y, int rows, int n, float eps, cudaStream_t s);
 
+// RMSNorm with what sits around it fused in (one pass over the row instead of two or three):
+// optionally the residual add before it (x = bf16(x + delta), written back to x) and, for a
+// W8A8 linear after it, the per-token quantization of the normalised row (codes and scales
+// exactly as quantize_*_per_token would make from the bf16 y) instead of the bf16 y.
+enum class ActQuant { kNone, kFp8, kInt8 };
+struct RmsNormArgs {
+  bf16* x;                       // [rows, n]
+  const bf16* delta = nullptr;   // [rows, n] residual branch to add first, or none
+  const bf16* w = nullptr;       // [n]
+  int rows = 0, n = 0;
+  float eps = 0.0f;
+  bf16* y = nullptr;             // kNone: [rows, n] (may alias x or delta)
+  ActQuant quant = ActQuant::kNone;
+  void* codes = nullptr;         // kFp8 / kInt8: [rows, ld_codes] e4m3 / int8
+  int ld_codes = 0;
+  float* scales = nullptr;       // [rows]
+};
+void rms_norm(const RmsNormArgs& a, cudaStream_t s);
+
 // x[i] = bf16(x[i] + y[i]) for n values (the residual add).
 void add_inplace(bf16* x, const bf16* y, int64_t n, cudaStream_t s);
 
 // out[r, i] = bf16(bf16(silu(g)) * u) with g = gate_up[r, i], u = gate_up[r, inter + i]
 // (gate and up computed by one fused GEMM). gate_up [rows, 2*inter], out [rows, inter].
 void silu_mul(const bf16* gate_up, bf16* out, int rows, int inter, cudaStream_t s);
+
+// The same with gate and up interleaved: g = gate_up[r, 2i], u = gate_up[r, 2i + 1] (the
+// engine interleaves the gate and up weight rows so that a GEMV can apply SwiGLU in its
+// epilogue; the GEMM path then needs this layout).
+void silu_mul_pairs(const bf16* gate_up, bf16* out, int rows, int inter, cudaStream_t s);
 
 // out[r] = table[ids[r]], table [vocab, n] bf16, ids [rows] int32 (checked by the caller).
 void embed(const bf16* table, const int32_t* ids, bf16* out, int rows, int n, cudaStream_t s);
@@ -99,8 +123,12 @@ void w8a8_gemv_int8(const int8_t* xq, const float* sx, const int8_t* wq, const f
 void w8a8_gemv_fp8(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, bf16* y, int M, int N,
                    int ld, cudaStream_t s);
 
-// out[r] = argmax over logits[r, 0..vocab) (first index on ties), logits bf16 [rows, vocab].
-void argmax_rows(const bf16* logits, int32_t* out, int rows, int vocab, cudaStream_t s);
+// out[r] = argmax over logits[r, 0..vocab) (first index on ties; -0 equals +0), logits bf16
+// [rows, vocab]. The vocabulary is split over many blocks per row; they meet in `workspace`
+// (argmax_workspace_bytes(rows), zeroed once by the caller and left zeroed by every call).
+// Without a workspace one block per row does it all (slow for large vocabularies).
+size_t argmax_workspace_bytes(int rows);
+void argmax_rows(const bf16* logits, int32_t* out, int rows, int vocab, void* workspace, cudaStream_t s);
 
 // x_out[m, j] = x[m, perm[j]] (act-order W4A16: inputs follow the sorted weight columns).
 void gather_columns(const bf16* x, const int32_t* perm, bf16* x_out, int M, int K, cudaStream_t s);

@@ -2,8 +2,10 @@
 // gather, RoPE + KV-cache append, argmax, column gather. All are memory-bound; each reads and
 // writes its bytes once, with the rounding points of runner/kernels_ref.cc.
 #include <cfloat>
+#include <type_traits>
 
 #include "core/numeric.h"
+#include "runner/act_quant.cuh"
 #include "runner/cuda_check.h"
 #include "runner/kernels.h"
 
@@ -29,16 +31,74 @@ __device__ T block_sum(T v, T* shared /* [32] */) {
   return total;
 }
 
-__global__ void rms_norm_kernel(const bf16* x, const bf16* w, bf16* y, int n, float eps) {
+// V consecutive bf16 values: 16-byte accesses when rows allow (n % 8 == 0), else one by one.
+template <int V>
+struct Pack {
+  bf16 v[V];
+  __device__ __forceinline__ static Pack load(const bf16* p) {
+    Pack r;
+    if constexpr (V == 8) *reinterpret_cast<uint4*>(r.v) = *reinterpret_cast<const uint4*>(p);
+    else for (int i = 0; i < V; ++i) r.v[i] = p[i];
+    return r;
+  }
+  __device__ __forceinline__ void store(bf16* p) const {
+    if constexpr (V == 8) *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(v);
+    else for (int i = 0; i < V; ++i) p[i] = v[i];
+  }
+};
+
+// The bf16 value RMSNorm writes for x (the reference's rounding points).
+__device__ __forceinline__ bf16 normed(bf16 x, bf16 w, float inv_rms) { return b(f(w) * round_bf16(f(x) * inv_rms)); }
+
+// One block per row. Pass 1: the residual add (if any) and the sum of squares in double (as
+// the reference, so the f32 variance is nearly always its exact value); pass 2 writes y, or
+// finds the amax of y and pass 3 writes the codes (re-reading the row from L1).
+template <int V, class Q, class Code>
+__global__ void __launch_bounds__(kRowThreads) rms_norm_kernel(RmsNormArgs a) {
   __shared__ double partial[32];
-  const bf16* xr = x + static_cast<int64_t>(blockIdx.x) * n;
-  bf16* yr = y + static_cast<int64_t>(blockIdx.x) * n;
+  __shared__ float fshared[32];
+  const int64_t row = blockIdx.x;
+  bf16* xr = a.x + row * a.n;
+  const int packs = a.n / V;
   double sum_sq = 0.0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) sum_sq += static_cast<double>(f(xr[i])) * f(xr[i]);
+  for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+    Pack<V> xv = Pack<V>::load(xr + p * V);
+    if (a.delta) {
+      const Pack<V> dv = Pack<V>::load(a.delta + row * a.n + p * V);
+#pragma unroll
+      for (int i = 0; i < V; ++i) xv.v[i] = b(f(xv.v[i]) + f(dv.v[i]));
+      xv.store(xr + p * V);
+    }
+#pragma unroll
+    for (int i = 0; i < V; ++i) sum_sq += static_cast<double>(f(xv.v[i])) * f(xv.v[i]);
+  }
   sum_sq = block_sum(sum_sq, partial);
-  const float variance = static_cast<float>(sum_sq / static_cast<double>(n));
-  const float inv_rms = 1.0f / sqrtf(variance + eps);  // IEEE div and sqrt, as the reference
-  for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = b(f(w[i]) * round_bf16(f(xr[i]) * inv_rms));
+  const float variance = static_cast<float>(sum_sq / static_cast<double>(a.n));
+  const float inv_rms = 1.0f / sqrtf(variance + a.eps);  // IEEE div and sqrt, as the reference
+  if constexpr (std::is_void_v<Q>) {
+    for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+      Pack<V> xv = Pack<V>::load(xr + p * V);
+      const Pack<V> wv = Pack<V>::load(a.w + p * V);
+#pragma unroll
+      for (int i = 0; i < V; ++i) xv.v[i] = normed(xv.v[i], wv.v[i], inv_rms);
+      xv.store(a.y + row * a.n + p * V);
+    }
+  } else {
+    float amax = 0.0f;
+    for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+      const Pack<V> xv = Pack<V>::load(xr + p * V), wv = Pack<V>::load(a.w + p * V);
+#pragma unroll
+      for (int i = 0; i < V; ++i) amax = fmaxf(amax, fabsf(f(normed(xv.v[i], wv.v[i], inv_rms))));
+    }
+    const Q q(block_max(amax, fshared));
+    Code* cr = static_cast<Code*>(a.codes) + row * a.ld_codes;
+    for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+      const Pack<V> xv = Pack<V>::load(xr + p * V), wv = Pack<V>::load(a.w + p * V);
+#pragma unroll
+      for (int i = 0; i < V; ++i) cr[p * V + i] = static_cast<Code>(q(f(normed(xv.v[i], wv.v[i], inv_rms))));
+    }
+    if (threadIdx.x == 0) a.scales[row] = q.scale;
+  }
 }
 
 __global__ void add_kernel(bf16* x, const bf16* y, int64_t n) {
@@ -58,61 +118,92 @@ __global__ void silu_mul_kernel(const bf16* gate_up, bf16* out, int rows, int in
   }
 }
 
+__global__ void silu_mul_pairs_kernel(const uint32_t* gate_up, bf16* out, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint32_t gu = gate_up[i];  // (gate, up) of one column: the low half is the gate
+    const float g = f(static_cast<bf16>(gu & 0xFFFFu));
+    const float s = round_bf16(g / (1.0f + expf(-g)));
+    out[i] = b(s * f(static_cast<bf16>(gu >> 16)));
+  }
+}
+
 __global__ void embed_kernel(const bf16* table, const int32_t* ids, bf16* out, int n) {
   const bf16* src = table + static_cast<int64_t>(ids[blockIdx.x]) * n;
   bf16* dst = out + static_cast<int64_t>(blockIdx.x) * n;
   for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
 }
 
-// One block per row: each thread rotates pairs (i, i + hd/2) of the q and k heads, then the
-// row's K and V are copied to the cache.
+// Block (row, head) of the fused qkv row, thread i < hd/2: q and k heads rotate the pair (i,
+// i + hd/2) in place (k also into the cache), v heads copy the pair to the cache.
 __global__ void rope_cache_kernel(RopeCacheArgs a) {
-  const int r = blockIdx.x;
+  const int r = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
   const int half = a.hd / 2;
-  const int width = (a.n_q + 2 * a.n_kv) * a.hd;
-  bf16* row = a.qkv + static_cast<int64_t>(r) * width;
-  const float* c = a.cos + static_cast<int64_t>(a.pos[r]) * half;
-  const float* s = a.sin + static_cast<int64_t>(a.pos[r]) * half;
-  const int pairs = (a.n_q + a.n_kv) * half;
-  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
-    const int h = p / half, i = p % half;
-    bf16* v = row + h * a.hd;
-    const float x1 = f(v[i]), x2 = f(v[i + half]);
-    v[i] = b(round_bf16(x1 * c[i]) + round_bf16(-x2 * s[i]));
-    v[i + half] = b(round_bf16(x2 * c[i]) + round_bf16(x1 * s[i]));
-  }
-  __syncthreads();
+  if (i >= half) return;
+  bf16* v = a.qkv + static_cast<int64_t>(r) * (a.n_q + 2 * a.n_kv) * a.hd + static_cast<int64_t>(h) * a.hd;
   const int kv_dim = a.n_kv * a.hd;
-  const int64_t dst = (static_cast<int64_t>(a.seq[r]) * a.capacity + a.pos[r]) * kv_dim;
-  for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-    a.k_cache[dst + i] = row[a.n_q * a.hd + i];
-    a.v_cache[dst + i] = row[(a.n_q + a.n_kv) * a.hd + i];
+  const int64_t slot = (static_cast<int64_t>(a.seq[r]) * a.capacity + a.pos[r]) * kv_dim;
+  if (h >= a.n_q + a.n_kv) {  // v head
+    bf16* dst = a.v_cache + slot + (h - a.n_q - a.n_kv) * a.hd;
+    dst[i] = v[i];
+    dst[i + half] = v[i + half];
+    return;
+  }
+  const float c = a.cos[static_cast<int64_t>(a.pos[r]) * half + i], s = a.sin[static_cast<int64_t>(a.pos[r]) * half + i];
+  const float x1 = f(v[i]), x2 = f(v[i + half]);
+  const bf16 y1 = b(round_bf16(x1 * c) + round_bf16(-x2 * s));
+  const bf16 y2 = b(round_bf16(x2 * c) + round_bf16(x1 * s));
+  v[i] = y1;
+  v[i + half] = y2;
+  if (h >= a.n_q) {  // k head
+    bf16* dst = a.k_cache + slot + (h - a.n_q) * a.hd;
+    dst[i] = y1;
+    dst[i + half] = y2;
   }
 }
 
-__global__ void argmax_kernel(const bf16* logits, int32_t* out, int vocab) {
-  __shared__ float best_v[kRowThreads];
-  __shared__ int best_i[kRowThreads];
-  const bf16* l = logits + static_cast<int64_t>(blockIdx.x) * vocab;
-  float bv = -FLT_MAX;
-  int bi = vocab;  // larger than any index, so a real value always wins a tie break
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = f(l[i]);
-    if (v > bv) bv = v, bi = i;  // strided order: the first maximum of this thread's indices
-  }
-  best_v[threadIdx.x] = bv;
-  best_i[threadIdx.x] = bi;
+// Argmax keys: larger key = larger logit, then smaller index. -0 is folded into +0 (the
+// reference compares with >, so they tie).
+__device__ __forceinline__ unsigned long long argmax_key(float v, int i) {
+  const uint32_t u = __float_as_uint(v + 0.0f);
+  const uint32_t ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (static_cast<unsigned long long>(ordered) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(i));
+}
+
+struct ArgmaxWorkspace {
+  unsigned long long* best;  // [rows]
+  unsigned int* arrived;     // [rows]
+};
+
+constexpr int kArgmaxChunk = kRowThreads * 8;  // vocabulary entries per block
+
+// Block (chunk, row): the chunk's best key; the last block of a row to arrive writes the
+// index and clears the row's workspace for the next call. Each thread's loads are strided by
+// the block width (coalesced); the key order makes the visiting order irrelevant.
+__global__ void __launch_bounds__(kRowThreads) argmax_kernel(const bf16* logits, int32_t* out, int vocab, int chunk,
+                                                               ArgmaxWorkspace ws) {
+  __shared__ unsigned long long shared[kRowThreads / 32];
+  const int row = blockIdx.y;
+  const bf16* l = logits + static_cast<int64_t>(row) * vocab;
+  unsigned long long best = 0;
+  const int begin = blockIdx.x * chunk, end = min(vocab, begin + chunk);
+  for (int i = begin + threadIdx.x; i < end; i += kRowThreads) best = max(best, argmax_key(f(l[i]), i));
+  for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = best;
   __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) {
-      const float ov = best_v[threadIdx.x + stride];
-      const int oi = best_i[threadIdx.x + stride];
-      if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x]))
-        best_v[threadIdx.x] = ov, best_i[threadIdx.x] = oi;
-    }
-    __syncthreads();
+  if (threadIdx.x != 0) return;
+  for (int w = 1; w < kRowThreads / 32; ++w) best = max(best, shared[w]);
+  if (gridDim.x == 1) {
+    out[row] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(best));
+    return;
   }
-  if (threadIdx.x == 0) out[blockIdx.x] = best_i[0] < vocab ? best_i[0] : 0;
+  atomicMax(&ws.best[row], best);
+  __threadfence();
+  if (atomicAdd(&ws.arrived[row], 1u) == gridDim.x - 1) {
+    const unsigned long long final_best = atomicExch(&ws.best[row], 0ull);
+    out[row] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(final_best));
+    ws.arrived[row] = 0;
+  }
 }
 
 __global__ void gather_columns_kernel(const bf16* x, const int32_t* perm, bf16* x_out, int K) {
@@ -128,10 +219,33 @@ int grid_for(int64_t n) {
 
 }  // namespace
 
+void rms_norm(const RmsNormArgs& a, cudaStream_t s) {
+  if (a.rows == 0) return;
+  const auto launch = [&](auto kernel) {
+    kernel<<<a.rows, kRowThreads, 0, s>>>(a);
+    LLMQ_CUDA_CHECK_LAUNCH();
+  };
+  const bool vec = a.n % 8 == 0;
+  switch (a.quant) {
+    case ActQuant::kNone:
+      LLMQ_CHECK(a.y != nullptr, "rms_norm: no output");
+      return vec ? launch(rms_norm_kernel<8, void, void>) : launch(rms_norm_kernel<1, void, void>);
+    case ActQuant::kFp8:
+      return vec ? launch(rms_norm_kernel<8, Fp8TokenQuant, uint8_t>) : launch(rms_norm_kernel<1, Fp8TokenQuant, uint8_t>);
+    case ActQuant::kInt8:
+      return vec ? launch(rms_norm_kernel<8, Int8TokenQuant, int8_t>) : launch(rms_norm_kernel<1, Int8TokenQuant, int8_t>);
+  }
+}
+
 void rms_norm(const bf16* x, const bf16* w, bf16* y, int rows, int n, float eps, cudaStream_t s) {
-  if (rows == 0) return;
-  rms_norm_kernel<<<rows, kRowThreads, 0, s>>>(x, w, y, n, eps);
-  LLMQ_CUDA_CHECK_LAUNCH();
+  RmsNormArgs a;
+  a.x = const_cast<bf16*>(x);  // read only: no delta
+  a.w = w;
+  a.rows = rows;
+  a.n = n;
+  a.eps = eps;
+  a.y = y;
+  rms_norm(a, s);
 }
 
 void add_inplace(bf16* x, const bf16* y, int64_t n, cudaStream_t s) {
@@ -146,6 +260,13 @@ void silu_mul(const bf16* gate_up, bf16* out, int rows, int inter, cudaStream_t 
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
+void silu_mul_pairs(const bf16* gate_up, bf16* out, int rows, int inter, cudaStream_t s) {
+  const int64_t n = static_cast<int64_t>(rows) * inter;
+  if (n == 0) return;
+  silu_mul_pairs_kernel<<<grid_for(n), kRowThreads, 0, s>>>(reinterpret_cast<const uint32_t*>(gate_up), out, n);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
+
 void embed(const bf16* table, const int32_t* ids, bf16* out, int rows, int n, cudaStream_t s) {
   if (rows == 0) return;
   embed_kernel<<<rows, kRowThreads, 0, s>>>(table, ids, out, n);
@@ -155,13 +276,21 @@ void embed(const bf16* table, const int32_t* ids, bf16* out, int rows, int n, cu
 void rope_and_cache(const RopeCacheArgs& a, cudaStream_t s) {
   if (a.rows == 0) return;
   LLMQ_CHECK(a.hd % 2 == 0, "head_dim " << a.hd);
-  rope_cache_kernel<<<a.rows, 128, 0, s>>>(a);
+  const int threads = (a.hd / 2 + 31) / 32 * 32;
+  rope_cache_kernel<<<dim3(a.rows, a.n_q + 2 * a.n_kv), threads, 0, s>>>(a);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
-void argmax_rows(const bf16* logits, int32_t* out, int rows, int vocab, cudaStream_t s) {
+size_t argmax_workspace_bytes(int rows) { return static_cast<size_t>(rows) * (sizeof(unsigned long long) + sizeof(unsigned)); }
+
+void argmax_rows(const bf16* logits, int32_t* out, int rows, int vocab, void* workspace, cudaStream_t s) {
   if (rows == 0) return;
-  argmax_kernel<<<rows, kRowThreads, 0, s>>>(logits, out, vocab);
+  LLMQ_CHECK(vocab >= 1, "argmax: empty rows");
+  const int chunks = workspace ? (vocab + kArgmaxChunk - 1) / kArgmaxChunk : 1;
+  ArgmaxWorkspace ws{static_cast<unsigned long long*>(workspace), nullptr};
+  if (workspace) ws.arrived = reinterpret_cast<unsigned*>(ws.best + rows);
+  // One chunk (no workspace, or a small vocabulary): the block takes the whole row.
+  argmax_kernel<<<dim3(chunks, rows), kRowThreads, 0, s>>>(logits, out, vocab, chunks == 1 ? vocab : kArgmaxChunk, ws);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 

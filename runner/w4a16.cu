@@ -4,6 +4,7 @@
 
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
+#include "runner/gemv.h"
 #include "runner/kernels.h"
 #include "runner/w4a16.h"
 
@@ -149,6 +150,32 @@ __device__ __forceinline__ uint32_t zero_pair(uint32_t param) {
   return h | (h << 16);
 }
 
+// Stores a 16-row tile's f32 sums out[token][row] (rows tile*16..) as bf16 through the
+// GEMV epilogue (runner/gemv.h): plain, plus the residual, or SwiGLU of row pairs (2i, 2i+1;
+// the tile holds 8 whole pairs, y is [M, N/2]).
+template <int TOKENS>
+__device__ void store_tile(const float (&out)[TOKENS][16], int tile, int M, int N, uint16_t* y, const GemvEpilogue& epi) {
+  if (epi.swiglu) {
+    const int half_n = N / 2;
+    for (int e = threadIdx.x; e < TOKENS * 8; e += blockDim.x) {
+      const int tok = e / 8, pair = tile * 8 + e % 8;
+      if (tok >= M || pair >= half_n) continue;
+      const float g = bf16_to_f32(f32_to_bf16(out[tok][2 * (e % 8)]));
+      const float u = bf16_to_f32(f32_to_bf16(out[tok][2 * (e % 8) + 1]));
+      const float silu = bf16_to_f32(f32_to_bf16(g / (1.0f + expf(-g))));
+      y[static_cast<int64_t>(tok) * half_n + pair] = f32_to_bf16(silu * u);
+    }
+    return;
+  }
+  for (int e = threadIdx.x; e < TOKENS * 16; e += blockDim.x) {
+    const int tok = e / 16, row = tile * 16 + e % 16;
+    if (tok >= M || row >= N) continue;
+    const int64_t at = static_cast<int64_t>(tok) * N + row;
+    const uint16_t o = f32_to_bf16(out[tok][e % 16]);
+    y[at] = epi.residual ? f32_to_bf16(bf16_to_f32(epi.residual[at]) + bf16_to_f32(o)) : o;
+  }
+}
+
 // Grid: one block per 16-row tile. Warp w takes 64-column chunks w, w + 8, ...; loads of up
 // to four chunks are issued before their MMAs so each lane keeps 64 bytes in flight.
 // TG groups of 8 token rows (M <= 8 TG).
@@ -156,7 +183,8 @@ template <int TG, bool kF16>
 __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __restrict__ packed,
                                                              const uint32_t* __restrict__ params,
                                                              const uint16_t* __restrict__ x, uint16_t* __restrict__ y,
-                                                             int M, int N, int K, int group_size, int G) {
+                                                             int M, int N, int K, int group_size, int G,
+                                                             GemvEpilogue epi) {
   __shared__ float partial[kMmaWarps][TG][32][4];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int tile = blockIdx.x;
@@ -224,16 +252,18 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
 #pragma unroll
     for (int i = 0; i < 4; ++i) partial[warp][g][lane][i] = acc[g][i];
   __syncthreads();
-  // C fragment: {c0 c1} row l/4, tokens 2(l%4) + {0, 1}; {c2 c3} row l/4 + 8.
+  // C fragment: {c0 c1} row l/4, tokens 2(l%4) + {0, 1}; {c2 c3} row l/4 + 8. The warps' sums
+  // go to out[token][row of the tile] so the epilogue sees whole (gate, up) row pairs.
+  __shared__ float out[TG * 8][16];
   for (int e = threadIdx.x; e < TG * 32 * 4; e += blockDim.x) {
     const int g = e / 128, l = (e / 4) % 32, i = e % 4;
     float sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < kMmaWarps; ++w) sum += partial[w][g][l][i];
-    const int row = tile * 16 + l / 4 + (i >= 2 ? 8 : 0);
-    const int tok = g * 8 + 2 * (l % 4) + (i % 2);
-    if (row < N && tok < M) y[static_cast<int64_t>(tok) * N + row] = f32_to_bf16(sum);
+    out[g * 8 + 2 * (l % 4) + (i % 2)][l / 4 + (i >= 2 ? 8 : 0)] = sum;
   }
+  __syncthreads();
+  store_tile(out, tile, M, N, y, epi);
 }
 
 // Dequantization from the tensor-core layout: one thread per lane-uint4 (32 codes).
@@ -268,14 +298,14 @@ __global__ void mma_dequant_kernel(const uint4* __restrict__ packed, const uint3
 }
 
 template <int TG>
-void launch_mma(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cudaStream_t s) {
+void launch_mma(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi, cudaStream_t s) {
   const dim3 grid((w.N + 15) / 16);
   const auto* packed = w.packed.as<const uint4>();
   const auto* params = w.params.as<const uint32_t>();
   if (w.scale_f16)
-    mma_kernel<TG, true><<<grid, kMmaWarps * 32, 0, s>>>(packed, params, x, y, M, w.N, w.K, w.group_size, w.G);
+    mma_kernel<TG, true><<<grid, kMmaWarps * 32, 0, s>>>(packed, params, x, y, M, w.N, w.K, w.group_size, w.G, epi);
   else
-    mma_kernel<TG, false><<<grid, kMmaWarps * 32, 0, s>>>(packed, params, x, y, M, w.N, w.K, w.group_size, w.G);
+    mma_kernel<TG, false><<<grid, kMmaWarps * 32, 0, s>>>(packed, params, x, y, M, w.N, w.K, w.group_size, w.G, epi);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -308,15 +338,17 @@ W4A16Weights W4A16Weights::upload(const W4A16Layout& l) {
   return w;
 }
 
-void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cudaStream_t s) {
+void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cudaStream_t s, const GemvEpilogue& epi) {
   if (M == 0) return;
   if (w.mma) {
     LLMQ_CHECK(M <= kW4A16GemvMaxM, "W4A16 tensor-core GEMV takes at most " << kW4A16GemvMaxM << " rows, got " << M);
-    if (M <= 8) return launch_mma<1>(w, x, y, M, s);
-    if (M <= 16) return launch_mma<2>(w, x, y, M, s);
-    if (M <= 24) return launch_mma<3>(w, x, y, M, s);
-    return launch_mma<4>(w, x, y, M, s);
+    LLMQ_CHECK(!epi.swiglu || w.N % 2 == 0, "W4A16 SwiGLU epilogue needs an even N, got " << w.N);
+    if (M <= 8) return launch_mma<1>(w, x, y, M, epi, s);
+    if (M <= 16) return launch_mma<2>(w, x, y, M, epi, s);
+    if (M <= 24) return launch_mma<3>(w, x, y, M, epi, s);
+    return launch_mma<4>(w, x, y, M, epi, s);
   }
+  LLMQ_CHECK(!epi.residual && !epi.swiglu, "the plain-layout W4A16 GEMV has no epilogue (w4a16_fuses_epilogue)");
   // The smallest pass width that covers M: no wasted FMAs at batch 1, 2, 4.
   if (M == 1) return launch_gemv<1>(w, x, y, M, s);
   if (M == 2) return launch_gemv<2>(w, x, y, M, s);
@@ -347,15 +379,28 @@ void w4a16_dequantize(const W4A16Weights& w, uint16_t* w_bf16, cudaStream_t s) {
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
+bool w4a16_fuses_epilogue(const W4A16Weights& w, int M) { return w.mma && M <= kW4A16PassesMaxM; }
+
 void w4a16_gemm(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const W4A16Scratch& scratch,
-                Blas& blas, cudaStream_t s) {
+                Blas& blas, cudaStream_t s, const GemvEpilogue& epi) {
   if (M == 0) return;
   if (!w.perm.empty()) {
     LLMQ_CHECK(scratch.x_perm != nullptr, "act-order W4A16 needs an x_perm scratch");
     gather_columns(x, w.perm.as<const int32_t>(), scratch.x_perm, M, w.K, s);
     x = scratch.x_perm;
   }
-  if (M <= kW4A16GemvMaxM) return w4a16_gemv(w, x, y, M, s);
+  if (M <= kW4A16GemvMaxM) return w4a16_gemv(w, x, y, M, s, epi);
+  if (w4a16_fuses_epilogue(w, M)) {
+    const int y_cols = epi.swiglu ? w.N / 2 : w.N;
+    for (int m0 = 0; m0 < M; m0 += kW4A16GemvMaxM) {
+      GemvEpilogue part = epi;
+      if (epi.residual) part.residual = epi.residual + static_cast<int64_t>(m0) * w.N;
+      w4a16_gemv(w, x + static_cast<int64_t>(m0) * w.K, y + static_cast<int64_t>(m0) * y_cols,
+                 std::min(kW4A16GemvMaxM, M - m0), s, part);
+    }
+    return;
+  }
+  LLMQ_CHECK(!epi.residual && !epi.swiglu, "W4A16 with M > " << kW4A16GemvMaxM << " fuses no epilogue");
   LLMQ_CHECK(scratch.w_bf16 != nullptr, "W4A16 with M > " << kW4A16GemvMaxM << " needs a w_bf16 scratch");
   w4a16_dequantize(w, scratch.w_bf16, s);
   blas.gemm_bf16(x, scratch.w_bf16, y, M, w.N, w.K, s);

@@ -20,7 +20,8 @@
 // Small M (<= kW4A16GemvMaxM): the tensor-core kernel computes Σ x·(c - zero) per 64-column
 // chunk on mma.sync with f32 accumulation and multiplies by the group's scale once per chunk;
 // 16 output rows per block, K split over the block's 8 warps and summed in shared memory; M
-// up to 32 tokens in one pass (4 n8 MMAs reuse each A fragment). Large M (prefill):
+// up to 32 tokens in one pass (4 n8 MMAs reuse each A fragment), up to kW4A16PassesMaxM in
+// several passes. Larger M (prefill):
 // dequantize to a BF16 [N, K] scratch and run the cuBLASLt BF16 GEMM; the BF16 rounding of
 // each dequantized weight is the only extra error (relative 2^-9 per weight).
 #pragma once
@@ -34,6 +35,11 @@
 namespace llmq {
 
 constexpr int kW4A16GemvMaxM = 32;
+// Up to this many token rows the tensor-core GEMV runs in passes of kW4A16GemvMaxM rows (each
+// pass re-reads the 4-bit weights: 0.5 byte per weight) instead of dequantizing to a BF16
+// copy for cuBLAS (write 2 + read 2 + 0.5 bytes per weight): decode at batch 33..128 stays
+// on the packed weights.
+constexpr int kW4A16PassesMaxM = 4 * kW4A16GemvMaxM;
 
 struct W4A16Layout {
   int64_t out_features = 0, in_features = 0, group_size = 0, num_groups = 0;
@@ -60,6 +66,7 @@ void w4a16_gemm_ref(const QuantizedLinear& q, const uint16_t* x, uint16_t* y, in
 
 #include "runner/device_buffer.h"
 #include "runner/gemm.h"
+#include "runner/gemv.h"
 
 namespace llmq::gpu {
 
@@ -82,11 +89,15 @@ struct W4A16Scratch {
   uint16_t* w_bf16 = nullptr;
 };
 
+// epi: the GEMV epilogue of runner/gemv.h, only where w4a16_fuses_epilogue(w, M) (the
+// tensor-core GEMV); elsewhere it must be empty.
 void w4a16_gemm(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const W4A16Scratch& scratch,
-                Blas& blas, cudaStream_t s);
+                Blas& blas, cudaStream_t s, const GemvEpilogue& epi = {});
+bool w4a16_fuses_epilogue(const W4A16Weights& w, int M);
 // The two halves, exposed for tests: the small-M kernel, and the dequantization of the
 // large-M path (w_bf16 [N, K] in the layout's column order).
-void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cudaStream_t s);
+void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cudaStream_t s,
+                const GemvEpilogue& epi = {});
 void w4a16_dequantize(const W4A16Weights& w, uint16_t* w_bf16, cudaStream_t s);
 
 }  // namespace llmq::gpu

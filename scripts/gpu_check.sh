@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# On a GPU machine, with binaries built for its arch (BIN, default build): the runner's GPU
-# tests, the linear-kernel benchmark, and (STAGE=bench) the end-to-end benchmark of every
+# On a GPU machine, with binaries built for its arch (BIN, default build): the GPU tests that
+# are built (TESTS), the kernel benchmarks, and (STAGE=bench) the end-to-end benchmark of every
 # format on a synthetic Llama-3.1-8B beside the PyTorch peer. Logs go to $OUT (default out/gpu).
 # Test data: LLMQ_TEST_DATA (default .testdata, a copy of ../shared/data's models and goldens).
 # Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step), PEER=path.
@@ -14,11 +14,15 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$OUT/gpu.txt"
 
 if [ "$STAGE" = tests ]; then
-  for t in test_runner_kernels test_runner_engine; do
+  for t in ${TESTS:-test_runner_kernels test_runner_gemv test_runner_attention test_runner_engine test_runner_eval test_gptq_gpu}; do
+    [ -x "$BIN/tests/$t" ] || { echo "$t: not built"; continue; }
     timeout 300 "$BIN/tests/$t" > "$OUT/$t.log" 2>&1
     echo "$t: exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/$t.log" | head -20
   done
   timeout 120 "$BIN/bin/llmq_runner_bench" --kernels 2>&1 | tee "$OUT/kernels.txt"
+  for b in llmq_attention_bench llmq_gptq_bench; do
+    [ -x "$BIN/bin/$b" ] && timeout 180 "$BIN/bin/$b" 2>&1 | tee "$OUT/$b.txt"
+  done
 fi
 
 if [ "$STAGE" = bench ]; then

@@ -14,6 +14,7 @@
 
 #include "core/numeric.h"
 #include "model/llama.h"
+#include "runner/cuda_check.h"
 #include "runner/device_buffer.h"
 #include "runner/gemm.h"
 #include "runner/kernels.h"
@@ -80,10 +81,111 @@ TEST(RunnerKernels, AddEmbedArgmaxAreExact) {
     std::vector<int32_t> best(rows);
     ref::argmax_rows_ref(logits.data(), best.data(), rows, vocab);
     DeviceBuffer dl = up(logits), db(rows * 4);
-    gpu::argmax_rows(dl.as<uint16_t>(), db.as<int32_t>(), rows, vocab, nullptr);
+    gpu::argmax_rows(dl.as<uint16_t>(), db.as<int32_t>(), rows, vocab, nullptr, nullptr);
     EXPECT_EQ(db.to_host<int32_t>(), best);
     EXPECT_EQ(best[0], vocab / 2);
   }
+}
+
+// The multi-block argmax: chunks meet in the workspace, which every call leaves zeroed (so a
+// second call, as in a replayed CUDA graph, is right too). Vocabularies around the chunk size
+// and Llama-3's; ties across chunks go to the first index; -0 ties with +0.
+TEST(RunnerKernels, ArgmaxAcrossBlocksIsExact) {
+  LLMQ_REQUIRE_GPU();
+  DeviceBuffer ws(gpu::argmax_workspace_bytes(64));
+  LLMQ_CUDA_CHECK(cudaMemset(ws.as(), 0, ws.bytes()));
+  for (int vocab : {1, 2047, 2048, 2049, 32000, 128256})
+    for (int rows : {1, 3, 64}) {
+      SCOPED_TRACE(::testing::Message() << "rows " << rows << " vocab " << vocab << " seed " << kSeed);
+      std::mt19937 rng(kSeed + rows + vocab);
+      auto logits = random_bf16(static_cast<size_t>(rows) * vocab, rng, 4.0f);
+      if (vocab > 2049) {  // row 0: equal maxima in different chunks; row 1 (if any): all -0 and +0
+        logits[vocab - 1] = logits[100] = logits[vocab / 2] = f32_to_bf16(50.0f);
+        if (rows > 1)
+          for (int i = 0; i < vocab; ++i) logits[static_cast<size_t>(vocab) + i] = i % 3 == 0 ? 0x8000u : 0x0000u;
+      }
+      std::vector<int32_t> best(rows);
+      ref::argmax_rows_ref(logits.data(), best.data(), rows, vocab);
+      if (vocab > 2049) {
+        EXPECT_EQ(best[0], 100);
+        if (rows > 1) {
+          EXPECT_EQ(best[1], 0);
+        }
+      }
+      DeviceBuffer dl = up(logits), db(rows * 4);
+      for (int call = 0; call < 2; ++call) {
+        LLMQ_CUDA_CHECK(cudaMemset(db.as(), 0xFF, rows * 4));
+        gpu::argmax_rows(dl.as<uint16_t>(), db.as<int32_t>(), rows, vocab, ws.as(), nullptr);
+        EXPECT_EQ(db.to_host<int32_t>(), best) << "call " << call;
+      }
+    }
+}
+
+// RMSNorm with the residual add and/or the activation quantization fused: the written-back x
+// is the exact bf16 sum; y is the plain norm of it (1 ulp, as above); the codes and scales are
+// exactly what quantize_*_per_token makes from this kernel's own bf16 y (same variance, so no
+// tolerance: any difference is a bug in the fused quantization).
+TEST(RunnerKernels, FusedRmsNormMatchesComposition) {
+  LLMQ_REQUIRE_GPU();
+  for (int n : {64, 172, 4096})
+    for (int rows : kRows)
+      for (gpu::ActQuant quant : {gpu::ActQuant::kNone, gpu::ActQuant::kFp8, gpu::ActQuant::kInt8})
+        for (bool with_delta : {false, true}) {
+          SCOPED_TRACE(::testing::Message() << "rows " << rows << " n " << n << " quant " << static_cast<int>(quant)
+                                            << " delta " << with_delta << " seed " << kSeed);
+          std::mt19937 rng(kSeed + rows * 5 + n);
+          auto x = random_bf16(static_cast<size_t>(rows) * n, rng, 3.0f);
+          const auto delta = random_bf16(x.size(), rng, 2.0f);
+          const auto w = random_bf16(n, rng);
+          if (rows > 1) std::fill(x.begin() + n, x.begin() + 2 * n, uint16_t{0});  // an all-zero row (int8: scale 1)
+          DeviceBuffer dx = up(x), dd = up(delta), dw = up(w), dy(x.size() * 2), dplain(x.size() * 2);
+          const int ld = (n + 15) / 16 * 16;
+          DeviceBuffer codes(static_cast<size_t>(rows) * ld), scales(rows * 4);
+          LLMQ_CUDA_CHECK(cudaMemset(codes.as(), 0, codes.bytes()));
+          gpu::RmsNormArgs a;
+          a.x = dx.as<uint16_t>();
+          a.delta = with_delta ? dd.as<const uint16_t>() : nullptr;
+          a.w = dw.as<const uint16_t>();
+          a.rows = rows;
+          a.n = n;
+          a.eps = 1e-5f;
+          a.quant = quant;
+          a.y = quant == gpu::ActQuant::kNone ? dy.as<uint16_t>() : nullptr;
+          a.codes = codes.as();
+          a.ld_codes = ld;
+          a.scales = scales.as<float>();
+          gpu::rms_norm(a, nullptr);
+          if (with_delta) {
+            ref::add_inplace_ref(x.data(), delta.data(), static_cast<int64_t>(x.size()));
+            EXPECT_EQ(dx.to_host<uint16_t>(), x);
+          }
+          // The plain norm of the (summed) x on the GPU, and against the reference.
+          DeviceBuffer dsum = up(x);
+          gpu::rms_norm(dsum.as<uint16_t>(), dw.as<uint16_t>(), dplain.as<uint16_t>(), rows, n, 1e-5f, nullptr);
+          const auto plain = dplain.to_host<uint16_t>();
+          std::vector<uint16_t> ref(x.size());
+          ref::rms_norm_ref(x.data(), w.data(), ref.data(), rows, n, 1e-5f);
+          expect_bf16_near(plain, ref, 1.0);
+          if (quant == gpu::ActQuant::kNone) {
+            EXPECT_EQ(dy.to_host<uint16_t>(), plain);
+            continue;
+          }
+          std::vector<float> want_scales(rows);
+          const auto got = codes.to_host<uint8_t>();
+          std::vector<uint8_t> want(static_cast<size_t>(rows) * n);
+          if (quant == gpu::ActQuant::kFp8)
+            ref::quantize_fp8_per_token_ref(plain.data(), want.data(), want_scales.data(), rows, n);
+          else
+            ref::quantize_int8_per_token_ref(plain.data(), reinterpret_cast<int8_t*>(want.data()), want_scales.data(),
+                                             rows, n);
+          for (int r = 0; r < rows; ++r) {
+            ASSERT_TRUE(std::equal(want.begin() + static_cast<size_t>(r) * n, want.begin() + static_cast<size_t>(r + 1) * n,
+                                   got.begin() + static_cast<size_t>(r) * ld))
+                << "codes of row " << r;
+            for (int c = n; c < ld; ++c) ASSERT_EQ(got[static_cast<size_t>(r) * ld + c], 0) << "pad column " << c;
+          }
+          EXPECT_EQ(scales.to_host<float>(), want_scales);
+        }
 }
 
 TEST(RunnerKernels, SiluMulMatchesReference) {
@@ -112,6 +214,28 @@ LlamaConfig rope_config(int n_q, int n_kv, int hd, bool llama3) {
   c.rope_theta = llama3 ? 500000.0 : 10000.0;
   if (llama3) c.rope_scaling = RopeScaling{"llama3", 8.0, 1.0, 4.0, 8192};
   return c;
+}
+
+// Interleaved gate/up: the same values as silu_mul on the de-interleaved buffer, bit for bit.
+TEST(RunnerKernels, SiluMulPairsEqualsSiluMul) {
+  LLMQ_REQUIRE_GPU();
+  for (int inter : {1, 172, 1000})
+    for (int rows : kRows) {
+      SCOPED_TRACE(::testing::Message() << "rows " << rows << " inter " << inter << " seed " << kSeed);
+      std::mt19937 rng(kSeed + rows * 11 + inter);
+      const auto gu = random_bf16(static_cast<size_t>(rows) * 2 * inter, rng, 4.0f);
+      std::vector<uint16_t> pairs(gu.size());
+      for (int r = 0; r < rows; ++r)
+        for (int i = 0; i < inter; ++i) {
+          const size_t row = static_cast<size_t>(r) * 2 * inter;
+          pairs[row + 2 * i] = gu[row + i];
+          pairs[row + 2 * i + 1] = gu[row + inter + i];
+        }
+      DeviceBuffer dg = up(gu), dp = up(pairs), d1(static_cast<size_t>(rows) * inter * 2), d2(d1.bytes());
+      gpu::silu_mul(dg.as<uint16_t>(), d1.as<uint16_t>(), rows, inter, nullptr);
+      gpu::silu_mul_pairs(dp.as<uint16_t>(), d2.as<uint16_t>(), rows, inter, nullptr);
+      EXPECT_EQ(d2.to_host<uint16_t>(), d1.to_host<uint16_t>());
+    }
 }
 
 TEST(RunnerKernels, RopeAndCacheIsExact) {
@@ -374,7 +498,7 @@ TEST(RunnerKernels, W4A16MatchesReference) {
                         {1000, 1024, 128, false, true, DType::kF16}, {96, 256, 32, false, true, DType::kBF16},
                         {4096, 4096, 128, true, false, DType::kBF16}};
   for (const Case& k : cases)
-    for (int M : {1, 2, 3, 5, 17, 32, 33, 64, 118}) {
+    for (int M : {1, 2, 3, 5, 17, 32, 33, 64, 118, 130}) {
       if (k.N * k.K > 1000 * 1024 && M > 17) continue;  // the double reference is slow at 4096²
       SCOPED_TRACE(::testing::Message() << "M " << M << " N " << k.N << " K " << k.K << " gs " << k.gs << " sym " << k.sym
                                         << " act " << k.act << " seed " << kSeed);
@@ -393,9 +517,43 @@ TEST(RunnerKernels, W4A16MatchesReference) {
       const std::vector<double> abs_sum = abs_products(to_float(x), wf, M, k.N, k.K);
       std::vector<double> tol = f32_sum_bound(abs_sum, k.K);
       // The large-M path rounds each dequantized weight to bf16 (relative error <= 2^-9).
-      if (M > kW4A16GemvMaxM)
+      if (M > (w.mma ? kW4A16PassesMaxM : kW4A16GemvMaxM))
         for (size_t i = 0; i < tol.size(); ++i) tol[i] += std::ldexp(abs_sum[i], -9);
       expect_bf16_near(dy.to_host<uint16_t>(), ref, 1.0, tol);
+    }
+}
+
+// The tensor-core GEMV's epilogues equal the unfused composition on the same kernel's output,
+// bit for bit: the residual add (in place, y aliasing the residual) and SwiGLU of interleaved
+// row pairs (as silu_mul_pairs computes it).
+TEST(RunnerKernels, W4A16EpiloguesEqualComposition) {
+  LLMQ_REQUIRE_GPU();
+  gpu::Blas blas;
+  for (int N : {64, 160, 1000})
+    for (int M : {1, 3, 8, 17, 32, 33, 100}) {
+      SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " seed " << kSeed);
+      std::mt19937 rng(kSeed + 17 * M + N);
+      const int K = 256;
+      const QuantizedLinear q = random_int4(N, K, 128, false, false, DType::kBF16, rng);
+      auto layout = w4a16_layout(q);
+      ASSERT_TRUE(layout.has_value()) << layout.status().message();
+      const gpu::W4A16Weights w = gpu::W4A16Weights::upload(*layout);
+      ASSERT_TRUE(gpu::w4a16_fuses_epilogue(w, M));
+      const auto x = random_bf16(static_cast<size_t>(M) * K, rng);
+      auto res = random_bf16(static_cast<size_t>(M) * N, rng, 4.0f);
+      DeviceBuffer dx = up(x), plain(res.size() * 2), dres = up(res), act(res.size()), act_ref(res.size());
+      const gpu::W4A16Scratch none{};
+      gpu::w4a16_gemm(w, dx.as<uint16_t>(), plain.as<uint16_t>(), M, none, blas, nullptr);
+      gpu::GemvEpilogue add;
+      add.residual = dres.as<const uint16_t>();
+      gpu::w4a16_gemm(w, dx.as<uint16_t>(), dres.as<uint16_t>(), M, none, blas, nullptr, add);
+      ref::add_inplace_ref(res.data(), plain.to_host<uint16_t>().data(), static_cast<int64_t>(res.size()));
+      EXPECT_EQ(dres.to_host<uint16_t>(), res);
+      gpu::GemvEpilogue swiglu;
+      swiglu.swiglu = true;
+      gpu::w4a16_gemm(w, dx.as<uint16_t>(), act.as<uint16_t>(), M, none, blas, nullptr, swiglu);
+      gpu::silu_mul_pairs(plain.as<uint16_t>(), act_ref.as<uint16_t>(), M, N / 2, nullptr);
+      EXPECT_EQ(act.to_host<uint16_t>(), act_ref.to_host<uint16_t>());
     }
 }
 

@@ -2,6 +2,10 @@
 // gsm8k / gsm8k_cot_llama) of one or more checkpoints: tables on stdout and one combined JSON
 // record per checkpoint (an array of them for several), the input of `llmq report`. With
 // several checkpoints it ends with the report's comparison table.
+//
+// Perplexity and GSM8K run on the CUDA runner (runner/eval_gpu.h, bf16) when a GPU is present
+// and the checkpoint is one the runner holds as stored, else on the CPU reference forward
+// (eval/, float32 or bf16); --device forces one. The record and the tables name the device.
 #include <cctype>
 #include <chrono>
 #include <cstdio>
@@ -22,6 +26,7 @@
 #include "model/llama.h"
 #include "runner/bench.h"
 #include "runner/device.h"
+#include "runner/eval_gpu.h"
 #include "tools/commands.h"
 
 namespace llmq::cli {
@@ -33,7 +38,8 @@ struct EvalArgs {
   std::string ppl_file;
   int64_t seq_len = 0;  // 0: min(2048, max_position_embeddings)
   int64_t limit_tokens = 0;
-  std::string precision = "f32";
+  std::string precision;       // "": f32 on the CPU, bf16 on the GPU runner (which computes in bf16)
+  std::string device = "auto";  // where perplexity and GSM8K run: cpu, gpu or auto
   std::string json_out;
   std::string logits_out;  // --logits-out: the first perplexity window's logits (safetensors)
   bool force = false;
@@ -92,9 +98,10 @@ uint64_t checkpoint_tensor_bytes(const HfCheckpoint& ckpt) {
   return bytes;
 }
 
-Expected<Precision> parse_precision(const std::string& name) {
-  if (name == "f32") return Precision::kFloat32;
-  if (name == "bf16") return Precision::kBFloat16;
+Expected<std::optional<Precision>> parse_precision(const std::string& name) {
+  if (name.empty()) return std::optional<Precision>();
+  if (name == "f32") return std::optional<Precision>(Precision::kFloat32);
+  if (name == "bf16") return std::optional<Precision>(Precision::kBFloat16);
   return Status::error("--precision must be f32 or bf16, not '" + name + "'");
 }
 
@@ -106,6 +113,12 @@ Status check_args(const EvalArgs& a) {
   if (!a.samples_out.empty() && a.models.size() > 1) return Status::error("--samples-out needs a single --model");
   if (!a.logits_out.empty() && a.ppl_file.empty()) return Status::error("--logits-out needs --ppl");
   if (!a.logits_out.empty() && a.models.size() > 1) return Status::error("--logits-out needs a single --model");
+  if (a.device != "auto" && a.device != "cpu" && a.device != "gpu")
+    return Status::error("--device must be cpu, gpu or auto, not '" + a.device + "'");
+  if (a.device == "gpu" && a.precision == "f32")
+    return Status::error("--precision f32 needs --device cpu or auto: the GPU runner computes in bf16");
+  if (a.device == "gpu" && !a.logits_out.empty())
+    return Status::error("--logits-out writes the CPU reference forward's logits: it needs --device cpu or auto");
   if (a.bench) {
     const BenchOptions& b = a.bench_options;
     if (b.batches.empty()) return Status::error("--batches: give at least one batch size");
@@ -121,7 +134,7 @@ Status check_args(const EvalArgs& a) {
 
 // What every checkpoint is evaluated on, read once before any model.
 struct EvalInputs {
-  Precision precision = Precision::kFloat32;
+  std::optional<Precision> precision;  // --precision; empty: the device's own (f32 CPU, bf16 GPU)
   std::optional<Gsm8kStyle> style;  // set when GSM8K runs
   std::vector<Gsm8kDoc> gsm_test, gsm_train;
   std::string ppl_text;
@@ -150,6 +163,43 @@ Expected<EvalInputs> read_inputs(const EvalArgs& a) {
     LLMQ_ASSIGN_OR_RETURN(in.ppl_text, read_text(a.ppl_file));
   }
   return in;
+}
+
+// Where perplexity and GSM8K of one checkpoint run, and in what arithmetic.
+struct EvalDevice {
+  bool gpu = false;
+  std::string label = "cpu";  // "cpu" or gpu_device_label(), e.g. "cuda:NVIDIA H200"
+  Precision precision = Precision::kFloat32;
+  std::string why;  // for the device line: why this device
+};
+
+// --device gpu takes the runner or fails; --device cpu the CPU reference forward. auto takes
+// the runner where there is a GPU, unless the CPU is asked for by --precision f32 (the runner
+// computes in bf16) or --logits-out (the CPU forward's logits), or the checkpoint's float
+// tensors are not BF16 (the runner would round F32 / F16 weights to bf16, another model).
+Expected<EvalDevice> choose_device(const HfCheckpoint& ckpt, const EvalArgs& a, const EvalInputs& in) {
+  EvalDevice d;
+  const auto cpu = [&](std::string why) {
+    d.precision = in.precision.value_or(Precision::kFloat32);
+    d.why = std::move(why);
+    return d;
+  };
+  if (a.device == "cpu") return cpu("--device cpu");
+  const GpuInfo gpu = query_gpu();
+  if (a.device == "gpu" && !gpu.available) return Status::error("--device gpu: " + gpu.why_not);
+  if (a.device == "auto") {
+    if (!gpu.available) return cpu(gpu.why_not);
+    if (in.precision == Precision::kFloat32) return cpu("--precision f32: the GPU runner computes in bf16");
+    if (!a.logits_out.empty()) return cpu("--logits-out: the CPU reference forward's logits");
+    const auto embed = ckpt.embed_tokens();
+    if (embed && embed->dtype != DType::kBF16)
+      return cpu(std::string(dtype_name(embed->dtype)) + " weights: the GPU runner would round them to bf16");
+  }
+  d.gpu = true;
+  d.label = gpu_device_label();
+  d.precision = Precision::kBFloat16;
+  d.why = a.device == "gpu" ? "--device gpu" : "GPU present";
+  return d;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -197,22 +247,24 @@ Status write_logits(const std::string& path, const LlamaModel& model, const std:
   return Status::ok();
 }
 
-Status add_perplexity(const std::string& model_dir, const LlamaModel& model, const Tokenizer& tokenizer,
-                      const EvalArgs& a, const EvalInputs& in, const std::string& format, nlohmann::ordered_json& j) {
+// model: the CPU reference forward, null when the device is the GPU.
+Status add_perplexity(const std::string& model_dir, const LlamaModel* model, const Tokenizer& tokenizer,
+                      const EvalArgs& a, const EvalInputs& in, const EvalDevice& device, const std::string& format,
+                      nlohmann::ordered_json& j) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<int32_t> ids = tokenizer.encode(in.ppl_text);
   if (a.limit_tokens > 0 && static_cast<int64_t>(ids.size()) > a.limit_tokens) ids.resize(a.limit_tokens);
   PerplexityConfig pc;
   pc.window = a.seq_len;
-  pc.precision = in.precision;
-  auto result = perplexity(model, ids, pc);
+  pc.precision = device.precision;
+  const Expected<PerplexityResult> result = device.gpu ? perplexity_gpu(model_dir, ids, pc) : perplexity(*model, ids, pc);
   if (!result) return result.status().with_context(a.ppl_file);
   const double seconds = seconds_since(t0);
-  std::printf("%-28s %-10s %-9s %9s %8s %7s %10s %8s\n", "model", "format", "precision", "tokens", "windows", "seq",
-              "ppl", "seconds");
-  std::printf("%-28s %-10s %-9s %9lld %8lld %7lld %10.4f %8.1f\n", model_dir.c_str(), format.c_str(),
-              std::string(precision_name(in.precision)).c_str(), (long long)ids.size(), (long long)result->windows,
-              (long long)result->window, result->ppl, seconds);
+  std::printf("%-28s %-10s %-9s %9s %8s %7s %10s %8s  %s\n", "model", "format", "precision", "tokens", "windows", "seq",
+              "ppl", "seconds", "device");
+  std::printf("%-28s %-10s %-9s %9lld %8lld %7lld %10.4f %8.1f  %s\n", model_dir.c_str(), format.c_str(),
+              std::string(precision_name(device.precision)).c_str(), (long long)ids.size(), (long long)result->windows,
+              (long long)result->window, result->ppl, seconds, device.label.c_str());
   j["perplexity"] = {{"file", a.ppl_file},
                      {"tokens", ids.size()},
                      {"window", result->window},
@@ -221,32 +273,36 @@ Status add_perplexity(const std::string& model_dir, const LlamaModel& model, con
                      {"scored_tokens", result->scored_tokens},
                      {"mean_nll", result->mean_nll},
                      {"ppl", result->ppl},
+                     {"device", device.label},
                      {"seconds", seconds}};
-  if (!a.logits_out.empty())
-    LLMQ_RETURN_IF_ERROR(write_logits(a.logits_out, model, ids, result->window, in.precision, a.force));
+  if (!a.logits_out.empty())  // choose_device keeps --logits-out on the CPU
+    LLMQ_RETURN_IF_ERROR(write_logits(a.logits_out, *model, ids, result->window, device.precision, a.force));
   return Status::ok();
 }
 
 // GSM8K's lm-eval results merged into the record; returns the per-sample log.
-Expected<std::string> add_gsm8k(const std::string& model_dir, const LlamaModel& model, const Tokenizer& tokenizer,
-                                const EvalArgs& a, const EvalInputs& in, nlohmann::ordered_json& j) {
+Expected<std::string> add_gsm8k(const std::string& model_dir, const LlamaModel* model, const Tokenizer& tokenizer,
+                                const EvalArgs& a, const EvalInputs& in, const EvalDevice& device,
+                                nlohmann::ordered_json& j) {
   const auto t0 = std::chrono::steady_clock::now();
   Gsm8kConfig gc = a.gsm;
   gc.style = *in.style;
-  gc.precision = in.precision;
+  gc.precision = device.precision;
   gc.chat_template = detect_chat_template(model_dir);
-  auto result = evaluate_gsm8k(model, tokenizer, in.gsm_test, in.gsm_train, gc);
+  const Expected<Gsm8kResult> result = device.gpu ? evaluate_gsm8k_gpu(model_dir, tokenizer, in.gsm_test, in.gsm_train, gc)
+                                                  : evaluate_gsm8k(*model, tokenizer, in.gsm_test, in.gsm_train, gc);
   if (!result) return result.status().with_context(a.gsm8k_file);
   const double seconds = seconds_since(t0);
   const Gsm8kTaskSpec& spec = gsm8k_task_spec(*in.style);
-  std::printf("%-28s %-16s %6s %6s %8s %10s %10s %8s\n", "model", "task", "docs", "shots", "max-gen", "strict",
-              "flexible", "seconds");
-  std::printf("%-28s %-16s %6zu %6lld %8lld %10.4f %10.4f %8.1f\n", model_dir.c_str(), spec.task.c_str(),
+  std::printf("%-28s %-16s %6s %6s %8s %10s %10s %8s  %s\n", "model", "task", "docs", "shots", "max-gen", "strict",
+              "flexible", "seconds", "device");
+  std::printf("%-28s %-16s %6zu %6lld %8lld %10.4f %10.4f %8.1f  %s\n", model_dir.c_str(), spec.task.c_str(),
               result->samples.size(), (long long)result->fewshot, (long long)result->max_gen_toks,
-              result->metrics.at(0).exact_match, result->metrics.at(1).exact_match, seconds);
+              result->metrics.at(0).exact_match, result->metrics.at(1).exact_match, seconds, device.label.c_str());
   nlohmann::ordered_json r = gsm8k_results_json(*result);
   for (auto it = r.begin(); it != r.end(); ++it) j[it.key()] = it.value();
   j["gsm8k_file"] = a.gsm8k_file;
+  j["gsm8k_device"] = device.label;
   j["gsm8k_seconds"] = seconds;
   return gsm8k_samples_jsonl(*result);
 }
@@ -256,30 +312,42 @@ struct EvalOutput {
   std::string samples_jsonl;  // GSM8K's per-sample log ("" without --gsm8k)
 };
 
-// One checkpoint: the benchmark first (it fails at once where there is no GPU), then the CPU
-// reference forward for perplexity and GSM8K, loaded only when one of them runs.
+// One checkpoint: the benchmark first (it fails at once where there is no GPU), then
+// perplexity and GSM8K on the device choose_device picks (the CPU reference forward is loaded
+// only when the CPU runs one of them).
 Expected<EvalOutput> eval_checkpoint(const HfCheckpoint& ckpt, const EvalArgs& a, const EvalInputs& in) {
   const auto t0 = std::chrono::steady_clock::now();
   const std::string& model_dir = ckpt.dir();
   const std::string format = checkpoint_format_label(ckpt);
+  const bool forward = !a.ppl_file.empty() || in.style.has_value();
+  EvalDevice device;
+  if (forward) {
+    LLMQ_ASSIGN_OR_RETURN(device, choose_device(ckpt, a, in));
+  }
   EvalOutput out;
   nlohmann::ordered_json& j = out.record;
   j = {{"model", model_dir},
        {"format", format},
-       {"device", "cpu"},
-       {"precision", precision_name(in.precision)},
+       {"device", device.label},  // of perplexity and GSM8K ("cpu" when neither runs)
+       {"precision", precision_name(device.precision)},
        {"weight_bytes", checkpoint_tensor_bytes(ckpt)}};
   if (a.bench) LLMQ_RETURN_IF_ERROR(add_bench(model_dir, a, j));
-  if (!a.ppl_file.empty() || in.style) {
+  if (forward) {
     LLMQ_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, load_tokenizer(model_dir));
-    LLMQ_ASSIGN_OR_RETURN(LlamaModel model, LlamaModel::load(ckpt));
-    if (!a.ppl_file.empty()) LLMQ_RETURN_IF_ERROR(add_perplexity(model_dir, model, *tokenizer, a, in, format, j));
-    if (in.style) {
-      LLMQ_ASSIGN_OR_RETURN(out.samples_jsonl, add_gsm8k(model_dir, model, *tokenizer, a, in, j));
+    std::optional<LlamaModel> model;  // the CPU reference forward, only where the CPU runs
+    if (!device.gpu) {
+      LLMQ_ASSIGN_OR_RETURN(LlamaModel m, LlamaModel::load(ckpt));
+      model.emplace(std::move(m));
     }
-    const GpuInfo gpu = query_gpu();
-    std::printf("device: CPU reference forward (%s)\n",
-                gpu.available ? "GPU runner not built yet" : gpu.why_not.c_str());
+    const LlamaModel* cpu_model = model ? &*model : nullptr;
+    if (!a.ppl_file.empty())
+      LLMQ_RETURN_IF_ERROR(add_perplexity(model_dir, cpu_model, *tokenizer, a, in, device, format, j));
+    if (in.style) {
+      LLMQ_ASSIGN_OR_RETURN(out.samples_jsonl, add_gsm8k(model_dir, cpu_model, *tokenizer, a, in, device, j));
+    }
+    // After the tables, so that a failure stays a one-line error.
+    std::printf("device: %s (%s, %s; %s)\n", device.label.c_str(), device.gpu ? "GPU runner" : "CPU reference forward",
+                std::string(precision_name(device.precision)).c_str(), device.why.c_str());
   }
   j["seconds"] = seconds_since(t0);
   return out;
@@ -349,14 +417,23 @@ void add_eval_command(CLI::App& app, CommandRunner& run) {
       ->capture_default_str();
   sub->add_option("--fewshot", args->gsm.fewshot, "Few-shot exemplars K (-1: the style's default, 5 / 8)")->capture_default_str();
   sub->add_option("--limit", args->gsm.limit, "GSM8K: only the first N test documents (0: all)")->capture_default_str();
-  sub->add_option("--batch", args->gsm.batch, "Generation batch size (GPU runner; the CPU path runs one document per thread)")
+  sub->add_option("--batch", args->gsm.batch,
+                  "GSM8K documents per generation batch on the GPU runner (one KV-cache slot each; the CPU path runs "
+                  "one document per thread)")
       ->capture_default_str();
   sub->add_option("--max-gen-toks", args->gsm.max_gen_toks, "Most tokens generated per document")->capture_default_str();
   sub->add_option("--seed", args->gsm.seed, "Few-shot sampling seed (lm-eval's fewshot_random_seed)")->capture_default_str();
   sub->add_option("--samples-out", args->samples_out, "Write one JSON line per GSM8K document here");
   sub->add_option("--seq-len", args->seq_len, "Window length (default min(2048, max_position_embeddings))");
   sub->add_option("--limit-tokens", args->limit_tokens, "Use only the first N tokens");
-  sub->add_option("--precision", args->precision, "f32, or bf16 (emulates bf16 activations)")->capture_default_str();
+  sub->add_option("--device", args->device,
+                  "Where perplexity and GSM8K run: gpu (the CUDA runner, bf16), cpu (the reference forward) or auto "
+                  "(gpu when there is one and the checkpoint's float tensors are BF16, unless --precision f32 or "
+                  "--logits-out ask for the CPU)")
+      ->capture_default_str();
+  sub->add_option("--precision", args->precision,
+                  "f32, or bf16 (emulates bf16 activations); default f32 on the CPU, bf16 on the GPU runner (its only "
+                  "arithmetic)");
   sub->add_option("--logits-out", args->logits_out,
                   "With --ppl: write the float32 logits [T, vocab] of the first window (and its input_ids) as safetensors");
   sub->add_option("--json", args->json_out, "Write the result as JSON here (an array of records for several --model)");

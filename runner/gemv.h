@@ -1,0 +1,65 @@
+// Decode GEMVs: y[M, N] = x[M, K] · w[N, K]ᵀ for M <= kGemvMaxM token rows, at close to HBM
+// bandwidth (each weight byte is read once, streamed past L1), with the elementwise op that
+// follows a linear fused into the store (GemvEpilogue). Formats: BF16 weights and
+// activations (f32 accumulation), and the W8A8 products of runner/kernels.h (FP8 E4M3 and
+// INT8 codes with per-token x per-channel scales). CPU references: runner/gemv_ref.h;
+// tests: tests/test_runner_gemv.cc; kernels: runner/gemv.cu.
+//
+// Conventions as runner/kernels.h: device pointers, row-major, bf16 as uint16_t bits.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/numeric.h"
+
+namespace llmq::gpu {
+
+using bf16 = uint16_t;
+
+constexpr int kGemvMaxM = 8;
+
+// What the GEMV does with each bf16-rounded output o[m, n] before storing it.
+// residual and swiglu are exclusive.
+struct GemvEpilogue {
+  // If set: y[m, n] = bf16(residual[m, n] + o[m, n]), residual [M, N]; y may alias residual
+  // (the in-place residual add of a transformer block).
+  const uint16_t* residual = nullptr;
+  // Weight rows are interleaved pairs (gate_i = row 2i, up_i = row 2i + 1), N even; y is
+  // [M, N/2]: y[m, i] = bf16(round_bf16(silu(g)) · u) with g = o[m, 2i], u = o[m, 2i + 1],
+  // silu(g) = g / (1 + expf(-g)) (the rounding points of ref::silu_mul_ref).
+  bool swiglu = false;
+};
+
+// y = bf16(Σ_k x[m, k] · w[n, k]) with f32 accumulation. x [M, K], w [N, K] bf16; K % 8 == 0
+// (16-byte rows).
+void gemv_bf16(const bf16* x, const bf16* w, bf16* y, int M, int N, int K, const GemvEpilogue& e, cudaStream_t s);
+
+// W8A8: o = bf16(acc · sx[m] · sw[n]) in double (the order of scale_rows_cols_*), xq [M, ld]
+// and wq [N, ld] codes with ld (the padded K) a multiple of 16 and pad columns zero, sx [M],
+// sw [N] f32. INT8 sums exactly in int32 (bit-equal to cuBLAS + scale_rows_cols_i32); FP8
+// sums the exact products in f32.
+void gemv_w8a8_int8(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, bf16* y, int M, int N,
+                    int ld, const GemvEpilogue& e, cudaStream_t s);
+void gemv_w8a8_fp8(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, bf16* y, int M, int N,
+                   int ld, const GemvEpilogue& e, cudaStream_t s);
+
+// The FP8 kernel's conversion without cvt instructions: an E4M3 code (s|e4|m3, bias 7) placed
+// in an f32 as s -> bit 31, e|m -> bits 20..26 reads as value(code) · 2^-120 exactly:
+// normal codes give f32 exponent field e, so 2^(e-127)(1 + m/8) = 2^(e-7)(1 + m/8) · 2^-120;
+// subnormal codes (e = 0) give the f32 subnormal (m · 2^20) · 2^-149 = m · 2^-9 · 2^-120.
+// NaN codes (0x7F, 0xFF) never occur in quantized data and are not handled.
+constexpr int kFp8TrickExponent = -120;
+LLMQ_HD uint32_t fp8e4m3_scaled_f32_bits(uint8_t code) {
+  return (static_cast<uint32_t>(code & 0x80u) << 24) | (static_cast<uint32_t>(code & 0x7Fu) << 20);
+}
+// The same for byte i (0 = lowest) of a word of four codes, without extracting the byte
+// first: sign bit 8i + 7 -> 31 and bits 8i..8i+6 -> 20..26, two shifts and a LOP3.
+LLMQ_HD uint32_t fp8x4_scaled_f32_bits(uint32_t codes, int i) {
+  const uint32_t sign = i == 3 ? codes : codes << (24 - 8 * i);
+  const uint32_t bits = i == 3 ? codes >> 4 : codes << (20 - 8 * i);
+  return (sign & 0x80000000u) | (bits & 0x07F00000u);
+}
+
+}  // namespace llmq::gpu

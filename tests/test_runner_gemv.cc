@@ -1,0 +1,323 @@
+// The decode GEMVs (runner/gemv.h) against their CPU references (runner/gemv_ref.h) on
+// awkward shapes: M = 1, 2, 3, 5, 8 token rows; N = 1, 2, 37, 130 (not multiples of the
+// kernel's 4 or 8 rows per block); K from one 16-byte chunk to Llama's 14336, with W8A8 rows
+// padded to 16 codes. Every epilogue (residual in place and not, swiglu) is checked; INT8 bit
+// for bit, BF16 and FP8 within the derived f32-summation bound. The GPU cases skip without
+// a GPU; the FP8 conversion trick, the references and the argument checks run everywhere.
+#include <gtest/gtest.h>
+
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#include "core/numeric.h"
+#include "runner/device_buffer.h"
+#include "runner/gemv.h"
+#include "runner/gemv_ref.h"
+#include "runner_test_util.h"
+
+namespace llmq {
+namespace {
+
+using testing::expect_bf16_near;
+using testing::random_bf16;
+
+constexpr int kMs[] = {1, 2, 3, 5, 8};
+constexpr int kNs[] = {1, 2, 37, 130};
+constexpr uint32_t kSeed = 20261201;
+
+template <class T>
+DeviceBuffer up(const std::vector<T>& v) { return DeviceBuffer::from_host(v); }
+
+bool is_fp8_nan(uint8_t c) { return (c & 0x7F) == 0x7F; }
+
+// ---- host: the FP8 conversion trick ----------------------------------------------------------
+
+TEST(RunnerGemv, Fp8TrickEqualsCudaConversionForAllCodes) {
+  const float undo = std::ldexp(1.0f, -gpu::kFp8TrickExponent);  // 2^120, a normal f32
+  int checked = 0, subnormal = 0;
+  for (int c = 0; c < 256; ++c) {
+    const uint8_t code = static_cast<uint8_t>(c);
+    if (is_fp8_nan(code)) continue;
+    // The trick's f32 may be subnormal (codes with exponent 0): the host keeps subnormals.
+    const float scaled = f32_from_bits(gpu::fp8e4m3_scaled_f32_bits(code));
+    const float trick = scaled * undo;
+    const __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(code), __NV_E4M3);
+    const float cuda = __half2float(__half(h));
+    EXPECT_EQ(f32_bits(trick), f32_bits(cuda)) << "code " << c;  // bits: -0 stays -0
+    EXPECT_EQ(f32_bits(trick), f32_bits(fp8e4m3_to_f32(code))) << "code " << c;
+    // The word form used by the kernel, for the code at each byte of a word of others.
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t word = (0xA5C3E1F0u & ~(0xFFu << (8 * i))) | (static_cast<uint32_t>(code) << (8 * i));
+      EXPECT_EQ(gpu::fp8x4_scaled_f32_bits(word, i), gpu::fp8e4m3_scaled_f32_bits(code)) << "code " << c << " byte " << i;
+    }
+    subnormal += (code & 0x78) == 0 && (code & 0x07) != 0;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 254);
+  EXPECT_EQ(subnormal, 14);  // both signs of mantissas 1..7 went through the subnormal path
+}
+
+// ---- host: the references on a hand-computed case --------------------------------------------
+
+TEST(RunnerGemv, ReferencesOnHandComputedCase) {
+  // One token, K = 8 ones; row 0 all 0.25 (g = 2), row 1 all 0.5 (u = 4).
+  const int K = 8;
+  std::vector<uint16_t> x(K, f32_to_bf16(1.0f)), w(2 * K);
+  for (int k = 0; k < K; ++k) w[k] = f32_to_bf16(0.25f), w[K + k] = f32_to_bf16(0.5f);
+  std::vector<uint16_t> y(2);
+  ref::gemv_bf16_ref(x.data(), w.data(), nullptr, false, y.data(), 1, 2, K);
+  EXPECT_EQ(bf16_to_f32(y[0]), 2.0f);
+  EXPECT_EQ(bf16_to_f32(y[1]), 4.0f);
+  // silu(2) = 1.7616 -> bf16 1.7578125, times 4 (exact).
+  ref::gemv_bf16_ref(x.data(), w.data(), nullptr, true, y.data(), 1, 2, K);
+  EXPECT_EQ(bf16_to_f32(y[0]), 7.03125f);
+  // In-place residual: y = bf16(r + o).
+  std::vector<uint16_t> r = {f32_to_bf16(1.5f), f32_to_bf16(-4.0f)};
+  ref::gemv_bf16_ref(x.data(), w.data(), r.data(), false, r.data(), 1, 2, K);
+  EXPECT_EQ(bf16_to_f32(r[0]), 3.5f);
+  EXPECT_EQ(bf16_to_f32(r[1]), 0.0f);
+  // W8A8: codes 2 and 3 over 16 columns, scales 0.5 and 0.25: 16 · 6 · 0.125 = 12.
+  std::vector<int8_t> xq(16, 2), wq(16, 3);
+  const float sx = 0.5f, sw = 0.25f;
+  ref::gemv_w8a8_int8_ref(xq.data(), &sx, wq.data(), &sw, nullptr, false, y.data(), 1, 1, 16);
+  EXPECT_EQ(bf16_to_f32(y[0]), 12.0f);
+  std::vector<uint8_t> xf(16, 0x40), wf(16, 0x38);  // 2.0 and 1.0 in E4M3
+  ref::gemv_w8a8_fp8_ref(xf.data(), &sx, wf.data(), &sw, nullptr, false, y.data(), 1, 1, 16);
+  EXPECT_EQ(bf16_to_f32(y[0]), 4.0f);
+}
+
+TEST(RunnerGemv, RejectsBadArguments) {
+  // The checks fire before any CUDA call, so they run without a GPU.
+  const gpu::GemvEpilogue none;
+  EXPECT_DEATH(gpu::gemv_bf16(nullptr, nullptr, nullptr, 1, 4, 12, none, nullptr), "multiple of 8");
+  EXPECT_DEATH(gpu::gemv_bf16(nullptr, nullptr, nullptr, 9, 4, 16, none, nullptr), "M 9");
+  EXPECT_DEATH(gpu::gemv_w8a8_int8(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 4, 24, none, nullptr), "multiple of 16");
+  gpu::GemvEpilogue swiglu;
+  swiglu.swiglu = true;
+  EXPECT_DEATH(gpu::gemv_w8a8_fp8(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 5, 16, swiglu, nullptr), "odd");
+}
+
+// ---- GPU: every kernel and epilogue against the reference ------------------------------------
+
+// Tolerance of a plain output (beyond the 1 ulp of expect_bf16_near), derived: the products
+// are exact in f32 (bf16 x bf16: 16 significant bits; E4M3 x E4M3: 8 bits, kept normal by the
+// kernel's scaling), so the only error before rounding is the f32 summation in the kernel's
+// order, |s_f32 - s| <= γ_K Σ|p| ≈ K · 2^-24 · Σ|p| (the reference sums in double). Rounding
+// both to bf16 adds at most 1 ulp, except across a power of two, where the ulp doubles; then
+// the sums differ by at least half an ulp already, so 1 ulp + 2δ covers it. The W8A8 scaling
+// (· sx · sw in double) is the same on both sides.
+std::vector<double> f32_sum_tolerance(const std::vector<double>& abs_sum, int K) {
+  std::vector<double> tol(abs_sum.size());
+  for (size_t i = 0; i < tol.size(); ++i) tol[i] = 2.0 * K * std::ldexp(1.0, -24) * abs_sum[i];
+  return tol;
+}
+
+// Σ_k |x[m, k] · w[n, k]| · scale[m, n] for values given by value(code).
+template <class Code, class Value>
+std::vector<double> abs_sums(const std::vector<Code>& x, const std::vector<Code>& w, int M, int N, int ld,
+                             Value value, const float* sx = nullptr, const float* sw = nullptr) {
+  std::vector<double> out(static_cast<size_t>(M) * N);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double s = 0.0;
+      for (int k = 0; k < ld; ++k)
+        s += std::fabs(static_cast<double>(value(x[static_cast<size_t>(m) * ld + k])) *
+                       value(w[static_cast<size_t>(n) * ld + k]));
+      out[static_cast<size_t>(m) * N + n] = s * (sx ? double(sx[m]) * sw[n] : 1.0);
+    }
+  return out;
+}
+
+struct Bf16Case {
+  static constexpr bool kExact = false;
+  int M, N, K;
+  std::vector<uint16_t> x, w;  // [M, K], [N, K]
+  DeviceBuffer dx, dw;
+
+  Bf16Case(int M_, int N_, int K_, std::mt19937& rng) : M(M_), N(N_), K(K_) {
+    x = random_bf16(static_cast<size_t>(M) * K, rng);
+    w = random_bf16(static_cast<size_t>(N) * K, rng, 0.05f);
+    dx = up(x);
+    dw = up(w);
+  }
+  void gpu(uint16_t* y, const gpu::GemvEpilogue& e) const {
+    gpu::gemv_bf16(dx.as<uint16_t>(), dw.as<uint16_t>(), y, M, N, K, e, nullptr);
+  }
+  void ref(const uint16_t* residual, bool swiglu, uint16_t* y) const {
+    ref::gemv_bf16_ref(x.data(), w.data(), residual, swiglu, y, M, N, K);
+  }
+  std::vector<double> tolerance() const {
+    return f32_sum_tolerance(abs_sums(x, w, M, N, K, [](uint16_t v) { return bf16_to_f32(v); }), K);
+  }
+};
+
+// W8A8 codes [rows, ld] with K real columns and zero padding up to ld (as the engine pads).
+template <class Code>
+struct W8A8Case {
+  static constexpr bool kExact = std::is_same_v<Code, int8_t>;
+  int M, N, K, ld;
+  std::vector<Code> xq, wq;
+  std::vector<float> sx, sw;
+  DeviceBuffer dxq, dwq, dsx, dsw;
+
+  static Code random_code(std::mt19937& rng) {
+    if constexpr (kExact) return static_cast<Code>(static_cast<int>(rng() % 255) - 127);
+    for (;;) {  // every E4M3 code but NaN, subnormals included
+      const uint8_t c = static_cast<uint8_t>(rng());
+      if (!is_fp8_nan(c)) return c;
+    }
+  }
+  static float value(Code c) {
+    if constexpr (kExact) return static_cast<float>(c);
+    else return fp8e4m3_to_f32(c);
+  }
+  W8A8Case(int M_, int N_, int K_, std::mt19937& rng) : M(M_), N(N_), K(K_), ld((K_ + 15) / 16 * 16) {
+    xq.assign(static_cast<size_t>(M) * ld, Code(0));
+    wq.assign(static_cast<size_t>(N) * ld, Code(0));
+    for (int m = 0; m < M; ++m)
+      for (int k = 0; k < K; ++k) xq[static_cast<size_t>(m) * ld + k] = random_code(rng);
+    for (int n = 0; n < N; ++n)
+      for (int k = 0; k < K; ++k) wq[static_cast<size_t>(n) * ld + k] = random_code(rng);
+    sx.resize(M);
+    sw.resize(N);
+    for (auto& s : sx) s = 0.001f * (1 + rng() % 50);
+    for (auto& s : sw) s = 0.0001f * (1 + rng() % 50);
+    dxq = up(xq), dwq = up(wq), dsx = up(sx), dsw = up(sw);
+  }
+  void gpu(uint16_t* y, const gpu::GemvEpilogue& e) const {
+    if constexpr (kExact)
+      gpu::gemv_w8a8_int8(dxq.as<int8_t>(), dsx.as<float>(), dwq.as<int8_t>(), dsw.as<float>(), y, M, N, ld, e, nullptr);
+    else
+      gpu::gemv_w8a8_fp8(dxq.as<uint8_t>(), dsx.as<float>(), dwq.as<uint8_t>(), dsw.as<float>(), y, M, N, ld, e, nullptr);
+  }
+  void ref(const uint16_t* residual, bool swiglu, uint16_t* y) const {
+    if constexpr (kExact)
+      ref::gemv_w8a8_int8_ref(xq.data(), sx.data(), wq.data(), sw.data(), residual, swiglu, y, M, N, ld);
+    else
+      ref::gemv_w8a8_fp8_ref(xq.data(), sx.data(), wq.data(), sw.data(), residual, swiglu, y, M, N, ld);
+  }
+  std::vector<double> tolerance() const {
+    return f32_sum_tolerance(abs_sums(xq, wq, M, N, ld, value, sx.data(), sw.data()), ld);
+  }
+};
+
+// The plain product against the reference, then each epilogue against the reference's
+// epilogue (runner/gemv_ref.h) applied to the kernel's own plain product: the kernel sums in
+// the same order with or without an epilogue, so residual adds must match bit for bit and
+// swiglu within 2 ulps (expf vs the host's exp can differ by 2 f32 ulps, which may flip the
+// bf16 rounding of silu and, through it, of the product). Exact formats also match the full
+// reference with the epilogue.
+template <class Case>
+void check_all_epilogues(const Case& c, std::mt19937& rng) {
+  const int M = c.M, N = c.N;
+  const size_t n_out = static_cast<size_t>(M) * N;
+  std::vector<uint16_t> ref(n_out);
+  c.ref(nullptr, false, ref.data());
+  DeviceBuffer dy(n_out * 2);
+  c.gpu(dy.as<uint16_t>(), {});
+  const std::vector<uint16_t> plain = dy.to_host<uint16_t>();
+  if (Case::kExact) EXPECT_EQ(plain, ref) << "plain";
+  else expect_bf16_near(plain, ref, 1.0, c.tolerance(), "plain");
+  c.gpu(dy.as<uint16_t>(), {});
+  EXPECT_EQ(dy.to_host<uint16_t>(), plain) << "not deterministic";
+
+  const std::vector<uint16_t> residual = random_bf16(n_out, rng, 2.0f);
+  std::vector<uint16_t> want(n_out), full(n_out);
+  ref::gemv_epilogue_ref(plain.data(), residual.data(), false, want.data(), M, N);
+  DeviceBuffer in_place = up(residual), separate = up(residual);
+  gpu::GemvEpilogue add;
+  add.residual = in_place.as<uint16_t>();
+  c.gpu(in_place.as<uint16_t>(), add);
+  EXPECT_EQ(in_place.to_host<uint16_t>(), want) << "residual in place";
+  add.residual = separate.as<uint16_t>();
+  c.gpu(dy.as<uint16_t>(), add);
+  EXPECT_EQ(dy.to_host<uint16_t>(), want) << "residual";
+  EXPECT_EQ(separate.to_host<uint16_t>(), residual) << "the residual input was written";
+  if (Case::kExact) {
+    c.ref(residual.data(), false, full.data());
+    EXPECT_EQ(want, full) << "residual vs the full reference";
+  }
+
+  if (N % 2 != 0) return;
+  std::vector<uint16_t> want_act(n_out / 2), full_act(n_out / 2);
+  ref::gemv_epilogue_ref(plain.data(), nullptr, true, want_act.data(), M, N);
+  DeviceBuffer act(n_out);  // [M, N/2] bf16
+  gpu::GemvEpilogue swiglu;
+  swiglu.swiglu = true;
+  c.gpu(act.as<uint16_t>(), swiglu);
+  const std::vector<uint16_t> got_act = act.to_host<uint16_t>();
+  expect_bf16_near(got_act, want_act, 2.0, {}, "swiglu");
+  if (Case::kExact) {
+    c.ref(nullptr, true, full_act.data());
+    expect_bf16_near(got_act, full_act, 2.0, {}, "swiglu vs the full reference");
+  }
+}
+
+template <class Case>
+void check_shapes(std::initializer_list<int> ks, int seed_offset) {
+  for (int K : ks)
+    for (int N : kNs)
+      for (int M : kMs) {
+        const uint32_t seed = kSeed + seed_offset + M * 131 + N * 7 + K;
+        SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " K " << K << " seed " << seed);
+        std::mt19937 rng(seed);
+        const Case c(M, N, K, rng);
+        check_all_epilogues(c, rng);
+      }
+}
+
+TEST(RunnerGemv, Bf16MatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  check_shapes<Bf16Case>({8, 136, 4104, 14336}, 0);
+}
+
+TEST(RunnerGemv, Int8IsBitExact) {
+  LLMQ_REQUIRE_GPU();
+  check_shapes<W8A8Case<int8_t>>({16, 136, 4104, 14336}, 1);
+}
+
+TEST(RunnerGemv, Fp8MatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  check_shapes<W8A8Case<uint8_t>>({16, 136, 4104, 14336}, 2);
+}
+
+// Every E4M3 code through the kernel's conversion on each side of the product: a one-hot
+// operand (code 0x38 = 1.0) picks single codes out, so each output is one code's value,
+// exactly (subnormal codes included, which checks the device keeps f32 subnormals).
+TEST(RunnerGemv, Fp8EveryCodeIsExactOnTheDevice) {
+  LLMQ_REQUIRE_GPU();
+  const int codes = 256, M = 1;
+  std::vector<uint8_t> all(codes), one_hot_rows(static_cast<size_t>(codes) * codes, 0), x_one(codes, 0);
+  for (int c = 0; c < codes; ++c) all[c] = is_fp8_nan(static_cast<uint8_t>(c)) ? 0 : static_cast<uint8_t>(c);
+  for (int n = 0; n < codes; ++n) one_hot_rows[static_cast<size_t>(n) * codes + n] = 0x38;
+  x_one[0] = 0x38;
+  std::vector<uint8_t> w_first(static_cast<size_t>(codes) * codes, 0);  // row n: code n in column 0
+  for (int n = 0; n < codes; ++n) w_first[static_cast<size_t>(n) * codes] = all[n];
+  const std::vector<float> one(codes, 1.0f);
+  DeviceBuffer ds = up(one), dy(codes * 2);
+  struct Side { const char* name; const std::vector<uint8_t>& x; const std::vector<uint8_t>& w; };
+  for (const Side& side : {Side{"weights", x_one, w_first}, Side{"activations", all, one_hot_rows}}) {
+    SCOPED_TRACE(side.name);
+    std::vector<uint16_t> ref(codes);
+    ref::gemv_w8a8_fp8_ref(side.x.data(), one.data(), side.w.data(), one.data(), nullptr, false, ref.data(), M, codes,
+                           codes);
+    DeviceBuffer dx = up(side.x), dw = up(side.w);
+    gpu::gemv_w8a8_fp8(dx.as<uint8_t>(), ds.as<float>(), dw.as<uint8_t>(), ds.as<float>(), dy.as<uint16_t>(), M, codes,
+                       codes, {}, nullptr);
+    const std::vector<uint16_t> got = dy.to_host<uint16_t>();
+    EXPECT_EQ(got, ref);
+    for (int c = 0; c < codes; ++c) {
+      if (is_fp8_nan(static_cast<uint8_t>(c))) continue;
+      EXPECT_EQ(bf16_to_f32(got[c]), fp8e4m3_to_f32(static_cast<uint8_t>(c))) << "code " << c;  // -0 sums to +0
+    }
+  }
+}
+
+}  // namespace
+}  // namespace llmq
