@@ -18,75 +18,16 @@
 
 #include "quantizers/gptq.h"
 #include "quantizers/rtn.h"
+#include "gptq_test_util.h"
 
 namespace llmq {
 namespace {
 
-Tensor random_weight(int64_t out, int64_t in, unsigned seed, float std_dev = 0.02f) {
-  Tensor w(DType::kF32, {out, in});
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, std_dev);
-  for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = d(rng);
-  return w;
-}
-
-// H = X^T X / N with X [N, in]: AR(1)-correlated columns (rho 0.9) with log-normal column
-// scales, so neighbouring columns are strongly correlated and diag(H) spans a wide range;
-// the columns in `dead` are all zero (their H rows/columns are exactly 0).
-// shift: subtract shift * mean(diag) * I (makes a rank-deficient H indefinite).
-Tensor correlated_hessian(int64_t in, unsigned seed, const std::vector<int64_t>& dead, int64_t tokens = -1,
-                          double shift = 0.0) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> z(0.0, 1.0);
-  const int64_t N = tokens > 0 ? tokens : 2 * in;
-  std::vector<double> scale(in);  // [in]
-  for (auto& s : scale) s = std::exp(0.7 * z(rng));
-  Eigen::MatrixXd x(N, in);  // [N, in]
-  const double rho = 0.9;
-  for (int64_t t = 0; t < N; ++t) {
-    double prev = z(rng);
-    for (int64_t k = 0; k < in; ++k) {
-      prev = rho * prev + std::sqrt(1 - rho * rho) * z(rng);
-      x(t, k) = scale[k] * prev;
-    }
-  }
-  for (int64_t k : dead) x.col(k).setZero();
-  Eigen::MatrixXd h = x.transpose() * x / static_cast<double>(N);  // [in, in]
-  if (shift != 0) h.diagonal().array() -= shift * h.diagonal().mean();
-  Tensor out(DType::kF32, {in, in});
-  for (int64_t i = 0; i < in; ++i)
-    for (int64_t j = 0; j < in; ++j) out.data<float>()[i * in + j] = static_cast<float>(h(i, j));
-  return out;
-}
-
-Tensor diagonal_hessian(int64_t in, unsigned seed) {  // seed 0: identity
-  Tensor h(DType::kF32, {in, in});
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(0.1f, 10.0f);
-  for (int64_t k = 0; k < in; ++k) h.data<float>()[k * in + k] = seed == 0 ? 1.0f : d(rng);
-  return h;
-}
-
-Int4Config rtn_config(const GptqConfig& c) { return Int4Config{c.group_size, c.range, c.scale_dtype, c.min_zero}; }
-
-// tr(E H E^T) with E = W - deq, everything in float64, the plain triple loop.
-double trace_ehe(const Tensor& w, const Tensor& deq, const Tensor& h) {
-  const int64_t out = w.dim(0), in = w.dim(1);
-  const float* a = w.data<float>();
-  const float* b = deq.data<float>();
-  const float* hh = h.data<float>();
-  double t = 0;
-  std::vector<double> e(in);
-  for (int64_t n = 0; n < out; ++n) {
-    for (int64_t k = 0; k < in; ++k) e[k] = static_cast<double>(a[n * in + k]) - b[n * in + k];
-    for (int64_t i = 0; i < in; ++i) {
-      double s = 0;
-      for (int64_t j = 0; j < in; ++j) s += hh[i * in + j] * e[j];
-      t += e[i] * s;
-    }
-  }
-  return t;
-}
+using testing::correlated_hessian;
+using testing::diagonal_hessian;
+using testing::random_weight;
+using testing::rtn_config;
+using testing::trace_ehe;
 
 Tensor zeros_like_weight(const Tensor& w) { return Tensor(DType::kF32, w.shape()); }
 
@@ -160,7 +101,7 @@ TEST(Gptq, DiagonalHessianEqualsRtn) {
       for (DType sd : {DType::kF16, DType::kBF16}) {
         for (int64_t gs : {128, 32}) {
           for (int min_zero : {0, 1}) {
-            SCOPED_TRACE(testing::Message() << "weight seed 7, hessian seed " << hseed << " range "
+            SCOPED_TRACE(::testing::Message() << "weight seed 7, hessian seed " << hseed << " range "
                                             << int(range) << " scale " << dtype_name(sd) << " group " << gs
                                             << " min_zero " << min_zero);
             GptqConfig c;
@@ -197,7 +138,7 @@ TEST(Gptq, MseClipWithIdentityHessianNeverWorseThanMinMax) {
   const Tensor w = random_weight(8, 256, seed);
   const Tensor h = diagonal_hessian(256, 0);
   for (Int4Range range : {Int4Range::kSymmetric, Int4Range::kAsymWithZero}) {
-    SCOPED_TRACE(testing::Message() << "seed " << seed << " range " << int(range));
+    SCOPED_TRACE(::testing::Message() << "seed " << seed << " range " << int(range));
     GptqConfig c;
     c.range = range;
     c.mse_clip = true;
@@ -233,7 +174,7 @@ TEST(Gptq, BeatsRtnOnCorrelatedHessian) {
   for (Int4Range range : {Int4Range::kSymmetric, Int4Range::kAsymWithZero}) {
     for (bool act_order : {false, true}) {
       for (bool mse : {false, true}) {
-        SCOPED_TRACE(testing::Message() << "weight seed " << wseed << " hessian seed " << hseed << " range "
+        SCOPED_TRACE(::testing::Message() << "weight seed " << wseed << " hessian seed " << hseed << " range "
                                         << int(range) << " act_order " << act_order << " mse " << mse);
         GptqConfig c;
         c.range = range;
@@ -274,7 +215,7 @@ TEST(Gptq, MatchesUnbatchedReferenceForEveryBlockLayout) {
   };
   for (Layout l : {Layout{128, 128}, Layout{128, 96}, Layout{32, 96}, Layout{128, 32}, Layout{32, 128}}) {
     for (bool act_order : {false, true}) {
-      SCOPED_TRACE(testing::Message() << "seeds " << wseed << "/" << hseed << " group " << l.group << " block "
+      SCOPED_TRACE(::testing::Message() << "seeds " << wseed << "/" << hseed << " group " << l.group << " block "
                                       << l.block << " act_order " << act_order);
       GptqConfig c;
       c.group_size = l.group;
@@ -302,7 +243,7 @@ TEST(Gptq, ActOrderWithDiagonalHessianIsRtnOfPermutedWeights) {
   const std::vector<int64_t> perm = act_order_perm(h);
   for (Int4Range range : {Int4Range::kSymmetric, Int4Range::kAsymWithZero}) {
     for (int64_t gs : {128, 32}) {
-      SCOPED_TRACE(testing::Message() << "seeds " << wseed << "/" << hseed << " range " << int(range) << " group "
+      SCOPED_TRACE(::testing::Message() << "seeds " << wseed << "/" << hseed << " range " << int(range) << " group "
                                       << gs);
       GptqConfig c;
       c.range = range;
@@ -335,7 +276,7 @@ TEST(Gptq, ActOrderGidxIsAValidGroupAssignment) {
   const Tensor w = random_weight(out, in, wseed);
   const Tensor h = correlated_hessian(in, hseed, dead);
   for (int64_t gs : {128, 32}) {
-    SCOPED_TRACE(testing::Message() << "seeds " << wseed << "/" << hseed << " group " << gs);
+    SCOPED_TRACE(::testing::Message() << "seeds " << wseed << "/" << hseed << " group " << gs);
     GptqConfig c;
     c.group_size = gs;
     c.act_order = true;
@@ -405,7 +346,7 @@ TEST(Gptq, AwkwardShapes) {
       for (Layout l : {Layout{128, 128}, Layout{128, 96}, Layout{32, 96}, Layout{128, 200}}) {
         for (bool act_order : {false, true}) {
           ++seed;
-          SCOPED_TRACE(testing::Message() << "seed " << seed << " out " << out << " in " << in << " group "
+          SCOPED_TRACE(::testing::Message() << "seed " << seed << " out " << out << " in " << in << " group "
                                           << l.group << " block " << l.block << " act_order " << act_order);
           const Tensor w = random_weight(out, in, seed);
           GptqConfig c;

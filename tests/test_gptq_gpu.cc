@@ -22,6 +22,7 @@
 #include "quantizers/gptq.h"
 #include "quantizers/rtn.h"
 #include "runner/device_buffer.h"
+#include "gptq_test_util.h"
 #include "runner_test_util.h"
 
 namespace llmq {
@@ -29,75 +30,12 @@ namespace {
 
 constexpr double kU32 = 0x1p-24;  // unit roundoff of float32
 
-Tensor random_weight(int64_t out, int64_t in, unsigned seed, float std_dev = 0.02f) {
-  Tensor w(DType::kF32, {out, in});
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, std_dev);
-  for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = d(rng);
-  return w;
-}
-
-// X [N, in]: AR(1)-correlated columns (rho 0.9), log-normal column scales, `dead` columns zero.
-Eigen::MatrixXd correlated_inputs(int64_t N, int64_t in, unsigned seed, const std::vector<int64_t>& dead) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> z(0.0, 1.0);
-  std::vector<double> scale(in);  // [in]
-  for (auto& s : scale) s = std::exp(0.7 * z(rng));
-  Eigen::MatrixXd x(N, in);  // [N, in]
-  const double rho = 0.9;
-  for (int64_t t = 0; t < N; ++t) {
-    double prev = z(rng);
-    for (int64_t k = 0; k < in; ++k) {
-      prev = rho * prev + std::sqrt(1 - rho * rho) * z(rng);
-      x(t, k) = scale[k] * prev;
-    }
-  }
-  for (int64_t k : dead) x.col(k).setZero();
-  return x;
-}
-
-// H = X^T X / N as float32 (test_gptq.cc's correlated_hessian); shift subtracts
-// shift * mean(diag) * I (indefinite when N < in).
-Tensor correlated_hessian(int64_t in, unsigned seed, const std::vector<int64_t>& dead, int64_t tokens = -1,
-                          double shift = 0.0) {
-  const int64_t N = tokens > 0 ? tokens : 2 * in;
-  const Eigen::MatrixXd x = correlated_inputs(N, in, seed, dead);
-  Eigen::MatrixXd h = x.transpose() * x / static_cast<double>(N);  // [in, in]
-  if (shift != 0) h.diagonal().array() -= shift * h.diagonal().mean();
-  Tensor out(DType::kF32, {in, in});
-  for (int64_t i = 0; i < in; ++i)
-    for (int64_t j = 0; j < in; ++j) out.data<float>()[i * in + j] = static_cast<float>(h(i, j));
-  return out;
-}
-
-Tensor diagonal_hessian(int64_t in, unsigned seed) {  // seed 0: identity
-  Tensor h(DType::kF32, {in, in});
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(0.1f, 10.0f);
-  for (int64_t k = 0; k < in; ++k) h.data<float>()[k * in + k] = seed == 0 ? 1.0f : d(rng);
-  return h;
-}
-
-Int4Config rtn_config(const GptqConfig& c) { return Int4Config{c.group_size, c.range, c.scale_dtype, c.min_zero}; }
-
-// tr(E H E^T) with E = W - deq, in float64, the plain triple loop.
-double trace_ehe(const Tensor& w, const Tensor& deq, const Tensor& h) {
-  const int64_t out = w.dim(0), in = w.dim(1);
-  const float* a = w.data<float>();
-  const float* b = deq.data<float>();
-  const float* hh = h.data<float>();
-  double t = 0;
-  std::vector<double> e(in);
-  for (int64_t n = 0; n < out; ++n) {
-    for (int64_t k = 0; k < in; ++k) e[k] = static_cast<double>(a[n * in + k]) - b[n * in + k];
-    for (int64_t i = 0; i < in; ++i) {
-      double s = 0;
-      for (int64_t j = 0; j < in; ++j) s += hh[i * in + j] * e[j];
-      t += e[i] * s;
-    }
-  }
-  return t;
-}
+using testing::correlated_hessian;
+using testing::correlated_inputs;
+using testing::diagonal_hessian;
+using testing::random_weight;
+using testing::rtn_config;
+using testing::trace_ehe;
 
 void expect_same_tensor(const Tensor& a, const Tensor& b, const char* what) {
   ASSERT_EQ(a.shape(), b.shape()) << what;

@@ -8,17 +8,12 @@
 #include "core/numeric.h"
 #include "quantizers/fp8.h"
 #include "quantizers/rtn.h"
+#include "gptq_test_util.h"
 
 namespace llmq {
 namespace {
 
-Tensor random_weight(int64_t out, int64_t in, unsigned seed, float std_dev = 0.02f) {
-  Tensor w(DType::kF32, {out, in});
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, std_dev);
-  for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = d(rng);
-  return w;
-}
+using testing::random_weight;
 
 TEST(Int4Grid, ReferenceConventions) {
   // Symmetric: s = amax / 7.5, zero 8; -amax -> code 0, +amax -> code 15 (clamped from 16).
