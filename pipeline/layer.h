@@ -78,6 +78,10 @@ void measure_error(const Tensor& w, const QuantizedLinear& q, const Tensor* hess
 // (folding keeps the float function unchanged), and keeps ctx.activations current.
 Expected<LayerResult> quantize_layer_rtn(LayerWeights& w, LayerContext& ctx);  // fp8, rtn-int4, rtn-int8
 Expected<LayerResult> quantize_layer_smoothquant(LayerWeights& w, LayerContext& ctx);
+// int8-sq from statistics of the float layer's inputs already collected (min, max, abs_max of
+// attn_in and mlp_in are used): the GPU path's entry, which collects them on the device.
+Expected<LayerResult> quantize_layer_smoothquant_with_stats(LayerWeights& w, LayerContext& ctx,
+                                                            const std::array<InputStats, kNumLinearInputs>& stats);
 Expected<LayerResult> quantize_layer_gptq(LayerWeights& w, LayerContext& ctx);
 Expected<LayerResult> quantize_layer_awq(LayerWeights& w, LayerContext& ctx);
 

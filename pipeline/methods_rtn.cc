@@ -9,7 +9,12 @@ namespace llmq {
 
 Expected<LayerResult> quantize_layer_rtn(LayerWeights& w, LayerContext& ctx) {
   const MethodSettings& m = ctx.settings;
+  if (m.method != QuantMethod::kFp8 && m.method != QuantMethod::kRtnInt8 && m.method != QuantMethod::kRtnInt4)
+    return Status::error("quantize_layer_rtn: not an RTN method");
   LayerResult result;
+  // The linears are independent (each writes only its own slot), so they run in parallel; the
+  // results do not depend on the thread count.
+#pragma omp parallel for schedule(dynamic, 1)
   for (int s = 0; s < kNumLinearSlots; ++s) {
     const LinearSlot slot = static_cast<LinearSlot>(s);
     if (!ctx.plan.quantizes(w.index, slot)) continue;
@@ -28,7 +33,7 @@ Expected<LayerResult> quantize_layer_rtn(LayerWeights& w, LayerContext& ctx) {
         q = quantize_rtn_int4(weight.view(), c);
         break;
       }
-      default: return Status::error("quantize_layer_rtn: not an RTN method");
+      default: break;  // excluded above
     }
     QuantReport& report = result.reports[static_cast<size_t>(s)];
     const Tensor* hessian = nullptr;

@@ -23,20 +23,32 @@ struct SmoothGroup {
 }  // namespace
 
 Expected<LayerResult> quantize_layer_smoothquant(LayerWeights& w, LayerContext& ctx) {
-  const MethodSettings& m = ctx.settings;
   // Statistics of the float model (SmoothQuant smooths every layer with the activations of
   // the unmodified model, as llm-compressor's calibration pass records them).
-  std::array<InputStats, kNumLinearInputs> computed;
   const bool from_file = ctx.calib != nullptr;
-  if (!from_file) {
-    if (ctx.activations.empty()) return Status::error("int8-sq needs calibration (--calib or --dataset)");
-    const DecoderLayer layer = make_decoder_layer(w);
-    LLMQ_ASSIGN_OR_RETURN(computed, collect_layer_stats(layer, ctx.config, ctx.activations, /*hessian=*/false));
-    LLMQ_RETURN_IF_ERROR(forward_layer(layer, ctx.config, ctx.activations));
+  if (from_file) {
+    std::array<InputStats, kNumLinearInputs> stats;
+    for (LinearInput in : kAllLinearInputs) {
+      const InputStats& f = ctx.calib->stats(w.index, in);
+      InputStats& t = stats[static_cast<size_t>(in)];
+      t.tokens = f.tokens;
+      t.abs_max = Tensor::copy_of(f.abs_max.view());
+      t.min = Tensor::copy_of(f.min.view());
+      t.max = Tensor::copy_of(f.max.view());
+    }
+    return quantize_layer_smoothquant_with_stats(w, ctx, stats);
   }
-  auto stats_of = [&](LinearInput in) -> const InputStats& {
-    return from_file ? ctx.calib->stats(w.index, in) : computed[static_cast<size_t>(in)];
-  };
+  if (ctx.activations.empty()) return Status::error("int8-sq needs calibration (--calib or --dataset)");
+  const DecoderLayer layer = make_decoder_layer(w);
+  LLMQ_ASSIGN_OR_RETURN(auto computed, collect_layer_stats(layer, ctx.config, ctx.activations, /*hessian=*/false));
+  LLMQ_RETURN_IF_ERROR(forward_layer(layer, ctx.config, ctx.activations));
+  return quantize_layer_smoothquant_with_stats(w, ctx, computed);
+}
+
+Expected<LayerResult> quantize_layer_smoothquant_with_stats(LayerWeights& w, LayerContext& ctx,
+                                                            const std::array<InputStats, kNumLinearInputs>& stats) {
+  const MethodSettings& m = ctx.settings;
+  auto stats_of = [&](LinearInput in) -> const InputStats& { return stats[static_cast<size_t>(in)]; };
 
   LayerResult result;
   SmoothQuantConfig sq;

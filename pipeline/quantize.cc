@@ -1,5 +1,7 @@
 #include "pipeline/quantize.h"
 
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -8,6 +10,8 @@
 #include "core/progress.h"
 #include "formats/tokenizer.h"
 #include "pipeline/output_writer.h"
+#include "pipeline/quantize_gpu.h"
+#include "runner/device.h"
 
 namespace llmq {
 namespace {
@@ -15,9 +19,33 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// Peak resident set of this process so far (Linux reports ru_maxrss in KiB).
+uint64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<uint64_t>(u.ru_maxrss) * 1024;
+}
+
+// --device: gpu takes the GPU path or fails; auto takes it where there is a GPU and the method
+// runs there (all but awq); cpu never.
+Expected<bool> use_gpu(const QuantizeOptions& o, QuantMethod method) {
+  if (o.device == "cpu") return false;
+  const GpuInfo gpu = query_gpu();
+  if (o.device == "gpu") {
+    if (!gpu.available) return Status::error("--device gpu: " + gpu.why_not);
+    if (!gpu_quantize_supported(method))
+      return Status::error("--device gpu: --method " + std::string(method_info(method).name) +
+                           " runs on the CPU only for now (use --device cpu or auto)");
+    return true;
+  }
+  return gpu.available && gpu_quantize_supported(method);
+}
+
 Status validate_options(const QuantizeOptions& o, QuantMethod method) {
   const std::string m = std::string(method_info(method).name);
   if (o.out.empty()) return Status::error("quantize: --out is required");
+  if (o.device != "auto" && o.device != "cpu" && o.device != "gpu")
+    return Status::error("--device must be cpu, gpu or auto, not '" + o.device + "'");
   if (o.samples < 1) return Status::error("quantize: --samples must be at least 1");
   if (o.seq_len < 2) return Status::error("quantize: --seq-len must be at least 2");
   if (!(o.damp_percent > 0 && o.damp_percent < 1)) return Status::error("quantize: --damp must be in (0, 1)");
@@ -103,6 +131,7 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
   const MethodInfo& info = method_info(method);
   LLMQ_ASSIGN_OR_RETURN(const QuantFormat format, resolve_format(info, o.format));
   LLMQ_RETURN_IF_ERROR(validate_options(o, method));
+  LLMQ_ASSIGN_OR_RETURN(const bool gpu, use_gpu(o, method));
 
   MethodSettings settings;
   settings.method = method;
@@ -155,9 +184,16 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
   if (needs_samples && o.dataset.path.empty() && !calib)
     return Status::error("--method " + std::string(info.name) + " needs calibration: give --dataset FILE or --calib FILE");
   std::vector<Tensor> activations;
+  std::unique_ptr<GpuQuantizeSession> session;  // the GPU path: activations live on the device
   if (needs_samples) {
     LLMQ_ASSIGN_OR_RETURN(const auto samples, load_samples(o, ckpt, calib.get(), calib_record));
-    LLMQ_ASSIGN_OR_RETURN(activations, embed_samples(ckpt, samples));
+    if (gpu) {
+      LLMQ_ASSIGN_OR_RETURN(session, GpuQuantizeSession::create(ckpt, samples));
+    } else {
+      LLMQ_ASSIGN_OR_RETURN(activations, embed_samples(ckpt, samples));
+    }
+  } else if (gpu) {
+    LLMQ_ASSIGN_OR_RETURN(session, GpuQuantizeSession::create(ckpt, {}));
   }
   std::vector<std::string> warnings = plan.warnings;
   if (!info.needs_calibration && (!o.dataset.path.empty() || !o.calib.empty()))
@@ -176,14 +212,17 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
   QuantizeResult result;
   nlohmann::ordered_json layer_records = nlohmann::ordered_json::array();
   nlohmann::ordered_json layer_seconds = nlohmann::ordered_json::array();
+  double load_seconds = 0, write_seconds = 0;
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     const auto t_layer = Clock::now();
     LLMQ_ASSIGN_OR_RETURN(LayerWeights w, load_layer_weights(ckpt, l));
+    load_seconds += seconds_since(t_layer);
     LayerContext ctx{config, plan, settings, activations, calib.get()};
-    auto done = run_method(method, w, ctx);
+    auto done = session ? session->run_layer(w, ctx) : run_method(method, w, ctx);
     if (!done) return done.status().with_context("layer " + std::to_string(l));
     LayerResult& r = *done;
 
+    const auto t_write = Clock::now();
     nlohmann::ordered_json linears = nlohmann::ordered_json::object();
     LLMQ_RETURN_IF_ERROR(writer.add_float(layer_tensor_name(l, "input_layernorm.weight"), w.input_layernorm));
     LLMQ_RETURN_IF_ERROR(
@@ -201,6 +240,7 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
       }
     }
     layer_records.push_back({{"layer", l}, {"linears", std::move(linears)}, {"method", std::move(r.notes)}});
+    write_seconds += seconds_since(t_write);
     layer_seconds.push_back(seconds_since(t_layer));
     if (progress) progress->update(l + 1);
   }
@@ -234,9 +274,20 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
   report["unquantized"] = plan.ignored;
   report["warnings"] = warnings;
   report["layers"] = std::move(layer_records);
+  result.device = session ? session->device_label() : "cpu";
   result.seconds = seconds_since(t0);
-  // Wall-clock times: the only part of the output that differs between identical runs.
-  report["timings"] = {{"total_s", result.seconds}, {"calibration_s", calib_seconds}, {"layers_s", layer_seconds}};
+  // Wall-clock times and memory high-water marks: the only part of the output that differs
+  // between identical runs. Stages: reading the layers (load), the method (quantize: on the
+  // GPU path split further in "gpu"), writing them (write).
+  nlohmann::ordered_json stages = {{"load_s", load_seconds}, {"write_s", write_seconds}};
+  if (session) stages["gpu"] = session->stage_seconds();
+  report["timings"] = {{"total_s", result.seconds},
+                       {"calibration_s", calib_seconds},
+                       {"layers_s", layer_seconds},
+                       {"stages", std::move(stages)},
+                       {"device", result.device},
+                       {"peak_host_rss_bytes", peak_rss_bytes()},
+                       {"peak_gpu_bytes", session ? session->peak_device_bytes() : 0}};
   LLMQ_RETURN_IF_ERROR(writer.finish(o.model_dir, report));
   result.out = o.out;
   result.warnings = std::move(warnings);
@@ -245,9 +296,9 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
 
 Status run_quantize(const QuantizeOptions& opts) {
   LLMQ_ASSIGN_OR_RETURN(QuantizeResult r, quantize(opts));
-  std::printf("wrote %s: %s, %lld linears quantized, %lld left unquantized (+ lm_head), %.1f s\n", r.out.c_str(),
-              opts.method.c_str(), static_cast<long long>(r.quantized_linears),
-              static_cast<long long>(r.ignored_linears), r.seconds);
+  std::printf("wrote %s: %s, %lld linears quantized, %lld left unquantized (+ lm_head), %.1f s on %s\n",
+              r.out.c_str(), opts.method.c_str(), static_cast<long long>(r.quantized_linears),
+              static_cast<long long>(r.ignored_linears), r.seconds, r.device.c_str());
   return Status::ok();
 }
 

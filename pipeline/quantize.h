@@ -54,6 +54,9 @@ struct QuantizeOptions {
 
   uint64_t max_shard_bytes = 5'000'000'000ULL;
   bool progress = true;
+  // Where the per-layer work runs: "gpu" (pipeline/quantize_gpu.h; every method but awq),
+  // "cpu", or "auto" (the GPU when there is one and the method runs there).
+  std::string device = "auto";
 };
 
 struct QuantizeResult {
@@ -61,6 +64,7 @@ struct QuantizeResult {
   int64_t quantized_linears = 0;
   int64_t ignored_linears = 0;
   double seconds = 0;
+  std::string device;  // "cpu" or "cuda:NAME"
   std::vector<std::string> warnings;
 };
 

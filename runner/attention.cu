@@ -1,16 +1,23 @@
-// Causal GQA attention over the BF16 KV cache, for decode (one row per sequence) and prefill
-// (many rows per sequence) alike: one block per (token row, kv head) computes the G = n_q /
-// n_kv query heads that share that kv head, so each K/V row is read once for all of them.
-// Scores for all visible positions live in shared memory (so the cache capacity is bounded by
-// attention_max_capacity), softmax is exact (max, then exp), and P·V is split over position
-// slices that are summed at the end. Rounding as model/llama.cc's flash-SDPA emulation.
+// Causal GQA attention over the BF16 KV cache (kernels.h), two ways:
+//  - split (decode; a workspace is given and the call has at most 8 * workspace_rows rows):
+//    flash-decoding over position chunks, two kernels per group of rows (see "split over
+//    position chunks" below); made to stream K and V at HBM bandwidth.
+//  - one block per (token row, kv head), for calls without a workspace or with more rows:
+//    prefill-shaped calls the tensor-core kernel (attention_prefill.h) does not take (tiny
+//    head dims, short spans).
+// Both compute the G = n_q / n_kv query heads that share a kv head together, so each K/V row
+// is read once for all of them, and both round as model/llama.cc's flash-SDPA emulation:
+// f32 scores, the global row max first, p = bf16(exp(s - max)), the rowsum of the unrounded
+// exp, P·V in f32, times 1/rowsum, bf16 out.
 //
-// Each K/V row is read as 16-byte chunks of 8 bf16: hd/8 lanes cover one row, and the lane
-// groups of a warp cover consecutive rows, so loads are coalesced for any hd in 8..256.
-// Here prefill re-reads K/V per query row (O(T^2) L2 traffic, CUDA cores): prefill whose rows'
-// layout is known on the host goes to the tensor-core kernel instead (attention_prefill.h),
-// which falls back to this one for short spans and head shapes it does not cover.
+// One-block kernel: scores for all visible positions live in shared memory (so the cache
+// capacity is bounded by attention_max_capacity), and P·V is split over position slices
+// that are summed at the end. Each K/V row is read as 16-byte chunks of 8 bf16: hd/8 lanes
+// cover one row, and the lane groups of a warp cover consecutive rows, so loads are coalesced
+// for any hd in 8..256. It re-reads K/V per query row (O(T^2) L2 traffic, CUDA cores).
+#include <algorithm>
 #include <cfloat>
+#include <cstdint>
 
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
@@ -173,146 +180,386 @@ void launch(const AttentionArgs& a, cudaStream_t s) {
 }
 
 // ---- split over position chunks (decode) ------------------------------------------------
-constexpr int kChunk = 64;
+// Flash-decoding with the exact two-pass softmax: the grid is (chunk, kv head, row), and
+//   split_scores: the chunk's scaled q·k for the G heads -> workspace, and each head's chunk max;
+//   split_pv:     the row's global max over the chunk maxima, p = bf16(exp(s - max)), the
+//                 chunk's rowsum of the unrounded exp and its P·V -> workspace; the last block
+//                 of a (row, kv head) to finish (atomic counter) sums the chunks in chunk order
+//                 and writes the bf16 output.
+// Every sum runs in a fixed order, so a second call gives the same bits; the order depends on
+// the chunk size, which the host picks from the grid (rows, n_kv, capacity), never from timing.
+//
+// Both kernels stream K or V with 4 loads of 16 bytes in flight per thread before any
+// arithmetic (the old loop had one), which is what decode needs to approach HBM bandwidth.
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kChunkMin = 64;     // the workspace has room for capacity / kChunkMin chunks
+constexpr int kChunkMax = 1024;
+// Default chunk: the smallest giving at most this many blocks per SM. Measured on an H200
+// (Llama-3.1-8B heads, llmq_attention_bench --mode decode): 4 picks the fastest or near-fastest
+// chunk at batch 1, 16, 64 x 640 and 8 x 2048 (16 chose 64-position chunks at batch 16: 34 us
+// per call against 24 us with 256).
+constexpr int kBlocksPerSm = 4;
+constexpr int kMaxRowGroups = 8;  // calls of up to 8 * workspace_rows rows take the split path in groups
 
-int num_chunks(int capacity) { return (capacity + kChunk - 1) / kChunk; }
+constexpr int cmin(int x, int y) { return x < y ? x : y; }
+constexpr int cmax(int x, int y) { return x > y ? x : y; }
 
-struct SplitWorkspace {
-  float* scores;   // [rows, n_q, capacity]
-  float* chunk_m;  // [rows, n_q, chunks] max score of the chunk (-FLT_MAX when empty)
-  float* chunk_l;  // [rows, n_q, chunks] sum of exp(s - global max) over the chunk
-  float* acc;      // [rows, n_q, chunks, hd] partial P·V
+int max_chunks(int capacity) { return (capacity + kChunkMin - 1) / kChunkMin; }
+
+// How a block's threads cover K or V rows of head_dim HD: a row is HD / 8 pieces of 16 bytes;
+// kLanes lanes share a row, lane c loading pieces c + k·kLanes (k < kPieces), so the lanes of
+// one load instruction read consecutive bytes; each thread takes kRows rows of a step
+// (kPieces · kRows = 4 loads in flight). kPieces shrinks as G grows so that the per-thread q
+// (scores) or accumulator (P·V), G · kPieces · 8 floats, stays at 32 (64 for G = 8) registers.
+template <int G, int HD>
+struct RowLayout {
+  static constexpr int kPieces = cmin(HD / 8, cmax(1, 4 / G));
+  static constexpr int kLanes = HD / 8 / kPieces;
+  static constexpr int kRows = 4 / kPieces;
+  static constexpr int kSlots = kThreads / kLanes;  // rows side by side in one load instruction of the block
+  static constexpr int kStep = kSlots * kRows;      // positions per step of the block
+  static_assert(kLanes >= 1 && kLanes <= 32 && kPieces * kRows == 4, "RowLayout");
 };
 
-SplitWorkspace split_workspace(const AttentionArgs& a) {
-  const int64_t rh = int64_t(a.rows) * a.n_q, chunks = num_chunks(a.capacity);
-  SplitWorkspace w;
-  w.scores = a.workspace;
-  w.chunk_m = w.scores + rh * a.capacity;
-  w.chunk_l = w.chunk_m + rh * chunks;
-  w.acc = w.chunk_l + rh * chunks;
-  return w;
+// One step's K or V loads of a thread (rows j0 + u * kSlots + slot of `rows`, kv_dim apart);
+// rows at or past n are not read (they may hold NaN) and come back as zeros.
+template <class Lay>
+__device__ __forceinline__ void load_step(uint4 (&raw)[Lay::kRows][Lay::kPieces], const bf16* rows, int kv_dim, int j0,
+                                          int n, int c, int slot) {
+#pragma unroll
+  for (int u = 0; u < Lay::kRows; ++u) {
+    const int jj = j0 + u * Lay::kSlots + slot;
+#pragma unroll
+    for (int k = 0; k < Lay::kPieces; ++k)
+      raw[u][k] = jj < n ? __ldg(reinterpret_cast<const uint4*>(rows + static_cast<int64_t>(jj) * kv_dim +
+                                                                (c + k * Lay::kLanes) * 8))
+                         : make_uint4(0, 0, 0, 0);
+  }
 }
 
-// Block (row, kv head, chunk): the chunk's scores for the G heads and their maxima.
-template <int G>
-__global__ void __launch_bounds__(kThreads) split_scores_kernel(AttentionArgs a, SplitWorkspace w) {
-  __shared__ float q[G * 256];
-  __shared__ float warp_max[G][kThreads / 32];
-  const int r = blockIdx.x, kvh = blockIdx.y, chunk = blockIdx.z, chunks = gridDim.z;
-  const int hd = a.hd, lanes = hd / 8, slices = kThreads / lanes;
-  const int L = a.pos[r] + 1, j_begin = chunk * kChunk, j_end = min(L, j_begin + kChunk);
-  const int kv_dim = a.n_kv * hd;
-  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(hd)));
-  for (int i = threadIdx.x; i < G * hd; i += kThreads)
-    q[i] = bf16_to_f32(a.q[static_cast<int64_t>(r) * a.q_stride + (kvh * G) * hd + i]);
-  __syncthreads();
-  const int64_t base = static_cast<int64_t>(a.seq[r]) * a.capacity * kv_dim + kvh * hd;
-  const int c = threadIdx.x % lanes, slice = threadIdx.x / lanes;
-  float m[G];
-  for (int g = 0; g < G; ++g) m[g] = -FLT_MAX;
-  for (int j0 = j_begin; j0 < j_end; j0 += slices) {  // uniform trip count across the block
-    const int j = j0 + slice;
-    float dot[G];
-    score_row<G>(q, a.k_cache + base + static_cast<int64_t>(j) * kv_dim, j < j_end, hd, c, lanes, dot);
-    if (j < j_end)
-      for (int g = 0; g < G; ++g) {
-        const float sc = dot[g] * scale;
-        m[g] = fmaxf(m[g], sc);
-        if (c == 0) w.scores[(int64_t(r) * a.n_q + kvh * G + g) * a.capacity + j] = sc;
+// Sums v[0..V) over the kLanes lanes whose indices differ only in the bits of
+// kStride * (kLanes - 1), as a reduce-scatter: each round a lane keeps half of its values and
+// sends the other half, so V values cost about V shuffles instead of V * log2(kLanes). With
+// rank t = (lane / kStride) % kLanes, afterwards v[k] (k < V / kLanes) is the sum of index
+// t * V / kLanes + k when V >= kLanes; otherwise v[0] is the sum of index t / (kLanes / V).
+// A fixed tree: deterministic.
+template <int V, int kLanes, int kStride, int N>
+__device__ __forceinline__ void reduce_scatter(float (&v)[N], int lane) {
+  if constexpr (kLanes > 1) {
+    constexpr int off = kLanes / 2 * kStride;
+    if constexpr (V > 1) {
+      const bool upper = (lane & off) != 0;
+#pragma unroll
+      for (int i = 0; i < V / 2; ++i) {
+        const float send = upper ? v[i] : v[i + V / 2];
+        const float keep = upper ? v[i + V / 2] : v[i];
+        v[i] = keep + __shfl_xor_sync(kFull, send, off);
       }
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int g = 0; g < G; ++g) {
-    float v = m[g];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (lane == 0) warp_max[g][warp] = v;
-  }
-  __syncthreads();
-  if (threadIdx.x < G) {
-    float v = -FLT_MAX;
-    for (int i = 0; i < kThreads / 32; ++i) v = fmaxf(v, warp_max[threadIdx.x][i]);
-    w.chunk_m[(int64_t(r) * a.n_q + kvh * G + threadIdx.x) * chunks + chunk] = v;
+      reduce_scatter<V / 2, kLanes / 2, kStride>(v, lane);
+    } else {
+      v[0] += __shfl_xor_sync(kFull, v[0], off);
+      reduce_scatter<1, kLanes / 2, kStride>(v, lane);
+    }
   }
 }
 
-// Block (row, kv head, chunk): p = bf16(exp(s - M)), M the row's global max; the chunk's sum
-// of the unrounded exp and its partial P·V. Dynamic shared memory: [slices, G, hd] partials.
-template <int G>
-__global__ void __launch_bounds__(kThreads) split_pv_kernel(AttentionArgs a, SplitWorkspace w) {
-  extern __shared__ float partial[];
+// Calls put(index, value) for the sums this lane owns after reduce_scatter<V, kLanes, ..>.
+template <int V, int kLanes, int N, class Put>
+__device__ __forceinline__ void owned_sums(const float (&v)[N], int rank, Put put) {
+  if constexpr (V >= kLanes) {
+#pragma unroll
+    for (int k = 0; k < V / kLanes; ++k) put(rank * (V / kLanes) + k, v[k]);
+  } else {
+    constexpr int share = kLanes / V;
+    if (rank % share == 0) put(rank / share, v[0]);
+  }
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+
+struct SplitWorkspace {
+  float* scores;      // [rows, n_q, capacity] scaled q·k
+  float* chunk_m;     // [rows, n_q, stride] max score of each chunk
+  float* chunk_l;     // [rows, n_q, stride] sum of exp(s - global max) over each chunk
+  float* acc;         // [rows, n_q, stride, hd] each chunk's P·V
+  unsigned* arrived;  // [rows, n_kv] (room for [rows, n_q]) P·V blocks done per (row, kv head)
+  int chunk;          // positions per chunk, a multiple of kChunkMin
+  int stride;         // max_chunks(capacity)
+};
+
+// Block (chunk, kv head, row): the chunk's scores for the G heads (via shared memory `tile`
+// [G, chunk], then written out coalesced) and each head's maximum over the chunk.
+template <int G, int HD>
+__global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_scores_kernel(AttentionArgs a, SplitWorkspace w) {
+  using Lay = RowLayout<G, HD>;
+  extern __shared__ float tile[];
+  const int chunk = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
+  const int L = a.pos[r] + 1, j_begin = chunk * w.chunk;
+  const int seq = a.seq[r];
+  // seq < 0 never holds; testing it makes the compiler load seq[r] alongside pos[r] instead of
+  // after the branch (one L2 round trip less before the first K/V load).
+  if (j_begin >= L || seq < 0) return;
+  const int64_t slot_row = static_cast<int64_t>(seq) * a.capacity;
+  const int n = min(L - j_begin, w.chunk);
+  // The counter split_pv counts on starts from zero here, so the caller never clears it.
+  if (chunk == 0 && threadIdx.x == 0) w.arrived[r * a.n_kv + kvh] = 0;
+  const int kv_dim = a.n_kv * HD;
+  // head_dim**-0.5 rounded once from double, as the reference's pow(hd, -0.5).
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(HD)));
+  const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes, lane = threadIdx.x % 32;
+
+  // The first step's K loads go out before q's, so the two latencies overlap.
+  const bf16* k_rows = a.k_cache + (slot_row + j_begin) * kv_dim + kvh * HD;
+  uint4 raw[Lay::kRows][Lay::kPieces];  // all of a step's loads are issued before its first FMA
+  load_step<Lay>(raw, k_rows, kv_dim, 0, n, c, slot);
+  float q[G][Lay::kPieces][8];  // this lane's pieces of the G query heads
+  const bf16* q_row = a.q + static_cast<int64_t>(r) * a.q_stride + kvh * G * HD;
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int k = 0; k < Lay::kPieces; ++k)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) q[g][k][i] = bf16_to_f32(q_row[g * HD + (c + k * Lay::kLanes) * 8 + i]);
+
+  for (int j0 = 0; j0 < n; j0 += Lay::kStep) {
+    if (j0 > 0) load_step<Lay>(raw, k_rows, kv_dim, j0, n, c, slot);
+    constexpr int V = Lay::kRows * G;
+    float dot[V];  // [row u, head g]: this lane's part of q_g · K[row]
+#pragma unroll
+    for (int i = 0; i < V; ++i) dot[i] = 0.0f;
+#pragma unroll
+    for (int u = 0; u < Lay::kRows; ++u)
+#pragma unroll
+      for (int k = 0; k < Lay::kPieces; ++k) {
+        float k8[8];
+        unpack8(raw[u][k], k8);
+#pragma unroll
+        for (int g = 0; g < G; ++g)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) dot[u * G + g] += q[g][k][i] * k8[i];
+      }
+    reduce_scatter<V, Lay::kLanes, 1>(dot, lane);
+    owned_sums<V, Lay::kLanes>(dot, c, [&](int idx, float sum) {
+      const int jj = j0 + (idx / G) * Lay::kSlots + slot;
+      if (jj < n) tile[(idx % G) * w.chunk + jj] = sum * scale;
+    });
+  }
+  __syncthreads();
+
+  const int64_t rh0 = static_cast<int64_t>(r) * a.n_q + kvh * G;
+  float* s_out = w.scores + rh0 * a.capacity + j_begin;
+  for (int i = threadIdx.x; i < G * n; i += kThreads) s_out[(i / n) * a.capacity + i % n] = tile[(i / n) * w.chunk + i % n];
+  for (int g = threadIdx.x / 32; g < G; g += kWarps) {
+    float m = -FLT_MAX;
+    for (int jj = lane; jj < n; jj += 32) m = fmaxf(m, tile[g * w.chunk + jj]);
+    m = warp_max(m);
+    if (lane == 0) w.chunk_m[(rh0 + g) * w.stride + chunk] = m;
+  }
+}
+
+// Block (chunk, kv head, row): p = bf16(exp(s - M)) with M the row's global max, the chunk's
+// sum of the unrounded exp and its P·V; the last block of (row, kv head) to arrive adds up the
+// chunks. Dynamic shared memory: e, p [G, chunk], then (reused) partial sums [kWarps, G, HD].
+template <int G, int HD>
+__global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_pv_kernel(AttentionArgs a, SplitWorkspace w) {
+  using Lay = RowLayout<G, HD>;
+  extern __shared__ float smem[];
   __shared__ float row_max[G];
-  __shared__ float e[G][kChunk];
-  __shared__ float p[G][kChunk];
-  const int r = blockIdx.x, kvh = blockIdx.y, chunk = blockIdx.z, chunks = gridDim.z;
-  const int hd = a.hd;
-  const int L = a.pos[r] + 1, j_begin = chunk * kChunk, n = max(0, min(L, j_begin + kChunk) - j_begin);
-  const int kv_dim = a.n_kv * hd;
-  const int64_t rh0 = int64_t(r) * a.n_q + kvh * G;
-  if (threadIdx.x < G) {
-    float M = -FLT_MAX;
-    for (int k = 0; k < chunks; ++k) M = fmaxf(M, w.chunk_m[(rh0 + threadIdx.x) * chunks + k]);
-    row_max[threadIdx.x] = M;
+  __shared__ float inv_sum[G];
+  __shared__ bool last;
+  const int chunk = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
+  const int L = a.pos[r] + 1, j_begin = chunk * w.chunk;
+  const int seq = a.seq[r];
+  // seq < 0 never holds; testing it makes the compiler load seq[r] alongside pos[r] instead of
+  // after the branch (one L2 round trip less before the first K/V load).
+  if (j_begin >= L || seq < 0) return;
+  const int64_t slot_row = static_cast<int64_t>(seq) * a.capacity;
+  const int n = min(L - j_begin, w.chunk), used = (L + w.chunk - 1) / w.chunk;
+  const int64_t rh0 = static_cast<int64_t>(r) * a.n_q + kvh * G;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes;
+  // V does not depend on the softmax: the first step's loads go out now and arrive while the
+  // probabilities are computed.
+  const int kv_dim = a.n_kv * HD;
+  const bf16* v_rows = a.v_cache + (slot_row + j_begin) * kv_dim + kvh * HD;
+  uint4 raw[Lay::kRows][Lay::kPieces];
+  load_step<Lay>(raw, v_rows, kv_dim, 0, n, c, slot);
+
+  for (int g = warp; g < G; g += kWarps) {
+    float m = -FLT_MAX;
+    for (int k = lane; k < used; k += 32) m = fmaxf(m, w.chunk_m[(rh0 + g) * w.stride + k]);
+    m = warp_max(m);
+    if (lane == 0) row_max[g] = m;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < G * kChunk; i += kThreads) {
-    const int g = i / kChunk, jj = i % kChunk;
-    const float v = jj < n ? expf(w.scores[(rh0 + g) * a.capacity + j_begin + jj] - row_max[g]) : 0.0f;
-    e[g][jj] = v;
-    p[g][jj] = round_bf16(v);
+  float* e = smem;                // [G, chunk] exp(s - M)
+  float* p = smem + G * w.chunk;  // [G, chunk] the same rounded to bf16
+  const float* s_in = w.scores + rh0 * a.capacity + j_begin;
+  constexpr int kBatch = 8;  // loads in flight per thread of the L2-resident scores / partial sums
+  for (int i0 = threadIdx.x; i0 < G * n; i0 += kBatch * kThreads) {
+    float sv[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = i0 + u * kThreads;
+      sv[u] = i < G * n ? s_in[(i / n) * a.capacity + i % n] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = i0 + u * kThreads, g = i / n, jj = i % n;
+      if (i < G * n) {
+        const float x = expf(sv[u] - row_max[g]);
+        e[g * w.chunk + jj] = x;
+        p[g * w.chunk + jj] = round_bf16(x);
+      }
+    }
   }
   __syncthreads();
-  if (threadIdx.x < G) {  // fixed order: deterministic
+  for (int g = warp; g < G; g += kWarps) {
     float l = 0.0f;
-    for (int jj = 0; jj < n; ++jj) l += e[threadIdx.x][jj];
-    w.chunk_l[(rh0 + threadIdx.x) * chunks + chunk] = l;
+    for (int jj = lane; jj < n; jj += 32) l += e[g * w.chunk + jj];
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(kFull, l, o);
+    if (lane == 0) w.chunk_l[(rh0 + g) * w.stride + chunk] = l;
   }
-  const int64_t base = static_cast<int64_t>(a.seq[r]) * a.capacity * kv_dim + kvh * hd;
-  pv_slices<G>(
-      a.v_cache + base + static_cast<int64_t>(j_begin) * kv_dim, kv_dim, n, hd,
-      [&](int g, int jj) { return p[g][jj]; }, partial,
-      [&](int i, float o) { w.acc[((rh0 + i / hd) * chunks + chunk) * hd + i % hd] = o; });
-}
 
-// Block (row, head), one thread per dim: the chunks' sums, times 1/rowsum, rounded to bf16.
-__global__ void split_combine_kernel(AttentionArgs a, SplitWorkspace w, int chunks) {
-  const int r = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-  const int64_t rh = int64_t(r) * a.n_q + h;
-  const int used = (a.pos[r] + kChunk) / kChunk;  // chunks holding positions 0..pos[r]
-  float o = 0.0f, l = 0.0f;
-  for (int k = 0; k < used; ++k) {
-    o += w.acc[(rh * chunks + k) * a.hd + d];
-    l += w.chunk_l[rh * chunks + k];
+  constexpr int A = G * Lay::kPieces * 8;
+  float acc[A];  // [head g, piece k, element i]
+#pragma unroll
+  for (int i = 0; i < A; ++i) acc[i] = 0.0f;
+  for (int j0 = 0; j0 < n; j0 += Lay::kStep) {
+    if (j0 > 0) load_step<Lay>(raw, v_rows, kv_dim, j0, n, c, slot);
+#pragma unroll
+    for (int u = 0; u < Lay::kRows; ++u) {
+      const int jj = j0 + u * Lay::kSlots + slot;
+      float pg[G];  // rows past the chunk add 0 * 0 (their V is never loaded: it may be NaN)
+#pragma unroll
+      for (int g = 0; g < G; ++g) pg[g] = jj < n ? p[g * w.chunk + jj] : 0.0f;
+#pragma unroll
+      for (int k = 0; k < Lay::kPieces; ++k) {
+        float v8[8];
+        unpack8(raw[u][k], v8);
+#pragma unroll
+        for (int g = 0; g < G; ++g)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[(g * Lay::kPieces + k) * 8 + i] += pg[g] * v8[i];
+      }
+    }
   }
-  a.out[rh * a.hd + d] = f32_to_bf16(o * (1.0f / l));
+  // The kLanes-apart lanes of a warp hold the same elements: reduce them in registers, then
+  // the warps' partials meet in shared memory (e and p are dead) and are added in warp order.
+  constexpr int kSameLanes = 32 / Lay::kLanes;
+  reduce_scatter<A, kSameLanes, Lay::kLanes>(acc, lane);
+  __syncthreads();
+  float* partial = smem;  // [kWarps, G, HD]
+  owned_sums<A, kSameLanes>(acc, lane / Lay::kLanes, [&](int idx, float sum) {
+    const int g = idx / (Lay::kPieces * 8), k = (idx / 8) % Lay::kPieces, i = idx % 8;
+    partial[(warp * G + g) * HD + (c + k * Lay::kLanes) * 8 + i] = sum;
+  });
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * HD; i += kThreads) {
+    float o = 0.0f;
+    for (int k = 0; k < kWarps; ++k) o += partial[k * G * HD + i];
+    w.acc[((rh0 + i / HD) * w.stride + chunk) * HD + i % HD] = o;
+  }
+
+  // Last block arrives: publish this chunk's acc / chunk_l, count it, and the block that brings
+  // the count to `used` reads everyone's (from L2: __ldcg) and sums them in chunk order.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&w.arrived[r * a.n_kv + kvh], 1u) == static_cast<unsigned>(used - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  // Sums over k = 0 .. used - 1 in that order, kBatch loads issued before their adds.
+  const auto sum_chunks = [&](const float* x, int step) {
+    float total = 0.0f;
+    for (int k0 = 0; k0 < used; k0 += kBatch) {
+      float xv[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) xv[u] = k0 + u < used ? __ldcg(x + static_cast<int64_t>(k0 + u) * step) : 0.0f;
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u)
+        if (k0 + u < used) total += xv[u];
+    }
+    return total;
+  };
+  if (threadIdx.x < G) inv_sum[threadIdx.x] = 1.0f / sum_chunks(w.chunk_l + (rh0 + threadIdx.x) * w.stride, 1);
+  __syncthreads();
+  bf16* out = a.out + static_cast<int64_t>(r) * a.n_q * HD + kvh * G * HD;
+  for (int i = threadIdx.x; i < G * HD; i += kThreads)
+    out[i] = f32_to_bf16(sum_chunks(w.acc + ((rh0 + i / HD) * w.stride) * HD + i % HD, HD) * inv_sum[i / HD]);
 }
 
-template <int G>
-void launch_split(const AttentionArgs& a, cudaStream_t s) {
-  const int chunks = num_chunks(a.capacity);
-  const SplitWorkspace w = split_workspace(a);
-  const dim3 grid(a.rows, a.n_kv, chunks);
-  split_scores_kernel<G><<<grid, kThreads, 0, s>>>(a, w);
-  LLMQ_CUDA_CHECK_LAUNCH();
-  const size_t bytes = sizeof(float) * static_cast<size_t>(kThreads / (a.hd / 8)) * G * a.hd;
-  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(split_pv_kernel<G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(bytes)));
-  split_pv_kernel<G><<<grid, kThreads, bytes, s>>>(a, w);
-  LLMQ_CUDA_CHECK_LAUNCH();
-  split_combine_kernel<<<dim3(a.rows, a.n_q), a.hd, 0, s>>>(a, w, chunks);
-  LLMQ_CUDA_CHECK_LAUNCH();
-}
-
-// Split when the one-block-per-(row, kv head) grid would leave most SMs idle.
-bool use_split(const AttentionArgs& a) {
-  if (a.workspace == nullptr || a.rows > a.workspace_rows) return false;
+int sm_count() {
   static const int sms = [] {
     int dev = 0, n = 0;
     LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
     LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
     return n;
   }();
-  return a.rows * a.n_kv < 2 * sms;
+  return sms;
+}
+
+// The smallest chunk (a power-of-two multiple of kChunkMin) whose grid has at most
+// kBlocksPerSm blocks per SM: a few waves of short blocks at large batches, every SM busy at
+// small ones. Chunks past a row's position are empty blocks that return at once.
+int split_chunk(const AttentionArgs& a) {
+  if (a.split_chunk > 0) return a.split_chunk;
+  const int64_t target = static_cast<int64_t>(kBlocksPerSm) * sm_count();
+  int c = kChunkMin;
+  while (c < kChunkMax && static_cast<int64_t>(a.rows) * a.n_kv * ((a.capacity + c - 1) / c) > target) c *= 2;
+  return c;
+}
+
+template <int G, int HD>
+void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
+  const int64_t rh = static_cast<int64_t>(a.rows) * a.n_q, stride = max_chunks(a.capacity);
+  SplitWorkspace w;
+  w.scores = a.workspace;
+  w.chunk_m = w.scores + rh * a.capacity;
+  w.chunk_l = w.chunk_m + rh * stride;
+  w.acc = w.chunk_l + rh * stride;
+  w.arrived = reinterpret_cast<unsigned*>(w.acc + rh * stride * a.hd);
+  w.chunk = split_chunk(a);
+  w.stride = static_cast<int>(stride);
+  const dim3 grid((a.capacity + w.chunk - 1) / w.chunk, a.n_kv, a.rows);
+  const size_t scores_bytes = sizeof(float) * G * w.chunk;
+  const size_t pv_bytes = sizeof(float) * std::max<size_t>(2 * G * w.chunk, kWarps * G * HD);
+  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(split_scores_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(scores_bytes)));
+  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(split_pv_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(pv_bytes)));
+  split_scores_kernel<G, HD><<<grid, kThreads, scores_bytes, s>>>(a, w);
+  LLMQ_CUDA_CHECK_LAUNCH();
+  split_pv_kernel<G, HD><<<grid, kThreads, pv_bytes, s>>>(a, w);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
+
+template <int G>
+void launch_split(const AttentionArgs& a, cudaStream_t s) {
+  switch (a.hd) {
+    case 8: return launch_split_kernels<G, 8>(a, s);
+    case 16: return launch_split_kernels<G, 16>(a, s);
+    case 32: return launch_split_kernels<G, 32>(a, s);
+    case 64: return launch_split_kernels<G, 64>(a, s);
+    case 128: return launch_split_kernels<G, 128>(a, s);
+    case 256: return launch_split_kernels<G, 256>(a, s);
+    default: LLMQ_CHECK(false, "attention: head_dim " << a.hd << " unsupported");
+  }
+}
+
+// Rows r0 .. r0 + n - 1 of a call as a call of their own.
+AttentionArgs row_group(const AttentionArgs& a, int r0, int n) {
+  AttentionArgs b = a;
+  b.q += static_cast<int64_t>(r0) * a.q_stride;
+  b.pos += r0;
+  b.seq += r0;
+  b.out += static_cast<int64_t>(r0) * a.n_q * a.hd;
+  b.rows = n;
+  return b;
 }
 
 }  // namespace
@@ -326,21 +573,39 @@ int attention_max_capacity(int n_q, int n_kv, int hd) {
 }
 
 size_t attention_workspace_floats(int rows, int n_q, int hd, int capacity) {
-  const size_t rh = static_cast<size_t>(rows) * n_q, chunks = num_chunks(capacity);
-  return rh * capacity + 2 * rh * chunks + rh * chunks * hd;
+  const size_t rh = static_cast<size_t>(rows) * n_q, chunks = max_chunks(capacity);
+  // scores, chunk_m, chunk_l, acc, and the arrival counters (one 32-bit word per (row, head)).
+  return rh * capacity + 2 * rh * chunks + rh * chunks * hd + rh;
 }
 
 void attention(const AttentionArgs& a, cudaStream_t s) {
   if (a.rows == 0) return;
   LLMQ_CHECK(supported_head_dim(a.hd), "attention: head_dim " << a.hd << " unsupported");
   LLMQ_CHECK(a.n_q % a.n_kv == 0, "attention: " << a.n_q << " heads over " << a.n_kv << " kv heads");
-  const bool split = use_split(a);
-  switch (a.n_q / a.n_kv) {
-    case 1: return split ? launch_split<1>(a, s) : launch<1>(a, s);
-    case 2: return split ? launch_split<2>(a, s) : launch<2>(a, s);
-    case 4: return split ? launch_split<4>(a, s) : launch<4>(a, s);
-    case 8: return split ? launch_split<8>(a, s) : launch<8>(a, s);
-    default: LLMQ_CHECK(false, "attention: GQA group " << a.n_q / a.n_kv << " unsupported (1, 2, 4, 8)");
+  const int G = a.n_q / a.n_kv;
+  LLMQ_CHECK(G == 1 || G == 2 || G == 4 || G == 8, "attention: GQA group " << G << " unsupported (1, 2, 4, 8)");
+  LLMQ_CHECK(a.split_chunk == 0 || (a.split_chunk % kChunkMin == 0 && a.split_chunk <= kChunkMax),
+             "attention: split_chunk " << a.split_chunk << " is not a multiple of " << kChunkMin << " up to "
+                                       << kChunkMax);
+  const bool split = a.workspace != nullptr && a.workspace_rows > 0 &&
+                     a.rows <= static_cast<int64_t>(kMaxRowGroups) * a.workspace_rows;
+  if (!split) {
+    switch (G) {
+      case 1: return launch<1>(a, s);
+      case 2: return launch<2>(a, s);
+      case 4: return launch<4>(a, s);
+      default: return launch<8>(a, s);
+    }
+  }
+  // Groups of workspace_rows rows, one after another on the stream (they share the workspace).
+  for (int r0 = 0; r0 < a.rows; r0 += a.workspace_rows) {
+    const AttentionArgs b = row_group(a, r0, std::min(a.workspace_rows, a.rows - r0));
+    switch (G) {
+      case 1: launch_split<1>(b, s); break;
+      case 2: launch_split<2>(b, s); break;
+      case 4: launch_split<4>(b, s); break;
+      default: launch_split<8>(b, s); break;
+    }
   }
 }
 

@@ -1,20 +1,30 @@
-// llmq_attention_bench: prefill attention alone at Llama-3.1-8B heads (32 query heads, 8 kv
-// heads, head_dim 128), the per-row CUDA-core kernel (gpu::attention without spans) against
-// the tensor-core one (gpu::attention with the rows' spans), for batch x prompt length
-// 1 x 2048, 16 x 512 and 64 x 512 (one layer's call; a whole prefill makes 32 of them).
-// Prints ms per call, the speed-up, TFLOP/s over the causal work (4·hd FLOP per visible
-// (row, key, head): q·k and p·v), and how far the two kernels' outputs are apart.
-//   llmq_attention_bench [--iters N]
+// llmq_attention_bench: attention alone at Llama-3.1-8B heads (32 query heads, 8 kv heads,
+// head_dim 128), one layer's call (a decode step or a whole prefill makes 32 of them).
+//  prefill: the per-row CUDA-core kernel (gpu::attention without spans) against the
+//    tensor-core one (gpu::attention with the rows' spans), for batch x prompt length
+//    1 x 2048, 16 x 512 and 64 x 512. Prints ms per call, the speed-up, TFLOP/s over the
+//    causal work (4·hd FLOP per visible (row, key, head): q·k and p·v), and how far the two
+//    kernels' outputs are apart.
+//  decode: one row per sequence at position len - 1 (batch x len, cache capacity), the
+//    one-block kernel (no workspace) against the split path (default chunk, then each forced
+//    chunk size). Calls are captured in a CUDA graph (as the engine's decode steps are) and
+//    cycle over enough layers' caches that K/V come from HBM, not L2. Prints µs per call, the
+//    32-layer step in ms, GB/s of K/V read (batch · len · n_kv · hd · 2 bytes, K and V) and
+//    its share of the measured HBM read bandwidth, and the outputs' distance to the
+//    one-block kernel's.
+//   llmq_attention_bench [--iters N] [--mode prefill|decode|all]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/numeric.h"
 #include "runner/attention_prefill.h"
+#include "runner/bench.h"
 #include "runner/cuda_check.h"
 #include "runner/device_buffer.h"
 #include "runner/kernels.h"
@@ -86,16 +96,136 @@ void bench(int batch, int len, int iters) {
               x.size(), nonfinite);
 }
 
+// Distance between two bf16 outputs: max |x - y| over finite pairs, elements that differ,
+// non-finite ones.
+struct Diff {
+  double max_abs = 0.0;
+  size_t differ = 0, nonfinite = 0;
+};
+
+Diff compare(const std::vector<uint16_t>& x, const std::vector<uint16_t>& y) {
+  Diff d;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double u = bf16_to_f32(x[i]), v = bf16_to_f32(y[i]);
+    if (!std::isfinite(u) || !std::isfinite(v)) ++d.nonfinite;
+    else d.max_abs = std::max(d.max_abs, std::fabs(u - v));
+    d.differ += x[i] != y[i];
+  }
+  return d;
+}
+
+// Milliseconds per call of enqueue(i, stream), i = 0 .. calls - 1, captured once in a CUDA
+// graph and replayed `reps` times after 2 warm-up replays.
+template <class Enqueue>
+double graph_ms_per_call(Enqueue enqueue, int calls, int reps) {
+  cudaStream_t s;
+  LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  LLMQ_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < calls; ++i) enqueue(i, s);
+  LLMQ_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+  LLMQ_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int i = 0; i < 2; ++i) LLMQ_CUDA_CHECK(cudaGraphLaunch(exec, s));
+  cudaEvent_t a, b;
+  LLMQ_CUDA_CHECK(cudaEventCreate(&a));
+  LLMQ_CUDA_CHECK(cudaEventCreate(&b));
+  LLMQ_CUDA_CHECK(cudaEventRecord(a, s));
+  for (int i = 0; i < reps; ++i) LLMQ_CUDA_CHECK(cudaGraphLaunch(exec, s));
+  LLMQ_CUDA_CHECK(cudaEventRecord(b, s));
+  LLMQ_CUDA_CHECK(cudaEventSynchronize(b));
+  float ms = 0.0f;
+  LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+  LLMQ_CUDA_CHECK(cudaEventDestroy(a));
+  LLMQ_CUDA_CHECK(cudaEventDestroy(b));
+  LLMQ_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  LLMQ_CUDA_CHECK(cudaGraphDestroy(graph));
+  LLMQ_CUDA_CHECK(cudaStreamDestroy(s));
+  return ms / (static_cast<double>(calls) * reps);
+}
+
+struct DecodeCase {
+  int batch, len, capacity;
+};
+
+void bench_decode(const DecodeCase& c, int iters, double hbm_gbps) {
+  const int kv_dim = kNkv * kHd, q_stride = (kNq + 2 * kNkv) * kHd;
+  const size_t cache_elems = static_cast<size_t>(c.batch) * c.capacity * kv_dim;
+  // Enough layers (distinct caches with the same contents) for >= 512 MiB of K/V, 10x the L2.
+  const int layers = static_cast<int>(std::clamp<size_t>((size_t(512) << 20) / (4 * cache_elems) + 1, 1, 64));
+  const std::vector<uint16_t> k_host = random_values(cache_elems, 2), v_host = random_values(cache_elems, 3);
+  std::vector<DeviceBuffer> kc, vc;
+  for (int l = 0; l < layers; ++l) kc.push_back(DeviceBuffer::from_host(k_host)), vc.push_back(DeviceBuffer::from_host(v_host));
+  std::vector<int32_t> pos(c.batch, c.len - 1), seq(c.batch);
+  for (int b = 0; b < c.batch; ++b) seq[b] = b;
+  DeviceBuffer q = DeviceBuffer::from_host(random_values(static_cast<size_t>(c.batch) * q_stride, 1));
+  DeviceBuffer dpos = DeviceBuffer::from_host(pos), dseq = DeviceBuffer::from_host(seq);
+  DeviceBuffer out(static_cast<size_t>(c.batch) * kNq * kHd * 2);
+  DeviceBuffer ws(gpu::attention_workspace_floats(c.batch, kNq, kHd, c.capacity) * sizeof(float));
+  gpu::AttentionArgs a{q.as<uint16_t>(), q_stride, nullptr, nullptr, dpos.as<int32_t>(), dseq.as<int32_t>(),
+                       out.as<uint16_t>(), c.batch, kNq, kNkv, kHd, c.capacity};
+  const double kv_bytes = 2.0 * c.batch * c.len * kv_dim * 2;
+  const int calls = layers * std::max(1, 64 / layers);
+  std::vector<uint16_t> one_block;
+  const auto run = [&](const char* name, float* workspace, int chunk) {
+    a.workspace = workspace;
+    a.workspace_rows = workspace ? c.batch : 0;
+    a.split_chunk = chunk;
+    const double ms = graph_ms_per_call(
+        [&](int i, cudaStream_t s) {
+          gpu::AttentionArgs b = a;
+          b.k_cache = kc[i % layers].as<uint16_t>();
+          b.v_cache = vc[i % layers].as<uint16_t>();
+          gpu::attention(b, s);
+        },
+        calls, iters);
+    const std::vector<uint16_t> y = out.to_host<uint16_t>();
+    if (workspace == nullptr) one_block = y;
+    const Diff d = compare(one_block, y);
+    const double gbps = kv_bytes / (ms * 1e-3) * 1e-9;
+    std::printf("%4d x %-5d cap %-5d %-10s %8.2f us  step x32 %6.3f ms  %7.0f GB/s  %5.1f%% of HBM   "
+                "vs one-block max|diff| %.3g, %zu differ, %zu non-finite\n",
+                c.batch, c.len, c.capacity, name, ms * 1e3, ms * 32, gbps, hbm_gbps > 0 ? 100 * gbps / hbm_gbps : 0.0,
+                d.max_abs, d.differ, d.nonfinite);
+  };
+  run("one-block", nullptr, 0);
+  run("split", ws.as<float>(), 0);
+  for (int chunk : {64, 128, 256, 512, 1024}) {
+    if (chunk > 2 * c.capacity) break;
+    run(("split/" + std::to_string(chunk)).c_str(), ws.as<float>(), chunk);
+  }
+}
+
 }  // namespace
 }  // namespace llmq
 
 int main(int argc, char** argv) {
   int iters = 10;
-  for (int i = 1; i + 1 < argc; i += 2)
+  std::string mode = "all";
+  for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--iters") == 0) iters = std::max(1, std::atoi(argv[i + 1]));
-  std::printf("prefill attention, heads %d/%d, head_dim %d (one layer)\n", llmq::kNq, llmq::kNkv, llmq::kHd);
-  llmq::bench(1, 2048, iters);
-  llmq::bench(16, 512, iters);
-  llmq::bench(64, 512, iters);
+    else if (std::strcmp(argv[i], "--mode") == 0) mode = argv[i + 1];
+  }
+  if (mode != "all" && mode != "prefill" && mode != "decode") {
+    std::fprintf(stderr, "usage: llmq_attention_bench [--iters N] [--mode prefill|decode|all]\n");
+    return 2;
+  }
+  if (mode != "decode") {
+    std::printf("prefill attention, heads %d/%d, head_dim %d (one layer)\n", llmq::kNq, llmq::kNkv, llmq::kHd);
+    llmq::bench(1, 2048, iters);
+    llmq::bench(16, 512, iters);
+    llmq::bench(64, 512, iters);
+  }
+  if (mode != "prefill") {
+    const double hbm = llmq::measure_hbm_read_gbps();
+    std::printf("decode attention, heads %d/%d, head_dim %d, one row per sequence at position len - 1 (one layer's "
+                "call); measured HBM read %.0f GB/s\n",
+                llmq::kNq, llmq::kNkv, llmq::kHd, hbm);
+    for (const llmq::DecodeCase& c : {llmq::DecodeCase{1, 512, 640}, llmq::DecodeCase{1, 640, 640},
+                                      llmq::DecodeCase{16, 512, 640}, llmq::DecodeCase{16, 640, 640},
+                                      llmq::DecodeCase{64, 512, 640}, llmq::DecodeCase{64, 640, 640},
+                                      llmq::DecodeCase{1, 2048, 2048}, llmq::DecodeCase{8, 2048, 2048}})
+      llmq::bench_decode(c, iters, hbm);
+  }
   return 0;
 }

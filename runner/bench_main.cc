@@ -131,6 +131,9 @@ int kernels_bench() {
   DeviceBuffer x = random_bytes(size_t(max_m) * 14336 * 2, 1), y(size_t(max_m) * 28672 * 2);
   DeviceBuffer codes(size_t(max_m) * 14336), scales_x(max_m * 4), acc(size_t(max_m) * 28672 * 4);
   DeviceBuffer wdeq(size_t(28672) * 4096 * 2);
+  DeviceBuffer w4_split(gpu::w4a16_split_bytes(28672, max_m));  // zeroed once, as the kernel needs
+  LLMQ_CUDA_CHECK(cudaMemset(w4_split.as(), 0, w4_split.bytes()));
+  const gpu::W4A16Scratch w4_scratch{nullptr, wdeq.as<uint16_t>(), w4_split.as(), w4_split.bytes()};
   double step_us[4][3] = {};  // [format][M index]: one decoder layer's linears
   const char* names[4] = {"bf16", "fp8", "int8", "w4a16"};
   const int ms[3] = {1, 16, 64};
@@ -173,7 +176,7 @@ int kernels_bench() {
             blas.gemm_int8(codes.as<const int8_t>(), w8.as<const int8_t>(), acc.as<int32_t>(), M, s.N, s.K, nullptr);
             gpu::scale_rows_cols_i32(acc.as<const int32_t>(), scales_x.as<const float>(), sw.as<const float>(), ys, M, s.N, nullptr);
           }),
-          time_us([&] { gpu::w4a16_gemm(w4, xs, ys, M, {nullptr, wdeq.as<uint16_t>()}, blas, nullptr); }),
+          time_us([&] { gpu::w4a16_gemm(w4, xs, ys, M, w4_scratch, blas, nullptr); }),
       };
       const double bytes[4] = {double(s.N) * s.K * 2, double(s.N) * s.K, double(s.N) * s.K, double(w4.bytes())};
       for (int f = 0; f < 4; ++f) {

@@ -91,11 +91,17 @@ struct AttentionArgs {
   bf16* out;
   int rows, n_q, n_kv, hd, capacity;
   // Optional f32 scratch of attention_workspace_floats(workspace_rows, n_q, hd, capacity)
-  // floats. With it, few rows (decode; rows <= workspace_rows) are split over position chunks
-  // across the GPU (flash-decoding, with the global max found first so the bf16
-  // probabilities are the same as unsplit).
+  // floats. With it, decode-sized calls (rows <= 8 * workspace_rows, taken workspace_rows at a
+  // time) are split over position chunks across the GPU (flash-decoding, with the global max
+  // found first so the bf16 probabilities are the same as unsplit): two kernels per group of
+  // rows, scores then P·V with the chunks summed by the last block to finish. Needs no
+  // zeroing: the kernels reset the counters they keep there.
   float* workspace = nullptr;
   int workspace_rows = 0;
+  // Positions per chunk of the split path: a multiple of 64 up to 1024, or 0 to choose from
+  // the grid size (rows, n_kv, capacity vs SM count). Results depend on it (f32 summation
+  // order); for benchmarks.
+  int split_chunk = 0;
 };
 void attention(const AttentionArgs& a, cudaStream_t s);
 size_t attention_workspace_floats(int rows, int n_q, int hd, int capacity);

@@ -2,6 +2,8 @@
 // GEMV for layouts it cannot take, and the dequantization of the large-M path.
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
 #include "runner/gemv.h"
@@ -126,8 +128,60 @@ __global__ void dequant_kernel(const uint32_t* __restrict__ packed, const uint32
 }
 
 // ---- tensor-core path (layout in runner/w4a16.h) ------------------------------------------
+//
+// Block: 8 warps, 8 consecutive 16-row tiles (128 output rows), one tile per warp, over a
+// K range of the block's split (gridDim.y splits of the K/64 chunks). The block streams its
+// K range in stages of 4 chunks (256 columns) through a cp.async pipeline in shared memory:
+// per stage the 8 tiles' weights (8 x 4 x 512 bytes, fragment-ordered), their params and
+// x[0:M, 256 columns] (bf16). The x slice is read from L2 once per block and reused by all
+// 8 tiles (the B fragments come from shared memory by ldmatrix), so L2 traffic for x is
+// N/128 · M · K · 2 bytes instead of N/16 · M · K · 2.
+// Numerics per output: per 64-column chunk Σ x·(c - zero) on mma.sync (f32 accumulation),
+// times the group's scale once (f32 fma into the warp's sum, chunks in increasing order);
+// with splits > 1 each split's sum goes to a workspace and the last-arriving block adds the
+// splits in the fixed order 0, 1, ... (deterministic whatever the arrival order).
 
-constexpr int kMmaWarps = 8;  // K slices of one 16-row tile, summed in shared memory
+constexpr int kMmaWarps = 8;         // = tiles per block (one 16-row tile per warp)
+constexpr int kBlockRows = 16 * kMmaWarps;
+constexpr int kStageChunks = 4;      // 64-column chunks per pipeline stage
+constexpr int kXStride = kStageChunks * 64 + 8;  // bf16 per staged x row: +16 bytes so the 8
+                                                  // row addresses of an ldmatrix hit 8 bank quads
+constexpr int kStageW = kMmaWarps * kStageChunks * 32 * 16;  // bytes: [warp][chunk][lane] uint4
+constexpr int kStageP = kMmaWarps * kStageChunks * 16 * 4;   // bytes: [warp][chunk][row] uint32
+constexpr int kMaxSplits = 16;
+constexpr size_t kSplitCounterBytes = 16384;  // [4096] uint32 arrival counters, one per block column
+constexpr int kSplitCounters = static_cast<int>(kSplitCounterBytes / 4);
+
+__host__ __device__ constexpr int mma_stage_bytes(int tg) { return kStageW + kStageP + tg * 8 * kXStride * 2; }
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most n of this thread's groups are pending (n is an immediate in PTX).
+__device__ __forceinline__ void cp_async_wait(int n) {
+  switch (n) {
+    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+  }
+}
+
+// Four 8x8 bf16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, and lane l gets
+// row l/4, columns 2(l%4), 2(l%4)+1 of each: with rows = tokens and 8 consecutive k per row
+// that is the B fragment (k 2t..2t+1, column g) of mma.m16n8k16 .col.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
 
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -150,53 +204,52 @@ __device__ __forceinline__ uint32_t zero_pair(uint32_t param) {
   return h | (h << 16);
 }
 
-// Stores a 16-row tile's f32 sums out[token][row] (rows tile*16..) as bf16 through the
-// GEMV epilogue (runner/gemv.h): plain, plus the residual, or SwiGLU of row pairs (2i, 2i+1;
-// the tile holds 8 whole pairs, y is [M, N/2]).
-template <int TOKENS>
-__device__ void store_tile(const float (&out)[TOKENS][16], int tile, int M, int N, uint16_t* y, const GemvEpilogue& epi) {
+// The GEMV epilogue (runner/gemv.h) for the block's kRows output rows n0.. (at(tok, r): the f32
+// sum of token tok, block row r): plain, plus the residual, or SwiGLU of row pairs (2i, 2i + 1;
+// kRows is even, so a block holds whole pairs; y is then [M, N/2]).
+template <int kRows, class At>
+__device__ void store_block(At at, int M, int n0, int N, uint16_t* y, const GemvEpilogue& epi) {
+  const int rows = min(kRows, N - n0);
   if (epi.swiglu) {
-    const int half_n = N / 2;
-    for (int e = threadIdx.x; e < TOKENS * 8; e += blockDim.x) {
-      const int tok = e / 8, pair = tile * 8 + e % 8;
-      if (tok >= M || pair >= half_n) continue;
-      const float g = bf16_to_f32(f32_to_bf16(out[tok][2 * (e % 8)]));
-      const float u = bf16_to_f32(f32_to_bf16(out[tok][2 * (e % 8) + 1]));
+    const int half_n = N / 2, p0 = n0 / 2;
+    for (int e = threadIdx.x; e < M * (kRows / 2); e += blockDim.x) {
+      const int tok = e / (kRows / 2), p = e % (kRows / 2);
+      if (p0 + p >= half_n) continue;
+      const float g = bf16_to_f32(f32_to_bf16(at(tok, 2 * p)));
+      const float u = bf16_to_f32(f32_to_bf16(at(tok, 2 * p + 1)));
       const float silu = bf16_to_f32(f32_to_bf16(g / (1.0f + expf(-g))));
-      y[static_cast<int64_t>(tok) * half_n + pair] = f32_to_bf16(silu * u);
+      y[static_cast<int64_t>(tok) * half_n + p0 + p] = f32_to_bf16(silu * u);
     }
     return;
   }
-  for (int e = threadIdx.x; e < TOKENS * 16; e += blockDim.x) {
-    const int tok = e / 16, row = tile * 16 + e % 16;
-    if (tok >= M || row >= N) continue;
-    const int64_t at = static_cast<int64_t>(tok) * N + row;
-    const uint16_t o = f32_to_bf16(out[tok][e % 16]);
-    y[at] = epi.residual ? f32_to_bf16(bf16_to_f32(epi.residual[at]) + bf16_to_f32(o)) : o;
+  for (int e = threadIdx.x; e < M * kRows; e += blockDim.x) {
+    const int tok = e / kRows, r = e % kRows;
+    if (r >= rows) continue;
+    const int64_t i = static_cast<int64_t>(tok) * N + n0 + r;
+    const uint16_t o = f32_to_bf16(at(tok, r));
+    y[i] = epi.residual ? f32_to_bf16(bf16_to_f32(epi.residual[i]) + bf16_to_f32(o)) : o;
   }
 }
 
-// Grid: one block per 16-row tile. Warp w takes 64-column chunks w, w + 8, ...; loads of up
-// to four chunks are issued before their MMAs so each lane keeps 64 bytes in flight.
-// TG groups of 8 token rows (M <= 8 TG).
-template <int TG, bool kF16>
-__global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __restrict__ packed,
-                                                             const uint32_t* __restrict__ params,
-                                                             const uint16_t* __restrict__ x, uint16_t* __restrict__ y,
-                                                             int M, int N, int K, int group_size, int G,
-                                                             GemvEpilogue epi) {
-  __shared__ float partial[kMmaWarps][TG][32][4];
+// M <= 8: one block per 16-row tile, activations straight from L1 (8 rows of x are small and
+// shared by every block), warp w takes 64-column chunks w, w + 8, ... with loads of up to four
+// chunks issued before their MMAs. Measured faster at M = 1 than the staged kernel below
+// (H200, Llama-3.1-8B shapes: per layer 78 vs 90 us), whose shared-memory pipeline pays off
+// only once x is reused across many tokens.
+template <bool kF16>
+__global__ void __launch_bounds__(kMmaWarps * 32) mma_direct_kernel(const uint4* __restrict__ packed,
+                                                                    const uint32_t* __restrict__ params,
+                                                                    const uint16_t* __restrict__ x,
+                                                                    uint16_t* __restrict__ y, int M, int N, int K,
+                                                                    int group_size, int G, GemvEpilogue epi) {
+  __shared__ float partial[kMmaWarps][32][4];
+  __shared__ float out[8][16];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int tile = blockIdx.x;
   const int chunks = K / 64;
   const int ra = tile * 16 + lane / 4, rb = ra + 8;
   const uint4* base = packed + static_cast<int64_t>(tile) * chunks * 32 + lane;
-  float acc[TG][4];
-#pragma unroll
-  for (int g = 0; g < TG; ++g)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[g][i] = 0.0f;
-
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int c0 = warp; c0 < chunks; c0 += 4 * kMmaWarps) {
     uint4 wv[4];
 #pragma unroll
@@ -212,11 +265,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
       const uint32_t pa = __ldg(params + static_cast<int64_t>(ra) * G + grp);
       const uint32_t pb = __ldg(params + static_cast<int64_t>(rb) * G + grp);
       const uint32_t za = zero_pair(pa), zb = zero_pair(pb);
-      float part[TG][4];
-#pragma unroll
-      for (int g = 0; g < TG; ++g)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) part[g][i] = 0.0f;
+      float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
@@ -225,16 +274,152 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
         for (int i = 0; i < 4; ++i)
           a[i] = hsub2_bf16(((words[s] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, (i % 2 == 0) ? za : zb);
         const int k = c * 64 + s * 16 + 2 * (lane % 4);
+        const int tok = lane / 4;
+        uint32_t b0 = 0, b1 = 0;
+        if (tok < M) {
+          const uint32_t* xr = reinterpret_cast<const uint32_t*>(x + static_cast<int64_t>(tok) * K + k);
+          b0 = __ldg(xr);
+          b1 = __ldg(xr + 4);  // k + 8
+        }
+        mma_bf16(part, a, b0, b1);
+      }
+      const float sa = scale_of<kF16>(pa), sb = scale_of<kF16>(pb);
+      acc[0] = fmaf(part[0], sa, acc[0]);
+      acc[1] = fmaf(part[1], sa, acc[1]);
+      acc[2] = fmaf(part[2], sb, acc[2]);
+      acc[3] = fmaf(part[3], sb, acc[3]);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) partial[warp][lane][i] = acc[i];
+  __syncthreads();
+  // C fragment: {c0 c1} row l/4, tokens 2(l%4) + {0, 1}; {c2 c3} row l/4 + 8. Warps summed in
+  // a fixed order.
+  for (int e = threadIdx.x; e < 32 * 4; e += blockDim.x) {
+    const int l = e / 4, i = e % 4;
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kMmaWarps; ++w) sum += partial[w][l][i];
+    out[2 * (l % 4) + (i % 2)][l / 4 + (i >= 2 ? 8 : 0)] = sum;
+  }
+  __syncthreads();
+  store_block<16>([&](int tok, int r) { return out[tok][r]; }, M, tile * 16, N, y, epi);
+}
+
+template <bool kF16>
+void launch_mma_direct(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi,
+                       cudaStream_t s) {
+  mma_direct_kernel<kF16><<<(w.N + 15) / 16, kMmaWarps * 32, 0, s>>>(
+      w.packed.as<const uint4>(), w.params.as<const uint32_t>(), x, y, M, w.N, w.K, w.group_size, w.G, epi);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
+
+// Grid: x over blocks of 128 output rows, y over K splits. TG groups of 8 token rows
+// (M <= 8 TG). partials [splits, M, N] f32 and counters [gridDim.x] uint32 (zero on entry,
+// zero again on exit) only when gridDim.y > 1. y may alias epi.residual.
+template <int TG, bool kF16>
+__global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __restrict__ packed,
+                                                             const uint32_t* __restrict__ params,
+                                                             const uint16_t* __restrict__ x, uint16_t* y, int M, int N,
+                                                             int K, int group_size, int G, int stages,
+                                                             float* partials, uint32_t* counters, GemvEpilogue epi) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int kTokens = TG * 8;
+  constexpr int kStageBytes = mma_stage_bytes(TG);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int tiles = (N + 15) / 16, chunks = K / 64;
+  const int tile = blockIdx.x * kMmaWarps + warp;
+  const bool has_tile = tile < tiles;
+  const int splits = gridDim.y, split = blockIdx.y;
+  const int c_begin = split * chunks / splits, c_end = (split + 1) * chunks / splits;
+  const int n_stages = (c_end - c_begin + kStageChunks - 1) / kStageChunks;
+
+  // Token rows M..kTokens-1 of every x buffer are zero (cp.async never writes them): their
+  // output columns are never stored, zero keeps them finite.
+  {
+    const int pad_rows = kTokens - M, segs = kXStride / 8;
+    for (int e = threadIdx.x; e < stages * pad_rows * segs; e += blockDim.x) {
+      const int st = e / (pad_rows * segs), r = e % (pad_rows * segs);
+      *reinterpret_cast<uint4*>(smem + st * kStageBytes + kStageW + kStageP +
+                                ((M + r / segs) * kXStride + (r % segs) * 8) * 2) = make_uint4(0, 0, 0, 0);
+    }
+  }
+
+  // Issues stage st's copies into buffer st % stages; commits a group even when empty so the
+  // group count per iteration stays fixed.
+  const auto load = [&](int st) {
+    if (st < n_stages) {
+      unsigned char* buf = smem + (st % stages) * kStageBytes;
+      const int c0 = c_begin + st * kStageChunks;
+      if (has_tile) {
+#pragma unroll
+        for (int j = 0; j < kStageChunks; ++j)
+          if (c0 + j < c_end)
+            cp_async16(buf + ((warp * kStageChunks + j) * 32 + lane) * 16,
+                              packed + (static_cast<int64_t>(tile) * chunks + c0 + j) * 32 + lane);
+#pragma unroll
+        for (int it = 0; it < kStageChunks / 2; ++it) {
+          const int j = lane / 16 + 2 * it, r = lane % 16;
+          if (c0 + j < c_end)
+            cp_async4(buf + kStageW + ((warp * kStageChunks + j) * 16 + r) * 4,
+                      params + static_cast<int64_t>(tile * 16 + r) * G + (c0 + j) * 64 / group_size);
+        }
+      }
+      const int segs = min(kStageChunks, c_end - c0) * 8;  // 16-byte pieces of one x row
+      unsigned char* xs = buf + kStageW + kStageP;
+      for (int e = threadIdx.x; e < M * 32; e += blockDim.x) {
+        const int tok = e / 32, seg = e % 32;
+        if (seg < segs)
+          cp_async16(xs + (tok * kXStride + seg * 8) * 2, x + static_cast<int64_t>(tok) * K + c0 * 64 + seg * 8);
+      }
+    }
+    cp_async_commit();
+  };
+
+  float acc[TG][4];
+#pragma unroll
+  for (int g = 0; g < TG; ++g)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[g][i] = 0.0f;
+
+  for (int st = 0; st < stages - 1; ++st) load(st);
+  for (int st = 0; st < n_stages; ++st) {
+    cp_async_wait(stages - 2);  // this thread's copies of stage st have landed
+    __syncthreads();            // everyone's have; and everyone is done with stage st - 1
+    load(st + stages - 1);      // into the buffer of stage st - 1
+    if (!has_tile) continue;
+    const unsigned char* buf = smem + (st % stages) * kStageBytes;
+    const int c0 = c_begin + st * kStageChunks;
+    // Lane l addresses row l % 8 of matrix l / 8: token g*8 + l%8, k offset 8 (l/8) =
+    // b0, b1 of step 2 s2 and b0, b1 of step 2 s2 + 1.
+    const uint32_t xa = smem_addr(buf + kStageW + kStageP) + ((lane % 8) * kXStride + (lane / 8) * 8) * 2;
+#pragma unroll
+    for (int j = 0; j < kStageChunks; ++j) {
+      if (c0 + j >= c_end) break;
+      const uint4 wv = *reinterpret_cast<const uint4*>(buf + ((warp * kStageChunks + j) * 32 + lane) * 16);
+      const uint32_t* pj = reinterpret_cast<const uint32_t*>(buf + kStageW) + (warp * kStageChunks + j) * 16;
+      const uint32_t pa = pj[lane / 4], pb = pj[lane / 4 + 8];
+      const uint32_t za = zero_pair(pa), zb = zero_pair(pb);
+      const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+      float part[TG][4];
+#pragma unroll
+      for (int g = 0; g < TG; ++g)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) part[g][i] = 0.0f;
+#pragma unroll
+      for (int s2 = 0; s2 < 2; ++s2) {
+        uint32_t a0[4], a1[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          a0[i] = hsub2_bf16(((words[2 * s2] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, (i % 2 == 0) ? za : zb);
+          a1[i] = hsub2_bf16(((words[2 * s2 + 1] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, (i % 2 == 0) ? za : zb);
+        }
 #pragma unroll
         for (int g = 0; g < TG; ++g) {
-          const int tok = g * 8 + lane / 4;
-          uint32_t b0 = 0, b1 = 0;
-          if (tok < M) {
-            const uint32_t* xr = reinterpret_cast<const uint32_t*>(x + static_cast<int64_t>(tok) * K + k);
-            b0 = __ldg(xr);
-            b1 = __ldg(xr + 4);  // k + 8
-          }
-          mma_bf16(part[g], a, b0, b1);
+          uint32_t b[4];
+          ldmatrix_x4(b, xa + (g * 8 * kXStride + j * 64 + s2 * 32) * 2);
+          mma_bf16(part[g], a0, b[0], b[1]);
+          mma_bf16(part[g], a1, b[2], b[3]);
         }
       }
       const float sa = scale_of<kF16>(pa), sb = scale_of<kF16>(pb);
@@ -247,23 +432,48 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
       }
     }
   }
+  cp_async_wait(0);
+  __syncthreads();  // the pipeline buffers become out[]
+
+  // out [kMmaWarps tiles][kTokens][16 rows] f32. C fragment: {c0 c1} row l/4, tokens
+  // 2(l%4) + {0, 1}; {c2 c3} row l/4 + 8.
+  float* out = reinterpret_cast<float*>(smem);
+  if (has_tile)
 #pragma unroll
-  for (int g = 0; g < TG; ++g)
+    for (int g = 0; g < TG; ++g)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) partial[warp][g][lane][i] = acc[g][i];
+      for (int i = 0; i < 4; ++i)
+        out[(warp * kTokens + g * 8 + 2 * (lane % 4) + (i % 2)) * 16 + lane / 4 + (i >= 2 ? 8 : 0)] = acc[g][i];
   __syncthreads();
-  // C fragment: {c0 c1} row l/4, tokens 2(l%4) + {0, 1}; {c2 c3} row l/4 + 8. The warps' sums
-  // go to out[token][row of the tile] so the epilogue sees whole (gate, up) row pairs.
-  __shared__ float out[TG * 8][16];
-  for (int e = threadIdx.x; e < TG * 32 * 4; e += blockDim.x) {
-    const int g = e / 128, l = (e / 4) % 32, i = e % 4;
-    float sum = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kMmaWarps; ++w) sum += partial[w][g][l][i];
-    out[g * 8 + 2 * (l % 4) + (i % 2)][l / 4 + (i >= 2 ? 8 : 0)] = sum;
+  const int n0 = blockIdx.x * kBlockRows, rows = min(kBlockRows, N - n0);
+  const auto at = [&](int tok, int r) -> float& { return out[((r / 16) * kTokens + tok) * 16 + r % 16]; };
+
+  if (splits > 1) {
+    __shared__ bool last;
+    float* mine = partials + static_cast<int64_t>(split) * M * N;
+    for (int e = threadIdx.x; e < M * kBlockRows; e += blockDim.x) {
+      const int tok = e / kBlockRows, r = e % kBlockRows;
+      if (r < rows) mine[static_cast<int64_t>(tok) * N + n0 + r] = at(tok, r);
+    }
+    __threadfence();  // this block's partials are visible device-wide before it arrives
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counters + blockIdx.x, 1u) == static_cast<uint32_t>(splits - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int e = threadIdx.x; e < M * kBlockRows; e += blockDim.x) {
+      const int tok = e / kBlockRows, r = e % kBlockRows;
+      if (r >= rows) continue;
+      float sum = 0.0f;
+      for (int s = 0; s < splits; ++s)  // fixed order: the result does not depend on who came last
+        sum += __ldcg(partials + (static_cast<int64_t>(s) * M + tok) * N + n0 + r);
+      at(tok, r) = sum;
+    }
+    if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
+    __syncthreads();
   }
-  __syncthreads();
-  store_tile(out, tile, M, N, y, epi);
+
+  store_block<kBlockRows>(at, M, blockIdx.x * kBlockRows, N, y, epi);
 }
 
 // Dequantization from the tensor-core layout: one thread per lane-uint4 (32 codes).
@@ -297,16 +507,83 @@ __global__ void mma_dequant_kernel(const uint4* __restrict__ packed, const uint3
   }
 }
 
-template <int TG>
-void launch_mma(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi, cudaStream_t s) {
-  const dim3 grid((w.N + 15) / 16);
-  const auto* packed = w.packed.as<const uint4>();
-  const auto* params = w.params.as<const uint32_t>();
-  if (w.scale_f16)
-    mma_kernel<TG, true><<<grid, kMmaWarps * 32, 0, s>>>(packed, params, x, y, M, w.N, w.K, w.group_size, w.G, epi);
-  else
-    mma_kernel<TG, false><<<grid, kMmaWarps * 32, 0, s>>>(packed, params, x, y, M, w.N, w.K, w.group_size, w.G, epi);
+// Pipeline depth, dynamic shared memory and residency of one mma_kernel instantiation, found
+// once (the process drives one kind of device).
+struct MmaConfig {
+  int stages = 0;
+  int smem = 0;
+  int blocks_per_sm = 0;
+  int sms = 0;
+};
+
+template <int TG, bool kF16>
+const MmaConfig& mma_config() {
+  static const MmaConfig config = [] {
+    MmaConfig c;
+    int dev = 0, optin = 0;
+    LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
+    LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&c.sms, cudaDevAttrMultiProcessorCount, dev));
+    // 4 stages keep 3 stages of weights (48 KB per block) in flight; TG = 4 takes 3 so two
+    // blocks fit an SM. Fewer where the device has less shared memory.
+    c.stages = TG == 4 ? 3 : 4;
+    while (c.stages > 2 && c.stages * mma_stage_bytes(TG) > optin) --c.stages;
+    c.smem = c.stages * mma_stage_bytes(TG);
+    LLMQ_CHECK(c.smem <= optin, "W4A16 tensor-core GEMV needs " << c.smem << " bytes of shared memory, the device has "
+                                                                << optin);
+    LLMQ_CUDA_CHECK(cudaFuncSetAttribute(mma_kernel<TG, kF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem));
+    LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c.blocks_per_sm, mma_kernel<TG, kF16>,
+                                                                  kMmaWarps * 32, c.smem));
+    LLMQ_CHECK(c.blocks_per_sm > 0, "W4A16 tensor-core GEMV cannot be resident");
+    return c;
+  }();
+  return config;
+}
+
+// K splits: the count with the least estimated time in units of one chunk (64 columns) of
+// a block: waves of blocks times (chunks per block + writing M x 128 partials), plus the
+// last block's reduction; writing or reading 64 tokens' partials is taken as about 1.5
+// chunks (a rough estimate, not measured). Splits are at most 2 ceil(target / columns)
+// (w4a16_split_bytes' bound), at most one per pipeline stage, and fit the workspace (none: no split).
+int mma_splits(const MmaConfig& c, int M, int N, int K, void* split, size_t split_bytes) {
+  const int columns = (N + kBlockRows - 1) / kBlockRows, chunks = K / 64;
+  const int target = c.sms * std::min(c.blocks_per_sm, 2);
+  int max_splits = std::min({2 * ((target + columns - 1) / columns), kMaxSplits, chunks / kStageChunks});
+  if (max_splits <= 1 || split == nullptr || split_bytes <= kSplitCounterBytes || columns > kSplitCounters) return 1;
+  max_splits = static_cast<int>(
+      std::min<size_t>(max_splits, (split_bytes - kSplitCounterBytes) / (static_cast<size_t>(M) * N * 4)));
+  const double partial_chunks = 1.5 * M / 64.0;
+  int best = 1;
+  double best_cost = 0.0;
+  for (int splits = 1; splits <= max_splits; ++splits) {
+    const int waves = (columns * splits + target - 1) / target;
+    const int per_block = (chunks + splits - 1) / splits;
+    const double cost = splits == 1 ? waves * per_block
+                                    : waves * (per_block + partial_chunks) + splits * partial_chunks;
+    if (splits == 1 || cost < best_cost) best = splits, best_cost = cost;
+  }
+  return best;
+}
+
+template <int TG, bool kF16>
+void launch_mma(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi, void* split,
+                size_t split_bytes, cudaStream_t s) {
+  const MmaConfig& c = mma_config<TG, kF16>();
+  const int splits = mma_splits(c, M, w.N, w.K, split, split_bytes);
+  const dim3 grid((w.N + kBlockRows - 1) / kBlockRows, splits);
+  auto* counters = static_cast<uint32_t*>(split);
+  auto* partials = splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(split) + kSplitCounterBytes) : nullptr;
+  mma_kernel<TG, kF16><<<grid, kMmaWarps * 32, c.smem, s>>>(w.packed.as<const uint4>(), w.params.as<const uint32_t>(), x,
+                                                             y, M, w.N, w.K, w.group_size, w.G, c.stages, partials,
+                                                             counters, epi);
   LLMQ_CUDA_CHECK_LAUNCH();
+}
+
+template <int TG>
+void launch_mma(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi, void* split,
+                size_t split_bytes, cudaStream_t s) {
+  if (w.scale_f16) return launch_mma<TG, true>(w, x, y, M, epi, split, split_bytes, s);
+  launch_mma<TG, false>(w, x, y, M, epi, split, split_bytes, s);
 }
 
 template <int MT>
@@ -338,15 +615,17 @@ W4A16Weights W4A16Weights::upload(const W4A16Layout& l) {
   return w;
 }
 
-void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cudaStream_t s, const GemvEpilogue& epi) {
+void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cudaStream_t s, const GemvEpilogue& epi,
+                void* split, size_t split_bytes) {
   if (M == 0) return;
   if (w.mma) {
-    LLMQ_CHECK(M <= kW4A16GemvMaxM, "W4A16 tensor-core GEMV takes at most " << kW4A16GemvMaxM << " rows, got " << M);
+    LLMQ_CHECK(M <= kW4A16MmaMaxM, "W4A16 tensor-core GEMV takes at most " << kW4A16MmaMaxM << " rows, got " << M);
     LLMQ_CHECK(!epi.swiglu || w.N % 2 == 0, "W4A16 SwiGLU epilogue needs an even N, got " << w.N);
-    if (M <= 8) return launch_mma<1>(w, x, y, M, epi, s);
-    if (M <= 16) return launch_mma<2>(w, x, y, M, epi, s);
-    if (M <= 24) return launch_mma<3>(w, x, y, M, epi, s);
-    return launch_mma<4>(w, x, y, M, epi, s);
+    LLMQ_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0, "W4A16 tensor-core GEMV needs 16-byte aligned x (cp.async)");
+    if (M <= 8) return w.scale_f16 ? launch_mma_direct<true>(w, x, y, M, epi, s) : launch_mma_direct<false>(w, x, y, M, epi, s);
+    if (M <= 16) return launch_mma<2>(w, x, y, M, epi, split, split_bytes, s);
+    if (M <= 32) return launch_mma<4>(w, x, y, M, epi, split, split_bytes, s);
+    return launch_mma<8>(w, x, y, M, epi, split, split_bytes, s);
   }
   LLMQ_CHECK(!epi.residual && !epi.swiglu, "the plain-layout W4A16 GEMV has no epilogue (w4a16_fuses_epilogue)");
   // The smallest pass width that covers M: no wasted FMAs at batch 1, 2, 4.
@@ -354,6 +633,17 @@ void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cu
   if (M == 2) return launch_gemv<2>(w, x, y, M, s);
   if (M <= 4) return launch_gemv<4>(w, x, y, M, s);
   launch_gemv<kTokensPerPass>(w, x, y, M, s);
+}
+
+size_t w4a16_split_bytes(int max_n, int max_m) {
+  int dev = 0, sms = 0;
+  LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
+  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  // mma_splits: splits <= 2 ceil(target / columns) <= 2 target / columns + 2 with target <=
+  // 2 sms blocks, so splits · N <= (4 sms + 2 columns) · kBlockRows.
+  const size_t columns = (static_cast<size_t>(max_n) + kBlockRows - 1) / kBlockRows;
+  const size_t rows = (4 * static_cast<size_t>(sms) + 2 * columns) * kBlockRows;
+  return kSplitCounterBytes + static_cast<size_t>(std::min(max_m, kW4A16MmaMaxM)) * rows * 4;
 }
 
 void w4a16_dequantize(const W4A16Weights& w, uint16_t* w_bf16, cudaStream_t s) {
@@ -389,19 +679,19 @@ void w4a16_gemm(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, co
     gather_columns(x, w.perm.as<const int32_t>(), scratch.x_perm, M, w.K, s);
     x = scratch.x_perm;
   }
-  if (M <= kW4A16GemvMaxM) return w4a16_gemv(w, x, y, M, s, epi);
+  if (M <= (w.mma ? kW4A16MmaMaxM : kW4A16GemvMaxM)) return w4a16_gemv(w, x, y, M, s, epi, scratch.split, scratch.split_bytes);
   if (w4a16_fuses_epilogue(w, M)) {
     const int y_cols = epi.swiglu ? w.N / 2 : w.N;
-    for (int m0 = 0; m0 < M; m0 += kW4A16GemvMaxM) {
+    for (int m0 = 0; m0 < M; m0 += kW4A16MmaMaxM) {
       GemvEpilogue part = epi;
       if (epi.residual) part.residual = epi.residual + static_cast<int64_t>(m0) * w.N;
       w4a16_gemv(w, x + static_cast<int64_t>(m0) * w.K, y + static_cast<int64_t>(m0) * y_cols,
-                 std::min(kW4A16GemvMaxM, M - m0), s, part);
+                 std::min(kW4A16MmaMaxM, M - m0), s, part, scratch.split, scratch.split_bytes);
     }
     return;
   }
-  LLMQ_CHECK(!epi.residual && !epi.swiglu, "W4A16 with M > " << kW4A16GemvMaxM << " fuses no epilogue");
-  LLMQ_CHECK(scratch.w_bf16 != nullptr, "W4A16 with M > " << kW4A16GemvMaxM << " needs a w_bf16 scratch");
+  LLMQ_CHECK(!epi.residual && !epi.swiglu, "W4A16 with M " << M << " fuses no epilogue");
+  LLMQ_CHECK(scratch.w_bf16 != nullptr, "W4A16 with M " << M << " needs a w_bf16 scratch");
   w4a16_dequantize(w, scratch.w_bf16, s);
   blas.gemm_bf16(x, scratch.w_bf16, y, M, w.N, w.K, s);
 }

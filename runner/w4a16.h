@@ -17,11 +17,15 @@
 //   perm   [K] int32         act-order only: columns sorted by g_idx (stable), so every group
 //                            is a contiguous run of group_size columns; the kernels then read
 //                            x[:, perm] (gather_columns) and use k / group_size.
-// Small M (<= kW4A16GemvMaxM): the tensor-core kernel computes Σ x·(c - zero) per 64-column
-// chunk on mma.sync with f32 accumulation and multiplies by the group's scale once per chunk;
-// 16 output rows per block, K split over the block's 8 warps and summed in shared memory; M
-// up to 32 tokens in one pass (4 n8 MMAs reuse each A fragment), up to kW4A16PassesMaxM in
-// several passes. Larger M (prefill):
+// Small M (<= kW4A16MmaMaxM per pass): the tensor-core kernel computes Σ x·(c - zero) per
+// 64-column chunk on mma.sync with f32 accumulation and multiplies by the group's scale once
+// per chunk. A block takes 8 tiles (128 output rows, one tile per warp) over a K range and
+// streams weights and x[0:M, 256 columns] through a cp.async pipeline in shared memory, so
+// each x slice is read once per 128 rows (B fragments by ldmatrix); K is split over blocks
+// where N alone gives too few blocks, the splits summed in a fixed order by the block that
+// arrives last (workspace W4A16Scratch::split; without one, no split). Up to 64 tokens in
+// one pass, up to kW4A16PassesMaxM in passes of 64. The plain layout's CUDA-core GEMV takes
+// up to kW4A16GemvMaxM rows. Larger M (prefill):
 // dequantize to a BF16 [N, K] scratch and run the cuBLASLt BF16 GEMM; the BF16 rounding of
 // each dequantized weight is the only extra error (relative 2^-9 per weight).
 #pragma once
@@ -34,12 +38,14 @@
 
 namespace llmq {
 
+// Token rows of one pass: the plain layout's CUDA-core GEMV, the tensor-core GEMV.
 constexpr int kW4A16GemvMaxM = 32;
-// Up to this many token rows the tensor-core GEMV runs in passes of kW4A16GemvMaxM rows (each
+constexpr int kW4A16MmaMaxM = 64;
+// Up to this many token rows the tensor-core GEMV runs in passes of kW4A16MmaMaxM rows (each
 // pass re-reads the 4-bit weights: 0.5 byte per weight) instead of dequantizing to a BF16
-// copy for cuBLAS (write 2 + read 2 + 0.5 bytes per weight): decode at batch 33..128 stays
+// copy for cuBLAS (write 2 + read 2 + 0.5 bytes per weight): decode at batch 65..128 stays
 // on the packed weights.
-constexpr int kW4A16PassesMaxM = 4 * kW4A16GemvMaxM;
+constexpr int kW4A16PassesMaxM = 2 * kW4A16MmaMaxM;
 
 struct W4A16Layout {
   int64_t out_features = 0, in_features = 0, group_size = 0, num_groups = 0;
@@ -82,22 +88,33 @@ struct W4A16Weights {
   size_t bytes() const { return packed.bytes() + params.bytes() + perm.bytes(); }
 };
 
-// Scratch the W4A16 forward needs: x_perm [M, K] bf16 (act-order) and, for M >
-// kW4A16GemvMaxM, w_bf16 [N, K].
+// Scratch the W4A16 forward needs: x_perm [M, K] bf16 (act-order), w_bf16 [N, K] where M
+// exceeds the GEMV (w4a16_fuses_epilogue false), and optionally the tensor-core GEMV's split-K
+// workspace: split_bytes bytes (w4a16_split_bytes for the largest N and pass), zeroed once
+// when allocated (the kernel leaves its arrival counters at zero again), used by one stream
+// at a time. Without it (or smaller) the GEMV splits K less or not at all: the same result
+// up to f32 summation order, slower where N is small (q/k/v, o, down at N = 4096).
 struct W4A16Scratch {
   uint16_t* x_perm = nullptr;
   uint16_t* w_bf16 = nullptr;
+  void* split = nullptr;
+  size_t split_bytes = 0;
 };
+
+// Workspace bytes for every tensor-core GEMV with N <= max_n and min(M, kW4A16MmaMaxM) <=
+// max_m on the current device (about 31 MiB for N 28672, M 64 on 132 SMs).
+size_t w4a16_split_bytes(int max_n, int max_m);
 
 // epi: the GEMV epilogue of runner/gemv.h, only where w4a16_fuses_epilogue(w, M) (the
 // tensor-core GEMV); elsewhere it must be empty.
 void w4a16_gemm(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const W4A16Scratch& scratch,
                 Blas& blas, cudaStream_t s, const GemvEpilogue& epi = {});
 bool w4a16_fuses_epilogue(const W4A16Weights& w, int M);
-// The two halves, exposed for tests: the small-M kernel, and the dequantization of the
-// large-M path (w_bf16 [N, K] in the layout's column order).
+// The two halves, exposed for tests: the small-M kernel (M <= kW4A16MmaMaxM with the
+// tensor-core layout, x 16-byte aligned; split / split_bytes as W4A16Scratch), and the
+// dequantization of the large-M path (w_bf16 [N, K] in the layout's column order).
 void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cudaStream_t s,
-                const GemvEpilogue& epi = {});
+                const GemvEpilogue& epi = {}, void* split = nullptr, size_t split_bytes = 0);
 void w4a16_dequantize(const W4A16Weights& w, uint16_t* w_bf16, cudaStream_t s);
 
 }  // namespace llmq::gpu

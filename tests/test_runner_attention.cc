@@ -2,7 +2,8 @@
 // ref::attention_ref, on awkward shapes: prompt lengths 1, 2, 17, 63, 64, 65, 200, 511 of
 // different slots in one call, a continuation chunk starting mid-prompt, head_dim 64 and 128,
 // GQA groups 1, 2, 4, 8; the dispatching attention(args, spans) with its per-row fallback for
-// short spans and unsupported head_dim. Cache positions past each prompt hold NaN, so a
+// short spans and unsupported head_dim; the last row of each prompt as a decode call on the
+// split path of kernels.h (flash-decoding). Cache positions past each prompt hold NaN, so a
 // kernel that lets an unwritten K/V row into a sum fails. The per-element tolerance is
 // derived below from the reference's own quantities. Skips without a GPU; the seed of every
 // case is in the failure trace.
@@ -67,6 +68,18 @@ Batch slice_rows(const Batch& b, int r0, int n) {
   s.q.assign(b.q.begin() + static_cast<size_t>(r0) * b.q_stride, b.q.begin() + static_cast<size_t>(r0 + n) * b.q_stride);
   s.pos.assign(b.pos.begin() + r0, b.pos.begin() + r0 + n);
   s.seq.assign(b.seq.begin() + r0, b.seq.begin() + r0 + n);
+  return s;
+}
+
+// The rows `rows` of b (in that order) as a batch of their own (same caches).
+Batch pick_rows(const Batch& b, const std::vector<int>& rows) {
+  Batch s = b;
+  s.q.clear(), s.pos.clear(), s.seq.clear();
+  for (int r : rows) {
+    s.q.insert(s.q.end(), b.q.begin() + static_cast<size_t>(r) * b.q_stride,
+               b.q.begin() + static_cast<size_t>(r + 1) * b.q_stride);
+    s.pos.push_back(b.pos[r]), s.seq.push_back(b.seq[r]);
+  }
   return s;
 }
 
@@ -218,6 +231,46 @@ TEST_P(PrefillAttention, MatchesReference) {
   EXPECT_TRUE(std::equal(split.begin() + static_cast<size_t>(300) * k.n_q * k.hd, split.end(),
                          one.begin() + static_cast<size_t>(300) * k.n_q * k.hd))
       << "a row's result depends on how its span was tiled";
+}
+
+// Decode: the last row of every prompt (one row per slot, positions 0..510, NaN past each),
+// on the split path (a workspace for all rows: flash-decoding over position chunks, two
+// kernels) with the default chunk and a forced 128 and 320 (partial last chunks), and
+// in groups of 3 rows; within the same derived bound as the tensor cores, and deterministic.
+TEST_P(PrefillAttention, DecodeRowsOnSplitPathMatchReference) {
+  LLMQ_REQUIRE_GPU();
+  const Heads k = GetParam();
+  SCOPED_TRACE(::testing::Message() << "heads " << k.n_q << "/" << k.n_kv << " hd " << k.hd << " seed " << kSeed);
+  const Batch all = make_batch(k.n_q, k.n_kv, k.hd, kLengths, kSeed + k.n_q * 131 + k.hd);
+  std::vector<int> last_rows;
+  int r0 = 0;
+  for (int len : kLengths) last_rows.push_back(r0 + len - 1), r0 += len;
+  const Batch b = pick_rows(all, last_rows);
+  const Expected e = reference(b);
+  const auto up = [](const auto& v) { return DeviceBuffer::from_host(v); };
+  DeviceBuffer dq = up(b.q), dk = up(b.kc), dv = up(b.vc), dp = up(b.pos), ds = up(b.seq);
+  DeviceBuffer dout(static_cast<size_t>(b.rows()) * b.n_q * b.hd * 2);
+  DeviceBuffer ws(gpu::attention_workspace_floats(b.rows(), b.n_q, b.hd, b.capacity) * sizeof(float));
+  LLMQ_CUDA_CHECK(cudaMemset(ws.as<float>(), 0xFF, ws.bytes()));  // nothing may rely on a zeroed workspace
+  gpu::AttentionArgs args{dq.as<uint16_t>(), b.q_stride, dk.as<uint16_t>(), dv.as<uint16_t>(), dp.as<int32_t>(),
+                          ds.as<int32_t>(), dout.as<uint16_t>(), b.rows(), b.n_q, b.n_kv, b.hd, b.capacity,
+                          ws.as<float>(), b.rows()};
+  const auto call = [&] {
+    LLMQ_CUDA_CHECK(cudaMemset(dout.as<uint16_t>(), 0xFF, dout.bytes()));
+    gpu::attention(args, nullptr);
+    LLMQ_CUDA_CHECK(cudaDeviceSynchronize());
+    return dout.to_host<uint16_t>();
+  };
+  for (int chunk : {0, 128, 320}) {
+    SCOPED_TRACE(::testing::Message() << "split_chunk " << chunk);
+    args.split_chunk = chunk;
+    const std::vector<uint16_t> out = call();
+    expect_matches(out, e, "split decode");
+    EXPECT_TRUE(call() == out) << "two calls differ";
+  }
+  args.split_chunk = 0;
+  args.workspace_rows = 3;
+  expect_matches(call(), e, "split decode in groups of 3 rows");
 }
 
 INSTANTIATE_TEST_SUITE_P(Heads, PrefillAttention,

@@ -31,6 +31,7 @@
 #include "formats/safetensors.h"
 #include "model/generate.h"
 #include "model/llama.h"
+#include "pipeline/quantize.h"
 #include "quantizers/fp8.h"
 #include "quantizers/rtn.h"
 #include "runner/engine.h"
@@ -239,6 +240,37 @@ TEST(RunnerEngine, QuantizedMatchCpuReference) {
     write_quantized_copy(model_dir("tinystories-656k"), dst, format);
     if (::testing::Test::HasFatalFailure()) return;
     check_against_cpu(dst, std::string("tinystories-656k ") + label, tol);
+  }
+  std::filesystem::remove_all(scratch);
+}
+
+// Checkpoints made by `llmq quantize` with the real methods (so with AWQ's F16 scales and zero
+// points, GPTQ v1's offset zeros and act-order g_idx, SmoothQuant's folded norms) in each of
+// their formats, through the runner against LlamaModel on the same files.
+TEST(RunnerEngine, PipelineCheckpointsMatchCpuReference) {
+  LLMQ_REQUIRE_GPU();
+  LLMQ_REQUIRE_TEST_DATA();
+  const std::string scratch = testing::scratch_dir("runner-engine-pipeline");
+  struct Case { const char* label; const char* method; const char* format; bool act_order; };
+  const Case cases[] = {{"int8-sq", "int8-sq", "", false},
+                        {"gptq-v1 act-order", "gptq", "gptq", true},
+                        {"gptq compressed-tensors", "gptq", "compressed-tensors", false},
+                        {"awq", "awq", "", false}};
+  for (const Case& k : cases) {
+    QuantizeOptions o;
+    o.model_dir = model_dir("tinystories-656k");
+    o.method = k.method;
+    o.format = k.format;
+    o.out = scratch + "/" + std::string(k.method) + "-" + std::to_string(&k - cases);
+    o.dataset.path = testing::test_data_dir() + "/text/calib_mixed.txt";
+    o.samples = 16;
+    o.seq_len = 256;
+    o.act_order = k.act_order;
+    o.awq_grid = 10;
+    o.progress = false;
+    auto r = quantize(o);
+    ASSERT_TRUE(r.has_value()) << k.label << ": " << r.status().message();
+    check_against_cpu(o.out, std::string("tinystories-656k ") + k.label, kTolBf16);
   }
   std::filesystem::remove_all(scratch);
 }

@@ -321,8 +321,117 @@ TEST(RunnerKernels, AttentionMatchesReference) {
       gpu::attention(args, nullptr);
       expect_bf16_near(dout.to_host<uint16_t>(), ref, 1.0, std::vector<double>(ref.size(), std::ldexp(vmax, -8)),
                        "split over chunks");
+      // A workspace for fewer rows: the split path takes the rows 16 at a time (118 rows: 8 groups).
+      DeviceBuffer ws16(gpu::attention_workspace_floats(16, k.n_q, k.hd, capacity) * sizeof(float));
+      args.workspace = ws16.as<float>();
+      args.workspace_rows = 16;
+      gpu::attention(args, nullptr);
+      expect_bf16_near(dout.to_host<uint16_t>(), ref, 1.0, std::vector<double>(ref.size(), std::ldexp(vmax, -8)),
+                       "split in groups of 16 rows");
     }
   EXPECT_GE(gpu::attention_max_capacity(32, 8, 128), 8192);  // Llama-3-8B heads: room for 8K positions
+}
+
+// Decode-shaped calls (one row per sequence) on the split path: rows 1, 3, 16, 64 at
+// positions up to 639, capacity 640 and 2048 (where the first row sees all 2048 positions
+// and most chunks of the others are empty), GQA groups 1, 4, 8, head_dim 64 and 128, the
+// default chunk and forced ones (192: a partial last chunk; 1024: one chunk per row). Cache
+// positions past every row of a slot hold NaN, so a chunk that lets an unwritten K/V row into
+// a sum fails; the workspace starts as NaN / all-ones counters, so nothing relies on zeroing.
+// Same tolerance as AttentionMatchesReference, two-sided: most outputs must equal the
+// reference bit for bit (a probability rounds the other way only near a bf16 boundary), and
+// a second call must give the same bits.
+TEST(RunnerKernels, AttentionDecodeMatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  struct Case { int n_q, n_kv, hd; };
+  constexpr uint16_t kNaN = 0x7FC0;
+  for (const Case& k : {Case{32, 8, 128}, Case{8, 8, 64}, Case{16, 2, 128}, Case{16, 4, 64}, Case{8, 1, 64}})
+    for (int capacity : {640, 2048})
+      for (int rows : {1, 3, 16, 64}) {
+        SCOPED_TRACE(::testing::Message() << "rows " << rows << " heads " << k.n_q << "/" << k.n_kv << " hd " << k.hd
+                                          << " capacity " << capacity << " seed " << kSeed);
+        std::mt19937 rng(kSeed + rows * 31 + k.hd + capacity + k.n_kv);
+        const int slots = std::min(rows, 16), kv_dim = k.n_kv * k.hd, q_stride = (k.n_q + 2 * k.n_kv) * k.hd;
+        std::vector<int32_t> pos(rows), seq(rows), last(slots, -1);
+        for (int r = 0; r < rows; ++r) {
+          seq[r] = r % slots;
+          pos[r] = r == 0 ? capacity - 1 : 639 - (r * 97) % 420;
+          last[seq[r]] = std::max(last[seq[r]], pos[r]);
+        }
+        const auto q = random_bf16(static_cast<size_t>(rows) * q_stride, rng, 1.5f);
+        std::vector<uint16_t> kc(static_cast<size_t>(slots) * capacity * kv_dim, kNaN), vc(kc.size(), kNaN);
+        double vmax = 0.0;
+        for (int sl = 0; sl < slots; ++sl) {
+          const size_t n = static_cast<size_t>(last[sl] + 1) * kv_dim, off = static_cast<size_t>(sl) * capacity * kv_dim;
+          const auto kr = random_bf16(n, rng), vr = random_bf16(n, rng);
+          std::copy(kr.begin(), kr.end(), kc.begin() + off);
+          std::copy(vr.begin(), vr.end(), vc.begin() + off);
+          for (uint16_t v : vr) vmax = std::max(vmax, std::fabs(static_cast<double>(bf16_to_f32(v))));
+        }
+        std::vector<uint16_t> ref(static_cast<size_t>(rows) * k.n_q * k.hd);
+        ref::attention_ref(q.data(), q_stride, kc.data(), vc.data(), pos.data(), seq.data(), ref.data(), rows, k.n_q,
+                           k.n_kv, k.hd, capacity);
+        DeviceBuffer dq = up(q), dk = up(kc), dv = up(vc), dp = up(pos), ds = up(seq), dout(ref.size() * 2);
+        DeviceBuffer ws(gpu::attention_workspace_floats(rows, k.n_q, k.hd, capacity) * sizeof(float));
+        LLMQ_CUDA_CHECK(cudaMemset(ws.as<float>(), 0xFF, ws.bytes()));
+        gpu::AttentionArgs args{dq.as<uint16_t>(), q_stride, dk.as<uint16_t>(), dv.as<uint16_t>(), dp.as<int32_t>(),
+                                ds.as<int32_t>(), dout.as<uint16_t>(), rows, k.n_q, k.n_kv, k.hd, capacity,
+                                ws.as<float>(), rows};
+        for (int chunk : {0, 192, 1024}) {
+          SCOPED_TRACE(::testing::Message() << "split_chunk " << chunk);
+          args.split_chunk = chunk;
+          LLMQ_CUDA_CHECK(cudaMemset(dout.as<uint16_t>(), 0xFF, dout.bytes()));
+          gpu::attention(args, nullptr);
+          const std::vector<uint16_t> first = dout.to_host<uint16_t>();
+          expect_bf16_near(first, ref, 1.0, std::vector<double>(ref.size(), std::ldexp(vmax, -8)), "split decode");
+          size_t differ = 0;
+          for (size_t i = 0; i < ref.size(); ++i) differ += first[i] != ref[i];
+          EXPECT_LE(differ, ref.size() / 20) << differ << " of " << ref.size() << " differ from the reference";
+          LLMQ_CUDA_CHECK(cudaMemset(dout.as<uint16_t>(), 0, dout.bytes()));
+          gpu::attention(args, nullptr);
+          EXPECT_TRUE(dout.to_host<uint16_t>() == first) << "a second call gives other bits";
+        }
+      }
+}
+
+// The split path captured in a CUDA graph (as the engine's decode steps are) and replayed:
+// every replay gives the bits of an eager call, so nothing in the workspace carries over.
+TEST(RunnerKernels, AttentionSplitReplaysInGraph) {
+  LLMQ_REQUIRE_GPU();
+  const int rows = 16, n_q = 32, n_kv = 8, hd = 128, capacity = 640;
+  const int kv_dim = n_kv * hd, q_stride = (n_q + 2 * n_kv) * hd;
+  std::mt19937 rng(kSeed + 7);
+  const auto q = random_bf16(static_cast<size_t>(rows) * q_stride, rng);
+  const auto kc = random_bf16(static_cast<size_t>(rows) * capacity * kv_dim, rng);
+  const auto vc = random_bf16(kc.size(), rng);
+  std::vector<int32_t> pos(rows), seq(rows);
+  for (int r = 0; r < rows; ++r) seq[r] = r, pos[r] = 500 + 9 * r;
+  DeviceBuffer dq = up(q), dk = up(kc), dv = up(vc), dp = up(pos), ds = up(seq);
+  DeviceBuffer dout(static_cast<size_t>(rows) * n_q * hd * 2);
+  DeviceBuffer ws(gpu::attention_workspace_floats(rows, n_q, hd, capacity) * sizeof(float));
+  const gpu::AttentionArgs args{dq.as<uint16_t>(), q_stride, dk.as<uint16_t>(), dv.as<uint16_t>(), dp.as<int32_t>(),
+                                ds.as<int32_t>(), dout.as<uint16_t>(), rows, n_q, n_kv, hd, capacity,
+                                ws.as<float>(), rows};
+  gpu::attention(args, nullptr);
+  const std::vector<uint16_t> eager = dout.to_host<uint16_t>();
+
+  cudaStream_t stream;
+  LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  LLMQ_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  gpu::attention(args, stream);
+  LLMQ_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  LLMQ_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int rep = 0; rep < 3; ++rep) {
+    LLMQ_CUDA_CHECK(cudaMemsetAsync(dout.as<uint16_t>(), 0, dout.bytes(), stream));
+    LLMQ_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+    EXPECT_TRUE(dout.to_host<uint16_t>() == eager) << "replay " << rep;
+  }
+  LLMQ_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  LLMQ_CUDA_CHECK(cudaGraphDestroy(graph));
+  LLMQ_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 TEST(RunnerKernels, ActivationQuantizationIsExact) {
@@ -494,11 +603,15 @@ TEST(RunnerKernels, W4A16MatchesReference) {
   LLMQ_REQUIRE_GPU();
   gpu::Blas blas;
   struct Case { int N, K, gs; bool sym, act; DType sd; };
+  // Tile edges of the tensor-core GEMV: N not a multiple of its 128-row blocks (172, 200,
+  // 328, 1000), K = 64 · odd (448, 2368: a partial last pipeline stage, uneven K splits),
+  // group 64; M across its 8-token groups and passes of 64 (100, 128), 130 the BF16 path.
   const Case cases[] = {{64, 128, 128, true, false, DType::kBF16},  {172, 384, 128, false, false, DType::kF16},
                         {1000, 1024, 128, false, true, DType::kF16}, {96, 256, 32, false, true, DType::kBF16},
+                        {200, 448, 64, false, false, DType::kBF16},  {328, 2368, 64, true, false, DType::kF16},
                         {4096, 4096, 128, true, false, DType::kBF16}};
   for (const Case& k : cases)
-    for (int M : {1, 2, 3, 5, 17, 32, 33, 64, 118, 130}) {
+    for (int M : {1, 2, 3, 5, 9, 16, 17, 31, 32, 33, 48, 64, 100, 118, 128, 130}) {
       if (k.N * k.K > 1000 * 1024 && M > 17) continue;  // the double reference is slow at 4096²
       SCOPED_TRACE(::testing::Message() << "M " << M << " N " << k.N << " K " << k.K << " gs " << k.gs << " sym " << k.sym
                                         << " act " << k.act << " seed " << kSeed);
@@ -511,7 +624,11 @@ TEST(RunnerKernels, W4A16MatchesReference) {
       std::vector<uint16_t> ref(static_cast<size_t>(M) * k.N);
       w4a16_gemm_ref(q, x.data(), ref.data(), M);
       DeviceBuffer dx = up(x), dy(ref.size() * 2), xp(x.size() * 2), wb(static_cast<size_t>(k.N) * k.K * 2);
-      gpu::w4a16_gemm(w, dx.as<uint16_t>(), dy.as<uint16_t>(), M, {xp.as<uint16_t>(), wb.as<uint16_t>()}, blas, nullptr);
+      DeviceBuffer split(gpu::w4a16_split_bytes(k.N, M));
+      LLMQ_CUDA_CHECK(cudaMemset(split.as(), 0, split.bytes()));
+      const gpu::W4A16Scratch scratch{xp.as<uint16_t>(), wb.as<uint16_t>(), split.as(), split.bytes()};
+      gpu::w4a16_gemm(w, dx.as<uint16_t>(), dy.as<uint16_t>(), M, scratch, blas, nullptr);
+      const std::vector<uint16_t> got = dy.to_host<uint16_t>();
       const Tensor wd = dequantize(q);
       std::vector<float> wf(wd.data<float>(), wd.data<float>() + wd.numel());
       const std::vector<double> abs_sum = abs_products(to_float(x), wf, M, k.N, k.K);
@@ -519,7 +636,15 @@ TEST(RunnerKernels, W4A16MatchesReference) {
       // The large-M path rounds each dequantized weight to bf16 (relative error <= 2^-9).
       if (M > (w.mma ? kW4A16PassesMaxM : kW4A16GemvMaxM))
         for (size_t i = 0; i < tol.size(); ++i) tol[i] += std::ldexp(abs_sum[i], -9);
-      expect_bf16_near(dy.to_host<uint16_t>(), ref, 1.0, tol);
+      expect_bf16_near(got, ref, 1.0, tol);
+      // Deterministic: a second run is bit-identical (K splits summed in a fixed order; the
+      // cleared output also catches split counters not left at zero).
+      LLMQ_CUDA_CHECK(cudaMemset(dy.as(), 0, dy.bytes()));
+      gpu::w4a16_gemm(w, dx.as<uint16_t>(), dy.as<uint16_t>(), M, scratch, blas, nullptr);
+      EXPECT_EQ(dy.to_host<uint16_t>(), got) << "second run";
+      // Without the split-K workspace (one K range per block): the same bound.
+      gpu::w4a16_gemm(w, dx.as<uint16_t>(), dy.as<uint16_t>(), M, {xp.as<uint16_t>(), wb.as<uint16_t>()}, blas, nullptr);
+      expect_bf16_near(dy.to_host<uint16_t>(), ref, 1.0, tol, "no split workspace");
     }
 }
 
@@ -529,32 +654,35 @@ TEST(RunnerKernels, W4A16MatchesReference) {
 TEST(RunnerKernels, W4A16EpiloguesEqualComposition) {
   LLMQ_REQUIRE_GPU();
   gpu::Blas blas;
-  for (int N : {64, 160, 1000})
-    for (int M : {1, 3, 8, 17, 32, 33, 100}) {
-      SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " seed " << kSeed);
-      std::mt19937 rng(kSeed + 17 * M + N);
-      const int K = 256;
-      const QuantizedLinear q = random_int4(N, K, 128, false, false, DType::kBF16, rng);
-      auto layout = w4a16_layout(q);
-      ASSERT_TRUE(layout.has_value()) << layout.status().message();
-      const gpu::W4A16Weights w = gpu::W4A16Weights::upload(*layout);
-      ASSERT_TRUE(gpu::w4a16_fuses_epilogue(w, M));
-      const auto x = random_bf16(static_cast<size_t>(M) * K, rng);
-      auto res = random_bf16(static_cast<size_t>(M) * N, rng, 4.0f);
-      DeviceBuffer dx = up(x), plain(res.size() * 2), dres = up(res), act(res.size()), act_ref(res.size());
-      const gpu::W4A16Scratch none{};
-      gpu::w4a16_gemm(w, dx.as<uint16_t>(), plain.as<uint16_t>(), M, none, blas, nullptr);
-      gpu::GemvEpilogue add;
-      add.residual = dres.as<const uint16_t>();
-      gpu::w4a16_gemm(w, dx.as<uint16_t>(), dres.as<uint16_t>(), M, none, blas, nullptr, add);
-      ref::add_inplace_ref(res.data(), plain.to_host<uint16_t>().data(), static_cast<int64_t>(res.size()));
-      EXPECT_EQ(dres.to_host<uint16_t>(), res);
-      gpu::GemvEpilogue swiglu;
-      swiglu.swiglu = true;
-      gpu::w4a16_gemm(w, dx.as<uint16_t>(), act.as<uint16_t>(), M, none, blas, nullptr, swiglu);
-      gpu::silu_mul_pairs(plain.as<uint16_t>(), act_ref.as<uint16_t>(), M, N / 2, nullptr);
-      EXPECT_EQ(act.to_host<uint16_t>(), act_ref.to_host<uint16_t>());
-    }
+  for (bool split_k : {false, true})
+    for (int N : {64, 160, 200, 1000})
+      for (int M : {1, 3, 8, 9, 16, 17, 31, 32, 33, 48, 64, 100, 128}) {
+        SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " split " << split_k << " seed " << kSeed);
+        std::mt19937 rng(kSeed + 17 * M + N);
+        const int K = 64 * 17;  // odd chunk count: a partial last pipeline stage, uneven K splits
+        const QuantizedLinear q = random_int4(N, K, 64, false, false, DType::kBF16, rng);
+        auto layout = w4a16_layout(q);
+        ASSERT_TRUE(layout.has_value()) << layout.status().message();
+        const gpu::W4A16Weights w = gpu::W4A16Weights::upload(*layout);
+        ASSERT_TRUE(gpu::w4a16_fuses_epilogue(w, M));
+        const auto x = random_bf16(static_cast<size_t>(M) * K, rng);
+        auto res = random_bf16(static_cast<size_t>(M) * N, rng, 4.0f);
+        DeviceBuffer dx = up(x), plain(res.size() * 2), dres = up(res), act(res.size()), act_ref(res.size());
+        DeviceBuffer split(split_k ? gpu::w4a16_split_bytes(N, M) : 0);
+        if (split_k) LLMQ_CUDA_CHECK(cudaMemset(split.as(), 0, split.bytes()));
+        const gpu::W4A16Scratch scratch{nullptr, nullptr, split.as(), split.bytes()};
+        gpu::w4a16_gemm(w, dx.as<uint16_t>(), plain.as<uint16_t>(), M, scratch, blas, nullptr);
+        gpu::GemvEpilogue add;
+        add.residual = dres.as<const uint16_t>();
+        gpu::w4a16_gemm(w, dx.as<uint16_t>(), dres.as<uint16_t>(), M, scratch, blas, nullptr, add);
+        ref::add_inplace_ref(res.data(), plain.to_host<uint16_t>().data(), static_cast<int64_t>(res.size()));
+        EXPECT_EQ(dres.to_host<uint16_t>(), res);
+        gpu::GemvEpilogue swiglu;
+        swiglu.swiglu = true;
+        gpu::w4a16_gemm(w, dx.as<uint16_t>(), act.as<uint16_t>(), M, scratch, blas, nullptr, swiglu);
+        gpu::silu_mul_pairs(plain.as<uint16_t>(), act_ref.as<uint16_t>(), M, N / 2, nullptr);
+        EXPECT_EQ(act.to_host<uint16_t>(), act_ref.to_host<uint16_t>());
+      }
 }
 
 TEST(RunnerKernels, W4A16DequantizeIsExactRounding) {

@@ -1,0 +1,114 @@
+// One Llama decoder layer on the device and its forward over token rows, shared by the engine
+// (runner/engine.cc: prefill and decode over all layers) and the quantize pipeline
+// (pipeline/quantize_gpu.h: calibration samples through one layer at a time).
+//
+// Forward semantics are model/llama.h's Precision::kBFloat16, as the engine's. Rows are
+// (position, KV slot) pairs on the device; each slot is one sequence whose positions before
+// pos[r] are already in the layer's cache. A residual branch that a GEMV did not add in its
+// epilogue stays `pending` and is returned: the next layer's first RMSNorm adds it (one pass
+// instead of two), or the caller does with gpu::add_inplace.
+//
+// Linear-input hooks (LayerInputHook) see the bf16 input [rows, in] of each distinct linear
+// input on the device (calibration/stats.h's four: attn_in, attn_out, mlp_in, mlp_out). With a
+// hook the RMSNorms never fuse the W8A8 activation quantization (the hook needs the bf16 rows;
+// the linear then quantizes them itself, to the same codes), so results are unchanged.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/status.h"
+#include "formats/hf_config.h"
+#include "runner/attention_prefill.h"
+#include "runner/device_buffer.h"
+#include "runner/linear.h"
+
+namespace llmq {
+
+// The decoder layer's weights on the device: q/k/v fused, gate/up fused with interleaved rows.
+struct GpuLayer {
+  GpuLinear qkv, o, gate_up, down;
+  DeviceBuffer ln1, ln2;  // [hidden] bf16
+
+  size_t bytes() const { return qkv.bytes() + o.bytes() + gate_up.bytes() + down.bytes() + ln1.bytes() + ln2.bytes(); }
+};
+
+// The seven linears of a layer as host linears (q, k, v, o, gate, up, down: model/llama.h's
+// LinearSlot order) and the two norm weights ([hidden], any float dtype) -> the device layer.
+// Fused partners must be all float or all quantized alike (fuse()). `where` names the layer in
+// errors.
+Expected<GpuLayer> make_gpu_layer(std::array<HostLinear, 7> linears, const TensorView& input_layernorm,
+                                  const TensorView& post_attention_layernorm, bool fp8_supported,
+                                  const std::string& where);
+
+// The distinct linear inputs, in calibration/stats.h's LinearInput order.
+enum class LayerInput : uint8_t { kAttnIn, kAttnOut, kMlpIn, kMlpOut };
+
+class LayerInputHook {
+ public:
+  virtual ~LayerInputHook() = default;
+  // x: device bf16 [rows, cols] (row stride cols), valid during the call; enqueue work on the
+  // forward's stream or synchronise it.
+  virtual void on_input(LayerInput input, const bf16* x, int rows, int cols) = 0;
+  // The forward stops after the hook saw this input (nothing after it is computed; x and the
+  // cache hold a partial result). kMlpOut (default) runs the whole layer.
+  LayerInput stop_after = LayerInput::kMlpOut;
+};
+
+// Per-op timing: with `events` set, each op of a forward records an event after itself.
+struct OpMarks {
+  std::vector<std::pair<const char*, cudaEvent_t>>* events = nullptr;
+  void mark(const char* op, cudaStream_t stream) const;
+};
+
+// Activation buffers of one forward of up to max_rows rows (and the linears' scratch).
+struct LayerBuffers {
+  DeviceBuffer h;        // [rows, hidden]: norm outputs, residual branches
+  DeviceBuffer qkv;      // [rows, q_dim + 2 kv_dim]
+  DeviceBuffer attn;     // [rows, q_dim]
+  DeviceBuffer gate_up;  // [rows, 2 inter]
+  DeviceBuffer act;      // [rows, inter]
+  DeviceBuffer attn_ws;  // split-attention scratch for up to attn_ws_rows rows (decode)
+  int attn_ws_rows = 0;
+  LinearScratch scratch; // allocated when quantized
+
+  // quantized: the layers hold W8A8 or W4A16 linears (sizes the scratch).
+  static LayerBuffers create(const LlamaConfig& c, int max_rows, int capacity, bool quantized);
+  // The bytes create() allocates, for memory planning.
+  static size_t activation_bytes(const LlamaConfig& c, int max_rows, int capacity);
+  static size_t scratch_bytes(const LlamaConfig& c, int max_rows);
+  size_t bytes() const;
+};
+
+// What every layer forward of a model shares.
+struct LayerEnv {
+  const LlamaConfig* config = nullptr;
+  int capacity = 0;                 // positions per cache slot
+  const float* cos = nullptr;       // [capacity, hd/2] f32 (ref::rope_tables_ref)
+  const float* sin = nullptr;
+  gpu::Blas* blas = nullptr;
+  cudaStream_t stream = nullptr;
+  OpMarks marks;
+};
+
+// The rows of one forward: pos/seq [M] int32 on the device; spans (host) as runs of one slot
+// for the tensor-core prefill attention, or empty (decode: per-row kernel).
+struct LayerRows {
+  const int32_t* pos = nullptr;
+  const int32_t* seq = nullptr;
+  int M = 0;
+  const std::vector<gpu::RowSpan>* spans = nullptr;
+};
+
+// x [M, hidden] (+ pending, if not null) through the layer: returns the new pending branch
+// (x + it is the layer's output) or null when it was added in place. k_cache/v_cache
+// [slots, capacity, kv_dim] bf16 of this layer.
+const bf16* layer_forward(const LayerEnv& env, const GpuLayer& L, LayerBuffers& b, bf16* x, const bf16* pending,
+                          const LayerRows& rows, bf16* k_cache, bf16* v_cache, LayerInputHook* hook = nullptr);
+
+}  // namespace llmq
