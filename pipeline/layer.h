@@ -15,6 +15,7 @@
 #include "formats/checkpoint.h"
 #include "model/llama.h"
 #include "pipeline/module_plan.h"
+#include "quantizers/gptq.h"
 #include "quantizers/quantized_linear.h"
 
 namespace llmq {
@@ -83,6 +84,8 @@ Expected<LayerResult> quantize_layer_smoothquant(LayerWeights& w, LayerContext& 
 Expected<LayerResult> quantize_layer_smoothquant_with_stats(LayerWeights& w, LayerContext& ctx,
                                                             const std::array<InputStats, kNumLinearInputs>& stats);
 Expected<LayerResult> quantize_layer_gptq(LayerWeights& w, LayerContext& ctx);
+// The GPTQ settings of a run (CPU and GPU paths alike).
+GptqConfig gptq_config(const MethodSettings& m);
 Expected<LayerResult> quantize_layer_awq(LayerWeights& w, LayerContext& ctx);
 
 }  // namespace llmq

@@ -266,14 +266,7 @@ struct GpuQuantizeSession::Impl {
     const bool sequential = m.sequential && !chunks.empty();
     if (!sequential && !(ctx.calib && ctx.calib->has_hessian()))
       return Status::error("gptq needs Hessians: give --dataset (sequential) or a --calib file made with Hessians");
-    GptqConfig cfg;
-    cfg.group_size = m.group_size;
-    cfg.range = m.symmetric ? Int4Range::kSymmetric : Int4Range::kAsymWithZero;
-    cfg.scale_dtype = m.scale_dtype;
-    cfg.min_zero = (m.format == QuantFormat::kGptqV1 && !m.symmetric) ? 1 : 0;
-    cfg.damp_percent = m.damp_percent;
-    cfg.act_order = m.act_order;
-    cfg.mse_clip = m.mse_clip;
+    const GptqConfig cfg = gptq_config(m);
 
     LayerResult result;
     GpuLayer g;

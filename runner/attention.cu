@@ -551,16 +551,6 @@ void launch_split(const AttentionArgs& a, cudaStream_t s) {
   }
 }
 
-// Rows r0 .. r0 + n - 1 of a call as a call of their own.
-AttentionArgs row_group(const AttentionArgs& a, int r0, int n) {
-  AttentionArgs b = a;
-  b.q += static_cast<int64_t>(r0) * a.q_stride;
-  b.pos += r0;
-  b.seq += r0;
-  b.out += static_cast<int64_t>(r0) * a.n_q * a.hd;
-  b.rows = n;
-  return b;
-}
 
 }  // namespace
 
@@ -599,7 +589,7 @@ void attention(const AttentionArgs& a, cudaStream_t s) {
   }
   // Groups of workspace_rows rows, one after another on the stream (they share the workspace).
   for (int r0 = 0; r0 < a.rows; r0 += a.workspace_rows) {
-    const AttentionArgs b = row_group(a, r0, std::min(a.workspace_rows, a.rows - r0));
+    const AttentionArgs b = attention_rows(a, r0, std::min(a.workspace_rows, a.rows - r0));
     switch (G) {
       case 1: launch_split<1>(b, s); break;
       case 2: launch_split<2>(b, s); break;

@@ -25,6 +25,7 @@
 #include "core/numeric.h"
 #include "runner/attention_prefill.h"
 #include "runner/bench.h"
+#include "runner/bench_timer.h"
 #include "runner/cuda_check.h"
 #include "runner/device_buffer.h"
 #include "runner/kernels.h"
@@ -37,19 +38,7 @@ constexpr int kNq = 32, kNkv = 8, kHd = 128;
 // Milliseconds per call of fn over `iters` calls after 2 warm-up calls.
 template <class Fn>
 double time_ms(Fn fn, int iters) {
-  for (int i = 0; i < 2; ++i) fn();
-  cudaEvent_t a, b;
-  LLMQ_CUDA_CHECK(cudaEventCreate(&a));
-  LLMQ_CUDA_CHECK(cudaEventCreate(&b));
-  LLMQ_CUDA_CHECK(cudaEventRecord(a));
-  for (int i = 0; i < iters; ++i) fn();
-  LLMQ_CUDA_CHECK(cudaEventRecord(b));
-  LLMQ_CUDA_CHECK(cudaEventSynchronize(b));
-  float ms = 0.0f;
-  LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-  LLMQ_CUDA_CHECK(cudaEventDestroy(a));
-  LLMQ_CUDA_CHECK(cudaEventDestroy(b));
-  return ms / iters;
+  return gpu_ms_per_call(fn, iters, 2);
 }
 
 // Random bf16 in [-2, 2) from a fast generator (the caches hold tens of millions of values).

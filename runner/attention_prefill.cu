@@ -43,6 +43,7 @@
 
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
+#include "runner/mma.cuh"
 
 namespace llmq::gpu {
 namespace {
@@ -67,38 +68,6 @@ struct Stage {
   static constexpr int kElems = kKeys * kStride;
   static constexpr size_t kSmemBytes = 4 * kElems * sizeof(bf16);  // K and V, two stages each
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, asynchronous; zero-filled (src not read) when !valid.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-// Waits until at most one committed group (the prefetch of the next tile) is in flight.
-__device__ __forceinline__ void cp_async_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-// d += A·B, A 16x16 bf16, B 16x8 bf16, d 16x8 f32.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // Two f32 -> bf16x2 (lo in the low half), round to nearest even: the same rounding as
 // core/numeric.h's f32_to_bf16 for every finite value (NaN cannot occur here).
@@ -127,7 +96,7 @@ __device__ __forceinline__ void qk_tile(const uint32_t (&qf)[HD / 16][4], const 
 #pragma unroll
     for (int p = 0; p < 4; ++p) {
       uint32_t b[4];
-      ldmatrix_x4(b, base + p * 16 * kStride + ks * 16);
+      ldmatrix_x4(b, smem_addr(base + p * 16 * kStride + ks * 16));
       mma_bf16(s[2 * p], qf[ks], b[0], b[1]);
       mma_bf16(s[2 * p + 1], qf[ks], b[2], b[3]);
     }
@@ -196,7 +165,7 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
   for (int kt = 0; kt < key_tiles; ++kt) {
     if (kt + 1 < key_tiles) load(k_s + ((kt + 1) & 1) * St::kElems, k_g, kt + 1);
     cp_async_commit();
-    cp_async_wait_1();
+    cp_async_wait(1);  // the prefetch of the next tile may stay in flight
     __syncthreads();
     if (kt * kKeys <= warp_max) {
       float s[8][4];
@@ -240,7 +209,7 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
       load(v_s + ((kt + 1) & 1) * St::kElems, v_g, kt + 1);
     }
     cp_async_commit();
-    cp_async_wait_1();
+    cp_async_wait(1);  // the prefetch of the next tile may stay in flight
     __syncthreads();
     if (kt * kKeys <= warp_max) {
       float s[8][4];
@@ -271,7 +240,7 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
 #pragma unroll
         for (int p = 0; p < HD / 16; ++p) {
           uint32_t b[4];
-          ldmatrix_x4_trans(b, v_tile + k * 16 * kStride + p * 16);
+          ldmatrix_x4_trans(b, smem_addr(v_tile + k * 16 * kStride + p * 16));
           mma_bf16(acc[2 * p], pa[k], b[0], b[1]);
           mma_bf16(acc[2 * p + 1], pa[k], b[2], b[3]);
         }
@@ -317,16 +286,6 @@ void launch(const AttentionArgs& a, const std::vector<uint32_t>& codes, cudaStre
   }
 }
 
-// The rows r0 .. r0 + n - 1 of a call as a call of their own.
-AttentionArgs row_slice(const AttentionArgs& a, int r0, int n) {
-  AttentionArgs b = a;
-  b.q += static_cast<int64_t>(r0) * a.q_stride;
-  b.pos += r0;
-  b.seq += r0;
-  b.out += static_cast<int64_t>(r0) * a.n_q * a.hd;
-  b.rows = n;
-  return b;
-}
 
 }  // namespace
 
@@ -391,7 +350,7 @@ void attention(const AttentionArgs& a, const std::vector<RowSpan>& spans, cudaSt
   std::vector<RowSpan> long_spans;
   int short_begin = -1;
   const auto flush_short = [&](int end) {
-    if (short_begin >= 0) attention(row_slice(a, short_begin, end - short_begin), s);
+    if (short_begin >= 0) attention(attention_rows(a, short_begin, end - short_begin), s);
     short_begin = -1;
   };
   for (const RowSpan& sp : spans) {

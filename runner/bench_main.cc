@@ -22,6 +22,7 @@
 #include "runner/bench.h"
 #include "runner/device_buffer.h"
 #include "runner/gemm.h"
+#include "runner/bench_timer.h"
 #include "runner/gemv.h"
 #include "runner/kernels.h"
 #include "runner/w4a16.h"
@@ -32,19 +33,7 @@ namespace {
 // Times fn over `iters` calls after 3 warm-up calls; microseconds per call.
 template <class Fn>
 double time_us(Fn fn, int iters = 50) {
-  for (int i = 0; i < 3; ++i) fn();
-  cudaEvent_t a, b;
-  LLMQ_CUDA_CHECK(cudaEventCreate(&a));
-  LLMQ_CUDA_CHECK(cudaEventCreate(&b));
-  LLMQ_CUDA_CHECK(cudaEventRecord(a));
-  for (int i = 0; i < iters; ++i) fn();
-  LLMQ_CUDA_CHECK(cudaEventRecord(b));
-  LLMQ_CUDA_CHECK(cudaEventSynchronize(b));
-  float ms = 0;
-  LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms * 1e3 / iters;
+  return gpu_ms_per_call(fn, iters, 3) * 1e3;
 }
 
 DeviceBuffer random_bytes(size_t n, uint32_t seed) {
@@ -162,17 +151,17 @@ int kernels_bench() {
           time_us([&] { blas.gemm_bf16(xs, w16.as<const uint16_t>(), ys, M, s.N, s.K, nullptr); }),
           time_us([&] {
             gpu::quantize_fp8_per_token(xs, codes.as<uint8_t>(), s.K, scales_x.as<float>(), M, s.K, nullptr);
-            if (M <= gpu::kW8A8GemvMaxM)  // as the engine: the decode GEMV
-              return gpu::w8a8_gemv_fp8(codes.as<const uint8_t>(), scales_x.as<const float>(), w8.as<const uint8_t>(),
-                                        sw.as<const float>(), ys, M, s.N, s.K, nullptr);
+            if (M <= gpu::kGemvMaxM)  // as the engine: the decode GEMV
+              return gpu::gemv_w8a8_fp8(codes.as<const uint8_t>(), scales_x.as<const float>(), w8.as<const uint8_t>(),
+                                        sw.as<const float>(), ys, M, s.N, s.K, gpu::GemvEpilogue{}, nullptr);
             blas.gemm_fp8(codes.as<const uint8_t>(), w8.as<const uint8_t>(), acc.as<float>(), M, s.N, s.K, nullptr);
             gpu::scale_rows_cols_f32(acc.as<const float>(), scales_x.as<const float>(), sw.as<const float>(), ys, M, s.N, nullptr);
           }),
           time_us([&] {
             gpu::quantize_int8_per_token(xs, codes.as<int8_t>(), s.K, scales_x.as<float>(), M, s.K, nullptr);
-            if (M <= gpu::kW8A8GemvMaxM)
-              return gpu::w8a8_gemv_int8(codes.as<const int8_t>(), scales_x.as<const float>(), w8.as<const int8_t>(),
-                                         sw.as<const float>(), ys, M, s.N, s.K, nullptr);
+            if (M <= gpu::kGemvMaxM)
+              return gpu::gemv_w8a8_int8(codes.as<const int8_t>(), scales_x.as<const float>(), w8.as<const int8_t>(),
+                                         sw.as<const float>(), ys, M, s.N, s.K, gpu::GemvEpilogue{}, nullptr);
             blas.gemm_int8(codes.as<const int8_t>(), w8.as<const int8_t>(), acc.as<int32_t>(), M, s.N, s.K, nullptr);
             gpu::scale_rows_cols_i32(acc.as<const int32_t>(), scales_x.as<const float>(), sw.as<const float>(), ys, M, s.N, nullptr);
           }),

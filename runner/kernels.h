@@ -104,6 +104,16 @@ struct AttentionArgs {
   int split_chunk = 0;
 };
 void attention(const AttentionArgs& a, cudaStream_t s);
+// Rows r0 .. r0 + n - 1 of a call as a call of their own.
+inline AttentionArgs attention_rows(const AttentionArgs& a, int r0, int n) {
+  AttentionArgs b = a;
+  b.q += static_cast<int64_t>(r0) * a.q_stride;
+  b.pos += r0;
+  b.seq += r0;
+  b.out += static_cast<int64_t>(r0) * a.n_q * a.hd;
+  b.rows = n;
+  return b;
+}
 size_t attention_workspace_floats(int rows, int n_q, int hd, int capacity);
 // Largest cache capacity attention() supports for this head layout on this device.
 int attention_max_capacity(int n_q, int n_kv, int hd);
@@ -118,16 +128,6 @@ void quantize_int8_per_token(const bf16* x, int8_t* codes, int ld_codes, float* 
 // GEMMs: acc [M, N] int32 (INT8) or f32 (FP8).
 void scale_rows_cols_i32(const int32_t* acc, const float* sx, const float* sw, bf16* y, int M, int N, cudaStream_t s);
 void scale_rows_cols_f32(const float* acc, const float* sx, const float* sw, bf16* y, int M, int N, cudaStream_t s);
-
-// The same product and scaling as a W8A8 GEMM + scale_rows_cols for M <= kW8A8GemvMaxM rows
-// (decode), at HBM bandwidth: y bf16 [M, N] from xq [M, ld] and wq [N, ld] codes (ld, the
-// padded K, a multiple of 16; pad columns zero), sx [M], sw [N]. INT8 is bit-equal to the
-// GEMM path; FP8 sums the exact products in f32.
-constexpr int kW8A8GemvMaxM = 8;
-void w8a8_gemv_int8(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, bf16* y, int M, int N,
-                    int ld, cudaStream_t s);
-void w8a8_gemv_fp8(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, bf16* y, int M, int N,
-                   int ld, cudaStream_t s);
 
 // out[r] = argmax over logits[r, 0..vocab) (first index on ties; -0 equals +0), logits bf16
 // [rows, vocab]. The vocabulary is split over many blocks per row; they meet in `workspace`

@@ -8,6 +8,7 @@
 #include "runner/cuda_check.h"
 #include "runner/gemv.h"
 #include "runner/kernels.h"
+#include "runner/mma.cuh"
 #include "runner/w4a16.h"
 
 namespace llmq::gpu {
@@ -153,42 +154,6 @@ constexpr size_t kSplitCounterBytes = 16384;  // [4096] uint32 arrival counters,
 constexpr int kSplitCounters = static_cast<int>(kSplitCounterBytes / 4);
 
 __host__ __device__ constexpr int mma_stage_bytes(int tg) { return kStageW + kStageP + tg * 8 * kXStride * 2; }
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most n of this thread's groups are pending (n is an immediate in PTX).
-__device__ __forceinline__ void cp_async_wait(int n) {
-  switch (n) {
-    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
-    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
-  }
-}
-
-// Four 8x8 bf16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, and lane l gets
-// row l/4, columns 2(l%4), 2(l%4)+1 of each: with rows = tokens and 8 consecutive k per row
-// that is the B fragment (k 2t..2t+1, column g) of mma.m16n8k16 .col.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // bf16x2 a - b (exact here: small integers), as a · 1 + (-b) because fma.rn.bf16x2 exists on
 // sm_80 while sub.bf16x2 needs sm_90.
@@ -417,6 +382,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
 #pragma unroll
         for (int g = 0; g < TG; ++g) {
           uint32_t b[4];
+          // rows = tokens, 8 consecutive k per row: the B fragments (k 2t.., column g) of two k16 steps
           ldmatrix_x4(b, xa + (g * 8 * kXStride + j * 64 + s2 * 32) * 2);
           mma_bf16(part[g], a0, b[0], b[1]);
           mma_bf16(part[g], a1, b[2], b[3]);

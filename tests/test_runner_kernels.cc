@@ -17,6 +17,7 @@
 #include "runner/cuda_check.h"
 #include "runner/device_buffer.h"
 #include "runner/gemm.h"
+#include "runner/gemv.h"
 #include "runner/kernels.h"
 #include "runner/kernels_ref.h"
 #include "runner/w4a16.h"
@@ -534,9 +535,9 @@ TEST(RunnerKernels, W8A8GemmsMatchReference) {
       blas.gemm_int8(dxi.as<int8_t>(), dwi.as<int8_t>(), dacc.as<int32_t>(), M, N, K, nullptr);
       gpu::scale_rows_cols_i32(dacc.as<int32_t>(), dsx.as<float>(), dsw.as<float>(), dy.as<uint16_t>(), M, N, nullptr);
       EXPECT_EQ(dy.to_host<uint16_t>(), ref_i);
-      if (M <= gpu::kW8A8GemvMaxM && K % 16 == 0) {  // the decode GEMV: exact int32 sums too
-        gpu::w8a8_gemv_int8(dxi.as<int8_t>(), dsx.as<float>(), dwi.as<int8_t>(), dsw.as<float>(), dy.as<uint16_t>(), M,
-                            N, K, nullptr);
+      if (M <= gpu::kGemvMaxM && K % 16 == 0) {  // the decode GEMV: exact int32 sums too
+        gpu::gemv_w8a8_int8(dxi.as<int8_t>(), dsx.as<float>(), dwi.as<int8_t>(), dsw.as<float>(), dy.as<uint16_t>(), M,
+                            N, K, gpu::GemvEpilogue{}, nullptr);
         EXPECT_EQ(dy.to_host<uint16_t>(), ref_i) << "gemv";
       }
 
@@ -568,9 +569,9 @@ TEST(RunnerKernels, W8A8GemmsMatchReference) {
       std::vector<double> tol = f32_sum_bound(abs_sum, K);
       for (size_t i = 0; i < tol.size(); ++i) tol[i] += std::ldexp(abs_sum[i], -10);
       expect_bf16_near(dyf.to_host<uint16_t>(), ref_f, 1.0, tol);
-      if (M <= gpu::kW8A8GemvMaxM && K % 16 == 0) {  // the decode GEMV: f32 sums of exact products
-        gpu::w8a8_gemv_fp8(dxf.as<uint8_t>(), dsxf.as<float>(), dwf.as<uint8_t>(), dsw.as<float>(), dyf.as<uint16_t>(),
-                           M, N, K, nullptr);
+      if (M <= gpu::kGemvMaxM && K % 16 == 0) {  // the decode GEMV: f32 sums of exact products
+        gpu::gemv_w8a8_fp8(dxf.as<uint8_t>(), dsxf.as<float>(), dwf.as<uint8_t>(), dsw.as<float>(), dyf.as<uint16_t>(),
+                           M, N, K, gpu::GemvEpilogue{}, nullptr);
         expect_bf16_near(dyf.to_host<uint16_t>(), ref_f, 1.0, f32_sum_bound(abs_sum, K), "fp8 gemv");
       }
     }
