@@ -1,6 +1,7 @@
 // HF Llama checkpoint directory: config + tensors, tied-embedding resolution, shape checks.
 #include "formats/checkpoint.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -153,18 +154,33 @@ Expected<TensorView> HfCheckpoint::tensor(const std::string& name, const Shape& 
   return tensors_.view(stored);
 }
 
-Expected<Tensor> HfCheckpoint::load_f32(const std::string& name, const Shape& expected) const {
+Expected<TensorView> HfCheckpoint::float_view(const std::string& name, const Shape& expected) const {
   LLMQ_ASSIGN_OR_RETURN(const TensorView v, tensor(name, expected));
+  const std::string where = tensors_.file_of(stored_name(name)) + ": tensor " + quote(name);
   if (!dtype_is_float(v.dtype))
-    return Status::error(tensors_.file_of(stored_name(name)) + ": tensor " + quote(name) + " has dtype " +
-                         std::string(dtype_name(v.dtype)) + ", not a float dtype");
-  Tensor t = to_f32(v);
+    return Status::error(where + " has dtype " + std::string(dtype_name(v.dtype)) + ", not a float dtype");
   // A NaN/Inf weight would poison every statistic and quantizer downstream: refuse it here.
-  const float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i)
-    if (!std::isfinite(p[i]))
-      return Status::error(tensors_.file_of(stored_name(name)) + ": tensor " + quote(name) + " holds " +
-                           (std::isnan(p[i]) ? "NaN" : "Inf") + " at element " + std::to_string(i));
+  // Checked in row chunks, so a large table costs no float32 copy of itself.
+  const int64_t n = v.numel();
+  const int64_t cols = v.shape.empty() ? 1 : std::max<int64_t>(1, v.shape.back());
+  const int64_t chunk_rows = std::max<int64_t>(1, (int64_t{1} << 20) / cols);
+  const size_t row_bytes = static_cast<size_t>(dtype_nbytes(v.dtype, cols));
+  for (int64_t r0 = 0; r0 * cols < n; r0 += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, n / cols - r0);
+    const Tensor f = to_f32(TensorView(v.dtype, {rows, cols}, static_cast<uint8_t*>(v.data) + r0 * row_bytes));
+    const float* p = f.data<float>();
+    for (int64_t i = 0; i < f.numel(); ++i)
+      if (!std::isfinite(p[i]))
+        return Status::error(where + " holds " + (std::isnan(p[i]) ? "NaN" : "Inf") + " at element " +
+                             std::to_string(r0 * cols + i));
+  }
+  return v;
+}
+
+Expected<Tensor> HfCheckpoint::load_f32(const std::string& name, const Shape& expected) const {
+  LLMQ_ASSIGN_OR_RETURN(const TensorView v, float_view(name, expected));
+  Tensor t = to_f32(v);
+  release_mapped_pages(v.data, static_cast<size_t>(v.nbytes()));  // read once: keep resident memory one layer
   return t;
 }
 

@@ -43,6 +43,8 @@ class HfCheckpoint {
   Expected<TensorView> tensor(const std::string& name, const Shape& expected) const;
   // Loads a float tensor as float32 (BF16/F16/F32/F8 upcast exactly).
   Expected<Tensor> load_f32(const std::string& name, const Shape& expected) const;
+  // The same checks (a float dtype, every value finite) on the stored tensor, without a copy.
+  Expected<TensorView> float_view(const std::string& name, const Shape& expected) const;
 
  private:
   // The stored name behind a requested one (tied / aliased embeddings), else the name itself.

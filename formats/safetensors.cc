@@ -297,31 +297,86 @@ Expected<TensorView> SafetensorsFile::view(const std::string& name) const {
 
 void SafetensorsWriter::add(const std::string& name, const TensorView& v) { add(name, Tensor::copy_of(v)); }
 
-void SafetensorsWriter::add(const std::string& name, Tensor&& t) {
+void SafetensorsWriter::check_name(const std::string& name, DType dtype) {
   LLMQ_CHECK(name != "__metadata__", "'__metadata__' cannot be a tensor name");
-  LLMQ_CHECK(t.dtype() != DType::kI4, "tensor '" << name << "': I4 has no safetensors dtype; store packed bytes");
-  LLMQ_CHECK(tensors_.count(name) == 0, "tensor '" << name << "' added twice");
-  tensors_.emplace(name, std::move(t));
+  LLMQ_CHECK(dtype != DType::kI4, "tensor '" << name << "': I4 has no safetensors dtype; store packed bytes");
+}
+
+void SafetensorsWriter::add(const std::string& name, Tensor&& t) {
+  check_name(name, t.dtype());
+  Entry e{t.dtype(), t.shape(), static_cast<uint64_t>(t.nbytes()), std::move(t), 0};
+  LLMQ_CHECK(tensors_.emplace(name, std::move(e)).second, "tensor '" << name << "' added twice");
+}
+
+void SafetensorsWriter::add_spilled(const std::string& name, DType dtype, const Shape& shape, uint64_t offset) {
+  check_name(name, dtype);
+  Entry e{dtype, shape, static_cast<uint64_t>(dtype_nbytes(dtype, shape_numel(shape))), Tensor(), offset};
+  LLMQ_CHECK(tensors_.emplace(name, std::move(e)).second, "tensor '" << name << "' added twice");
 }
 
 uint64_t SafetensorsWriter::payload_bytes() const {
   uint64_t total = 0;
-  for (const auto& kv : tensors_) total += static_cast<uint64_t>(kv.second.nbytes());
+  for (const auto& kv : tensors_) total += kv.second.nbytes;
   return total;
 }
 
 namespace {
 
+using WriterEntry = SafetensorsWriter::Entry;
+
 // Canonical order: descending element size (keeps every tensor naturally aligned), then name.
-std::vector<std::pair<const std::string*, const Tensor*>> canonical_order(const std::map<std::string, Tensor>& m) {
-  std::vector<std::pair<const std::string*, const Tensor*>> out;
+std::vector<std::pair<const std::string*, const WriterEntry*>> canonical_order(const std::map<std::string, WriterEntry>& m) {
+  std::vector<std::pair<const std::string*, const WriterEntry*>> out;
   out.reserve(m.size());
   for (const auto& kv : m) out.emplace_back(&kv.first, &kv.second);
   std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
-    return dtype_bits(a.second->dtype()) > dtype_bits(b.second->dtype());  // names already sorted
+    return dtype_bits(a.second->dtype) > dtype_bits(b.second->dtype);  // names already sorted
   });
   return out;
 }
+
+Status write_all(int fd, const void* data, uint64_t n, const std::string& path) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, static_cast<size_t>(std::min<uint64_t>(n, 1u << 30)));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return Status::error(path + ": write failed: " + std::strerror(errno));
+    p += w;
+    n -= static_cast<uint64_t>(w);
+  }
+  return Status::ok();
+}
+
+// n bytes at `offset` of in_fd appended to out_fd: copy_file_range (in the kernel, no user
+// buffer), else read/write through a 4 MiB buffer where the kernel cannot (other filesystem).
+Status copy_range(int in_fd, uint64_t offset, uint64_t n, int out_fd, const std::string& path) {
+  loff_t in_off = static_cast<loff_t>(offset);
+  while (n > 0) {
+    const ssize_t c = ::copy_file_range(in_fd, &in_off, out_fd, nullptr, static_cast<size_t>(std::min<uint64_t>(n, 1u << 30)), 0);
+    if (c < 0 && errno == EINTR) continue;
+    if (c <= 0) break;
+    n -= static_cast<uint64_t>(c);
+  }
+  std::vector<char> buf;
+  while (n > 0) {
+    if (buf.empty()) buf.resize(4u << 20);
+    const ssize_t r = ::pread(in_fd, buf.data(), static_cast<size_t>(std::min<uint64_t>(n, buf.size())), in_off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return Status::error(path + ": reading the spilled tensor data failed: " + std::strerror(errno));
+    LLMQ_RETURN_IF_ERROR(write_all(out_fd, buf.data(), static_cast<uint64_t>(r), path));
+    in_off += r;
+    n -= static_cast<uint64_t>(r);
+  }
+  return Status::ok();
+}
+
+// Closes the descriptor when it goes out of scope.
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
 
 }  // namespace
 
@@ -335,31 +390,52 @@ std::string SafetensorsWriter::header_json() const {
   }
   h += '}';
   uint64_t offset = 0;
-  for (const auto& [name, t] : canonical_order(tensors_)) {
-    const uint64_t nbytes = static_cast<uint64_t>(t->nbytes());
-    h += ',' + json_quote(*name) + ":{\"dtype\":\"" + std::string(dtype_name(t->dtype())) + "\",\"shape\":[";
-    for (size_t i = 0; i < t->shape().size(); ++i) h += (i ? "," : "") + std::to_string(t->shape()[i]);
-    h += "],\"data_offsets\":[" + std::to_string(offset) + ',' + std::to_string(offset + nbytes) + "]}";
-    offset += nbytes;
+  for (const auto& [name, e] : canonical_order(tensors_)) {
+    h += ',' + json_quote(*name) + ":{\"dtype\":\"" + std::string(dtype_name(e->dtype)) + "\",\"shape\":[";
+    for (size_t i = 0; i < e->shape.size(); ++i) h += (i ? "," : "") + std::to_string(e->shape[i]);
+    h += "],\"data_offsets\":[" + std::to_string(offset) + ',' + std::to_string(offset + e->nbytes) + "]}";
+    offset += e->nbytes;
   }
   h += '}';
   h.append((8 - h.size() % 8) % 8, ' ');  // the data buffer starts 8-aligned
   return h;
 }
 
-Status SafetensorsWriter::write(const std::string& path) const {
+Status SafetensorsWriter::write(const std::string& path, const std::string& spill_path) const {
   const std::string header = header_json();
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return Status::error(path + ": cannot open for writing");
+  Fd out{::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
+  if (out.fd < 0) return Status::error(path + ": cannot open for writing: " + std::strerror(errno));
+  Fd spill;
   uint8_t len[8];  // u64 little-endian
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i));
-  out.write(reinterpret_cast<const char*>(len), 8);
-  out.write(header.data(), static_cast<std::streamsize>(header.size()));
-  for (const auto& [name, t] : canonical_order(tensors_))
-    out.write(static_cast<const char*>(t->raw()), static_cast<std::streamsize>(t->nbytes()));
-  out.flush();
-  if (!out) return Status::error(path + ": write failed");
+  LLMQ_RETURN_IF_ERROR(write_all(out.fd, len, 8, path));
+  LLMQ_RETURN_IF_ERROR(write_all(out.fd, header.data(), header.size(), path));
+  for (const auto& [name, e] : canonical_order(tensors_)) {
+    if (!e->data.empty() || e->nbytes == 0) {
+      LLMQ_RETURN_IF_ERROR(write_all(out.fd, e->data.raw(), e->nbytes, path));
+      continue;
+    }
+    if (spill.fd < 0) {
+      spill.fd = ::open(spill_path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (spill.fd < 0) return Status::error(spill_path + ": cannot open the spilled tensor data: " + std::strerror(errno));
+    }
+    LLMQ_RETURN_IF_ERROR(copy_range(spill.fd, e->spill_offset, e->nbytes, out.fd, path));
+  }
+  if (::close(out.fd) != 0) {
+    out.fd = -1;
+    return Status::error(path + ": write failed: " + std::strerror(errno));
+  }
+  out.fd = -1;
   return Status::ok();
+}
+
+void release_mapped_pages(const void* data, size_t bytes) {
+  if (bytes == 0) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  // Whole pages around the range (a neighbour's page only faults back in from the cache).
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes + page - 1) / page * page;
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // EINVAL etc.: nothing to do
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -368,11 +444,35 @@ Status SafetensorsWriter::write(const std::string& path) const {
 ShardedCheckpointWriter::ShardedCheckpointWriter(std::string dir, uint64_t max_shard_bytes)
     : dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes) {}
 
-Status ShardedCheckpointWriter::add(const std::string& name, const TensorView& v) {
-  return add(name, Tensor::copy_of(v));
+Status ShardedCheckpointWriter::add(const std::string& name, Tensor&& t) { return add(name, t.view()); }
+
+ShardedCheckpointWriter::ShardedCheckpointWriter(ShardedCheckpointWriter&& o) noexcept
+    : dir_(std::move(o.dir_)),
+      max_shard_bytes_(o.max_shard_bytes_),
+      current_(std::move(o.current_)),
+      spill_fd_(std::exchange(o.spill_fd_, -1)),
+      spill_size_(o.spill_size_),
+      shard_tmp_names_(std::move(o.shard_tmp_names_)),
+      weight_shard_(std::move(o.weight_shard_)),
+      total_size_(o.total_size_),
+      finished_(o.finished_) {}
+
+ShardedCheckpointWriter::~ShardedCheckpointWriter() {
+  if (spill_fd_ >= 0) {  // abandoned (an error before finish): the staged directory goes away too
+    ::close(spill_fd_);
+    std::error_code ec;
+    fs::remove(spill_path(), ec);
+  }
 }
 
-Status ShardedCheckpointWriter::add(const std::string& name, Tensor&& t) {
+std::string ShardedCheckpointWriter::spill_path() const {
+  char name[64];
+  std::snprintf(name, sizeof(name), ".llmq-shard-%05zu.data.tmp", shard_tmp_names_.size() + 1);
+  return (fs::path(dir_) / name).string();
+}
+
+Status ShardedCheckpointWriter::add(const std::string& name, const TensorView& t) {
+  if (!t.is_contiguous()) return add(name, Tensor::copy_of(t));  // copy_of gathers the strided view
   LLMQ_CHECK(!finished_, "ShardedCheckpointWriter::add after finish");
   if (weight_shard_.count(name)) return Status::error(dir_ + ": tensor " + quote(name) + " written twice");
   const uint64_t nbytes = static_cast<uint64_t>(t.nbytes());
@@ -380,7 +480,14 @@ Status ShardedCheckpointWriter::add(const std::string& name, Tensor&& t) {
   // larger than the limit thus gets a shard of its own (huggingface_hub's splitter).
   if (current_.size() > 0 && current_.payload_bytes() + nbytes > max_shard_bytes_)
     LLMQ_RETURN_IF_ERROR(flush_shard());
-  current_.add(name, std::move(t));
+  if (spill_fd_ < 0) {
+    spill_fd_ = ::open(spill_path().c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (spill_fd_ < 0) return Status::error(spill_path() + ": cannot create: " + std::strerror(errno));
+    spill_size_ = 0;
+  }
+  LLMQ_RETURN_IF_ERROR(write_all(spill_fd_, t.data, nbytes, spill_path()));
+  current_.add_spilled(name, t.dtype, t.shape, spill_size_);
+  spill_size_ += nbytes;
   weight_shard_[name] = shard_tmp_names_.size();
   total_size_ += nbytes;
   return Status::ok();
@@ -391,9 +498,16 @@ Status ShardedCheckpointWriter::flush_shard() {
   char name[64];
   std::snprintf(name, sizeof(name), ".llmq-shard-%05zu.tmp", shard_tmp_names_.size() + 1);
   const std::string path = (fs::path(dir_) / name).string();
-  LLMQ_RETURN_IF_ERROR(current_.write(path));
+  const std::string spill = spill_path();
+  LLMQ_RETURN_IF_ERROR(current_.write(path, spill));
+  if (spill_fd_ >= 0) {
+    ::close(spill_fd_);
+    spill_fd_ = -1;
+    std::error_code ec;
+    fs::remove(spill, ec);
+  }
   shard_tmp_names_.push_back(path);
-  current_ = SafetensorsWriter();  // frees the shard's tensors
+  current_ = SafetensorsWriter();
   return Status::ok();
 }
 

@@ -69,34 +69,52 @@ class SafetensorsFile {
   uint64_t data_start_ = 0;
 };
 
-// Collects tensors (copied in, or referenced while the caller keeps them alive) and writes
-// one canonical file.
+// Collects tensors and writes one canonical file. A tensor is held in memory, or "spilled":
+// its bytes already sit in a side file the caller wrote (ShardedCheckpointWriter, to keep
+// memory bounded), and write() copies them from there.
 class SafetensorsWriter {
  public:
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
   // Copies the bytes of a contiguous host view.
   void add(const std::string& name, const TensorView& v);
   void add(const std::string& name, Tensor&& t);
+  // A tensor of dtype/shape whose bytes are at `offset` of the spill file given to write().
+  void add_spilled(const std::string& name, DType dtype, const Shape& shape, uint64_t offset);
   bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
   size_t size() const { return tensors_.size(); }
   uint64_t payload_bytes() const;
   std::string header_json() const;        // the padded header, without the 8-byte length
-  Status write(const std::string& path) const;  // plain write (caller stages the directory)
+  // Plain write (caller stages the directory); spill_path: the file of add_spilled's bytes.
+  Status write(const std::string& path, const std::string& spill_path = "") const;
+
+  struct Entry {
+    DType dtype;
+    Shape shape;
+    uint64_t nbytes = 0;
+    Tensor data;                // in memory, or empty when spilled
+    uint64_t spill_offset = 0;  // spilled: where the bytes are
+  };
 
  private:
+  static void check_name(const std::string& name, DType dtype);
   std::map<std::string, std::string> metadata_ = {{"format", "pt"}};
-  std::map<std::string, Tensor> tensors_;
+  std::map<std::string, Entry> tensors_;
 };
 
 // Writes a model's tensors as HF does: one `model.safetensors` when everything fits in one
 // shard, else `model-0000i-of-0000N.safetensors` plus `model.safetensors.index.json`
 // ({"metadata":{"total_size":T},"weight_map":{name: file}}; T = sum of payload bytes).
 // Tensors are assigned to shards in the order they are added (a new shard starts when the
-// next tensor would push the shard past max_shard_bytes), so callers add one decoder layer
-// at a time and memory stays bounded: a full shard is flushed to disk as soon as it closes.
+// next tensor would push the shard past max_shard_bytes). Each tensor's bytes go to the
+// shard's spill file as soon as it is added (so memory holds no shard, only names and
+// shapes); when the shard closes, its file is written in canonical order from the spill file
+// (copy_file_range: an in-kernel copy) and the spill file removed.
 class ShardedCheckpointWriter {
  public:
   ShardedCheckpointWriter(std::string dir, uint64_t max_shard_bytes);
+  ~ShardedCheckpointWriter();
+  ShardedCheckpointWriter(ShardedCheckpointWriter&& o) noexcept;
+  ShardedCheckpointWriter& operator=(ShardedCheckpointWriter&&) = delete;
   Status add(const std::string& name, Tensor&& t);
   Status add(const std::string& name, const TensorView& v);
   // Flushes the last shard, renames shards to their final "-of-N" names, writes the index.
@@ -104,14 +122,23 @@ class ShardedCheckpointWriter {
 
  private:
   Status flush_shard();
+  std::string spill_path() const;
   std::string dir_;
   uint64_t max_shard_bytes_;
   SafetensorsWriter current_;
+  int spill_fd_ = -1;       // the current shard's spill file, open while it has tensors
+  uint64_t spill_size_ = 0;
   std::vector<std::string> shard_tmp_names_;
   std::map<std::string, size_t> weight_shard_;  // tensor name -> shard index
   uint64_t total_size_ = 0;
   bool finished_ = false;
 };
+
+// Drops the resident pages of a mapped tensor's bytes from this process (madvise DONTNEED on
+// the read-only mapping; the page cache keeps them, a later read faults them back in). The
+// streaming readers call it once a tensor has been converted, so resident memory stays about
+// one layer instead of growing with every shard read. No-op for memory that is not mapped.
+void release_mapped_pages(const void* data, size_t bytes);
 
 // Every tensor of a checkpoint directory: through model.safetensors.index.json when present
 // (each listed shard validated and every indexed name checked to exist there), else the single

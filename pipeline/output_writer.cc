@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -44,15 +45,38 @@ Expected<QuantizedCheckpointWriter> QuantizedCheckpointWriter::create(const std:
 }
 
 Status QuantizedCheckpointWriter::add_float(const std::string& name, const Tensor& f32) {
+  return add_float(name, f32.view());
+}
+
+Status QuantizedCheckpointWriter::add_float(const std::string& name, const TensorView& v) {
   const DType dtype = format_model_dtype(info_.format);
-  if (dtype == DType::kF16) {
-    const float* p = f32.data<float>();
-    for (int64_t i = 0; i < f32.numel(); ++i)
-      if (std::fabs(p[i]) > 65504.0f)
-        return Status::error(name + ": value " + std::to_string(p[i]) + " does not fit the float16 model dtype of " +
-                             std::string(quant_format_name(info_.format)) + " checkpoints");
+  if (v.dtype == dtype && v.is_contiguous()) {
+    LLMQ_RETURN_IF_ERROR(shards_.add(name, v));  // its bytes are in the shard's spill file now
+    release_mapped_pages(v.data, static_cast<size_t>(v.nbytes()));
+    return Status::ok();
   }
-  return shards_.add(name, f32_to(f32.view(), dtype));
+  Tensor out(dtype, v.shape);
+  const int64_t n = v.numel();
+  const int64_t cols = v.shape.empty() ? 1 : std::max<int64_t>(1, v.shape.back());
+  const int64_t chunk_rows = std::max<int64_t>(1, (int64_t{1} << 20) / cols);
+  const Tensor src = v.is_contiguous() ? Tensor() : Tensor::copy_of(v);
+  const auto* in = static_cast<const uint8_t*>(v.is_contiguous() ? v.data : src.raw());
+  auto* dst = static_cast<uint8_t*>(out.raw());
+  const size_t in_row = static_cast<size_t>(dtype_nbytes(v.dtype, cols)), out_row = static_cast<size_t>(dtype_nbytes(dtype, cols));
+  for (int64_t r0 = 0; r0 * cols < n; r0 += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, n / cols - r0);
+    const Tensor f = to_f32(TensorView(v.dtype, {rows, cols}, const_cast<uint8_t*>(in + r0 * in_row)));
+    if (dtype == DType::kF16) {
+      const float* p = f.data<float>();
+      for (int64_t i = 0; i < f.numel(); ++i)
+        if (std::fabs(p[i]) > 65504.0f)
+          return Status::error(name + ": value " + std::to_string(p[i]) + " does not fit the float16 model dtype of " +
+                               std::string(quant_format_name(info_.format)) + " checkpoints");
+    }
+    const Tensor c = f32_to(f.view(), dtype);
+    std::memcpy(dst + r0 * out_row, c.raw(), static_cast<size_t>(c.nbytes()));
+  }
+  return shards_.add(name, std::move(out));
 }
 
 Status QuantizedCheckpointWriter::add_linear(const std::string& prefix, const QuantizedLinear& q) {

@@ -26,6 +26,9 @@ class QuantizedCheckpointWriter {
   // A float tensor, stored in the format's model dtype (BF16 or F16). Values outside the dtype's
   // range are an error naming the tensor (F16 tops out at 65504).
   Status add_float(const std::string& name, const Tensor& f32);
+  // The same from a float view of any dtype (e.g. the source checkpoint's mapped tensor):
+  // stored as it is when the dtypes agree, else converted in row chunks (no float32 copy).
+  Status add_float(const std::string& name, const TensorView& v);
   // A quantized linear's tensors at prefix ("model.layers.0.mlp.up_proj").
   Status add_linear(const std::string& prefix, const QuantizedLinear& q);
 

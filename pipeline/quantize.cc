@@ -2,8 +2,10 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 
 #include "calibration/calibrate.h"
@@ -24,6 +26,18 @@ uint64_t peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<uint64_t>(u.ru_maxrss) * 1024;
+}
+
+// Anonymous resident memory now (Linux /proc/self/status RssAnon): what the process holds
+// besides mapped file pages, i.e. the "host RSS excluding the page cache"; 0 when
+// unavailable. Sampled at the points where a layer's data peaks, since the kernel keeps no
+// high-water mark of it.
+uint64_t anon_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("RssAnon:", 0) == 0) return std::stoull(line.substr(8)) * 1024;  // "RssAnon:  1234 kB"
+  return 0;
 }
 
 // --device: gpu takes the GPU path or fails; auto takes it where there is a GPU and the method
@@ -203,9 +217,10 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
   const double calib_seconds = seconds_since(t_calib);
 
   // The model, one layer at a time.
-  LLMQ_ASSIGN_OR_RETURN(Tensor embed, ckpt.load_f32("model.embed_tokens.weight", {config.vocab_size, config.hidden_size}));
+  // Embeddings, final norm and lm_head go from the mapped source to the output as they are
+  // (or converted in row chunks), never as a float32 copy of a 128k x 4096 table.
+  LLMQ_ASSIGN_OR_RETURN(TensorView embed, ckpt.float_view("model.embed_tokens.weight", {config.vocab_size, config.hidden_size}));
   LLMQ_RETURN_IF_ERROR(writer.add_float("model.embed_tokens.weight", embed));
-  embed = Tensor();
 
   std::unique_ptr<Progress> progress;
   if (o.progress) progress = std::make_unique<Progress>("quantize " + std::string(info.name), config.num_hidden_layers, "layers");
@@ -213,6 +228,7 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
   nlohmann::ordered_json layer_records = nlohmann::ordered_json::array();
   nlohmann::ordered_json layer_seconds = nlohmann::ordered_json::array();
   double load_seconds = 0, write_seconds = 0;
+  uint64_t peak_anon = anon_rss_bytes();
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     const auto t_layer = Clock::now();
     LLMQ_ASSIGN_OR_RETURN(LayerWeights w, load_layer_weights(ckpt, l));
@@ -221,6 +237,7 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
     auto done = session ? session->run_layer(w, ctx) : run_method(method, w, ctx);
     if (!done) return done.status().with_context("layer " + std::to_string(l));
     LayerResult& r = *done;
+    peak_anon = std::max(peak_anon, anon_rss_bytes());  // float weights and their quantized form
 
     const auto t_write = Clock::now();
     nlohmann::ordered_json linears = nlohmann::ordered_json::object();
@@ -246,10 +263,10 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
   }
   if (progress) progress->finish();
 
-  LLMQ_ASSIGN_OR_RETURN(Tensor norm, ckpt.load_f32("model.norm.weight", {config.hidden_size}));
+  LLMQ_ASSIGN_OR_RETURN(TensorView norm, ckpt.float_view("model.norm.weight", {config.hidden_size}));
   LLMQ_RETURN_IF_ERROR(writer.add_float("model.norm.weight", norm));
   if (!config.tie_word_embeddings) {
-    LLMQ_ASSIGN_OR_RETURN(Tensor head, ckpt.load_f32("lm_head.weight", {config.vocab_size, config.hidden_size}));
+    LLMQ_ASSIGN_OR_RETURN(TensorView head, ckpt.float_view("lm_head.weight", {config.vocab_size, config.hidden_size}));
     LLMQ_RETURN_IF_ERROR(writer.add_float("lm_head.weight", head));
   }
 
@@ -287,6 +304,7 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
                        {"stages", std::move(stages)},
                        {"device", result.device},
                        {"peak_host_rss_bytes", peak_rss_bytes()},
+                       {"peak_host_anon_bytes", std::max(peak_anon, anon_rss_bytes())},
                        {"peak_gpu_bytes", session ? session->peak_device_bytes() : 0}};
   LLMQ_RETURN_IF_ERROR(writer.finish(o.model_dir, report));
   result.out = o.out;

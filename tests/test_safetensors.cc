@@ -399,14 +399,27 @@ TEST(ShardedCheckpointWriter, SplitPointsIndexAndTotalSize) {
     ref.emplace(name, Tensor::copy_of(t.view()));
     ASSERT_TRUE(w.add(name, std::move(t)).is_ok()) << name;
   };
+  // Shard files so far, and whether the open shard's bytes are in its spill file (not memory).
+  const auto shards = [&] {
+    size_t n = 0;
+    for (const std::string& f : dir_listing(dir)) n += f.find(".data.tmp") == std::string::npos;
+    return n;
+  };
+  const auto spilled = [&] {
+    for (const std::string& f : dir_listing(dir))
+      if (f.find(".data.tmp") != std::string::npos) return std::filesystem::file_size(dir + "/" + f);
+    return std::uintmax_t{0};
+  };
   add("t0", DType::kF32, {10});
   add("t1", DType::kBF16, {30});
-  EXPECT_EQ(dir_listing(dir).size(), 0u);  // first shard still open
+  EXPECT_EQ(shards(), 0u);  // first shard still open...
+  EXPECT_EQ(spilled(), 100u);  // ...its tensors already on disk
   add("t2", DType::kU8, {40});
-  EXPECT_EQ(dir_listing(dir).size(), 1u);  // first shard flushed as soon as it closed
+  EXPECT_EQ(shards(), 1u);  // first shard written as soon as it closed
+  EXPECT_EQ(spilled(), 40u);
   add("t3", DType::kU8, {150});
   add("t4", DType::kU8, {10});
-  EXPECT_EQ(dir_listing(dir).size(), 3u);
+  EXPECT_EQ(shards(), 3u);
   ASSERT_TRUE(w.add("t5", ref.at("t4").view()).is_ok());
   ref.emplace("t5", Tensor::copy_of(ref.at("t4").view()));
   const Status dup = w.add("t0", ref.at("t0").view());
