@@ -49,6 +49,10 @@ void Tensor::reshape(Shape shape) {
   shape_ = std::move(shape);
 }
 
+// Elementwise conversions of large tensors (a layer's weights: 10^8 values) run on all cores;
+// each element is independent, so the result does not depend on the thread count.
+constexpr int64_t kParallelElements = 1 << 16;
+
 Tensor to_f32(const TensorView& v) {
   LLMQ_CHECK(v.device == Device::kCpu && v.is_contiguous(), "to_f32 needs a contiguous host view");
   Tensor out(DType::kF32, v.shape);
@@ -59,15 +63,19 @@ Tensor to_f32(const TensorView& v) {
       std::memcpy(dst, v.data, n * 4);
       break;
     case DType::kF64:
+#pragma omp parallel for schedule(static) if (n > kParallelElements)
       for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<const double*>(v.data)[i]);
       break;
     case DType::kBF16:
+#pragma omp parallel for schedule(static) if (n > kParallelElements)
       for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(static_cast<const uint16_t*>(v.data)[i]);
       break;
     case DType::kF16:
+#pragma omp parallel for schedule(static) if (n > kParallelElements)
       for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(static_cast<const uint16_t*>(v.data)[i]);
       break;
     case DType::kF8E4M3:
+#pragma omp parallel for schedule(static) if (n > kParallelElements)
       for (int64_t i = 0; i < n; ++i) dst[i] = fp8e4m3_to_f32(static_cast<const uint8_t*>(v.data)[i]);
       break;
     default:
@@ -87,11 +95,13 @@ Tensor f32_to(const TensorView& v, DType target) {
       break;
     case DType::kBF16: {
       uint16_t* dst = out.data<uint16_t>();
+#pragma omp parallel for schedule(static) if (n > kParallelElements)
       for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
       break;
     }
     case DType::kF16: {
       uint16_t* dst = out.data<uint16_t>();
+#pragma omp parallel for schedule(static) if (n > kParallelElements)
       for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_f16(src[i]);
       break;
     }

@@ -154,12 +154,25 @@ Expected<TensorView> HfCheckpoint::tensor(const std::string& name, const Shape& 
   return tensors_.view(stored);
 }
 
+namespace {
+
+// Index of the first NaN/Inf of p[0..n), or -1. A NaN/Inf weight would poison every statistic
+// and quantizer downstream, so the loaders refuse it naming the element.
+int64_t first_non_finite(const float* p, int64_t n) {
+  int64_t first = n;
+#pragma omp parallel for schedule(static) reduction(min : first) if (n > (1 << 16))
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i]) && i < first) first = i;
+  return first < n ? first : -1;
+}
+
+}  // namespace
+
 Expected<TensorView> HfCheckpoint::float_view(const std::string& name, const Shape& expected) const {
   LLMQ_ASSIGN_OR_RETURN(const TensorView v, tensor(name, expected));
   const std::string where = tensors_.file_of(stored_name(name)) + ": tensor " + quote(name);
   if (!dtype_is_float(v.dtype))
     return Status::error(where + " has dtype " + std::string(dtype_name(v.dtype)) + ", not a float dtype");
-  // A NaN/Inf weight would poison every statistic and quantizer downstream: refuse it here.
   // Checked in row chunks, so a large table costs no float32 copy of itself.
   const int64_t n = v.numel();
   const int64_t cols = v.shape.empty() ? 1 : std::max<int64_t>(1, v.shape.back());
@@ -168,19 +181,25 @@ Expected<TensorView> HfCheckpoint::float_view(const std::string& name, const Sha
   for (int64_t r0 = 0; r0 * cols < n; r0 += chunk_rows) {
     const int64_t rows = std::min(chunk_rows, n / cols - r0);
     const Tensor f = to_f32(TensorView(v.dtype, {rows, cols}, static_cast<uint8_t*>(v.data) + r0 * row_bytes));
-    const float* p = f.data<float>();
-    for (int64_t i = 0; i < f.numel(); ++i)
-      if (!std::isfinite(p[i]))
-        return Status::error(where + " holds " + (std::isnan(p[i]) ? "NaN" : "Inf") + " at element " +
-                             std::to_string(r0 * cols + i));
+    const int64_t bad = first_non_finite(f.data<float>(), f.numel());
+    if (bad >= 0)
+      return Status::error(where + " holds " + (std::isnan(f.data<float>()[bad]) ? "NaN" : "Inf") + " at element " +
+                           std::to_string(r0 * cols + bad));
   }
   return v;
 }
 
 Expected<Tensor> HfCheckpoint::load_f32(const std::string& name, const Shape& expected) const {
-  LLMQ_ASSIGN_OR_RETURN(const TensorView v, float_view(name, expected));
+  LLMQ_ASSIGN_OR_RETURN(const TensorView v, tensor(name, expected));
+  if (!dtype_is_float(v.dtype))
+    return Status::error(tensors_.file_of(stored_name(name)) + ": tensor " + quote(name) + " has dtype " +
+                         std::string(dtype_name(v.dtype)) + ", not a float dtype");
   Tensor t = to_f32(v);
   release_mapped_pages(v.data, static_cast<size_t>(v.nbytes()));  // read once: keep resident memory one layer
+  const int64_t bad = first_non_finite(t.data<float>(), t.numel());
+  if (bad >= 0)
+    return Status::error(tensors_.file_of(stored_name(name)) + ": tensor " + quote(name) + " holds " +
+                         (std::isnan(t.data<float>()[bad]) ? "NaN" : "Inf") + " at element " + std::to_string(bad));
   return t;
 }
 

@@ -2,6 +2,7 @@
 
 #include <Eigen/Core>
 #include <cmath>
+#include <vector>
 
 #include "core/check.h"
 #include "model/quantized_linear.h"
@@ -52,11 +53,29 @@ DecoderLayer make_decoder_layer(const LayerWeights& w, const QuantizedSlots* qua
 
 void measure_error(const Tensor& w, const QuantizedLinear& q, const Tensor* hessian, QuantReport& report) {
   const Tensor deq = dequantize(q);
-  const ConstMapF W(w.data<float>(), w.dim(0), w.dim(1));
-  const MatF E = W - ConstMapF(deq.data<float>(), deq.dim(0), deq.dim(1));
-  const double wn = W.cast<double>().norm();
-  report.weight_rel_error = wn > 0 ? E.cast<double>().norm() / wn : 0.0;
+  const int64_t out = w.dim(0), in = w.dim(1);
+  // ||W||² and ||E||² per row on all cores, then summed in row order: the same value for any
+  // thread count.
+  std::vector<double> w_sq(out), e_sq(out);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < out; ++n) {
+    const float* a = w.data<float>() + n * in;
+    const float* b = deq.data<float>() + n * in;
+    double ws = 0, es = 0;
+    for (int64_t k = 0; k < in; ++k) {
+      const double e = static_cast<double>(a[k]) - b[k];
+      ws += static_cast<double>(a[k]) * a[k];
+      es += e * e;
+    }
+    w_sq[n] = ws;
+    e_sq[n] = es;
+  }
+  double wn = 0, en = 0;
+  for (int64_t n = 0; n < out; ++n) wn += w_sq[n], en += e_sq[n];
+  report.weight_rel_error = wn > 0 ? std::sqrt(en / wn) : 0.0;
   if (hessian && !hessian->empty()) {
+    const ConstMapF W(w.data<float>(), out, in);
+    const MatF E = W - ConstMapF(deq.data<float>(), out, in);
     const ConstMapF H(hessian->data<float>(), hessian->dim(0), hessian->dim(1));
     const double num = (E * H).cwiseProduct(E).cast<double>().sum();
     const double den = (W * H).cwiseProduct(W).cast<double>().sum();

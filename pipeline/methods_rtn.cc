@@ -12,9 +12,8 @@ Expected<LayerResult> quantize_layer_rtn(LayerWeights& w, LayerContext& ctx) {
   if (m.method != QuantMethod::kFp8 && m.method != QuantMethod::kRtnInt8 && m.method != QuantMethod::kRtnInt4)
     return Status::error("quantize_layer_rtn: not an RTN method");
   LayerResult result;
-  // The linears are independent (each writes only its own slot), so they run in parallel; the
-  // results do not depend on the thread count.
-#pragma omp parallel for schedule(dynamic, 1)
+  // One linear at a time, each quantizer and measure_error on all cores (linears in parallel
+  // would leave the inner loops single-threaded: 7 uneven tasks on a 16-core machine).
   for (int s = 0; s < kNumLinearSlots; ++s) {
     const LinearSlot slot = static_cast<LinearSlot>(s);
     if (!ctx.plan.quantizes(w.index, slot)) continue;
