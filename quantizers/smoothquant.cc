@@ -11,12 +11,22 @@ std::vector<float> smoothquant_factors(const std::vector<float>& act_min, const 
   LLMQ_CHECK(!balance.empty(), "smoothquant needs balance layers");
   const int64_t in = balance[0]->dim(1);
   LLMQ_CHECK(static_cast<int64_t>(act_absmax.size()) == in, "activation stats width " << act_absmax.size());
+  // Column maxima of |W| over every balance layer's rows: row ranges on all cores, merged by
+  // max (exact, so the same for any thread count).
   std::vector<double> wt(in, 0.0);
   for (const Tensor* w : balance) {
     LLMQ_CHECK(w->dim(1) == in, "balance layer width " << w->dim(1) << " != " << in);
     const float* p = w->data<float>();
-    for (int64_t n = 0; n < w->dim(0); ++n)
-      for (int64_t j = 0; j < in; ++j) wt[j] = std::max(wt[j], static_cast<double>(std::fabs(p[n * in + j])));
+    const int64_t rows = w->dim(0);
+#pragma omp parallel
+    {
+      std::vector<float> local(in, 0.0f);
+#pragma omp for schedule(static) nowait
+      for (int64_t n = 0; n < rows; ++n)
+        for (int64_t j = 0; j < in; ++j) local[j] = std::max(local[j], std::fabs(p[n * in + j]));
+#pragma omp critical
+      for (int64_t j = 0; j < in; ++j) wt[j] = std::max(wt[j], static_cast<double>(local[j]));
+    }
   }
   const bool llmc = config.act_range == SmoothActRange::kMaxMinusMin;
   std::vector<float> s(in);

@@ -17,11 +17,14 @@ std::vector<bf16> to_bf16(const TensorView& v) {
     const bf16* p = static_cast<const bf16*>(v.data);
     return std::vector<bf16>(p, p + v.numel());
   }
-  const Tensor f = to_f32(v);
-  std::vector<bf16> out(f.numel());
-  const float* p = f.data<float>();
+  // Float32 (the pipeline's layers) converts straight from the caller's buffer; other dtypes
+  // go through a float32 copy.
+  const Tensor f = v.dtype == DType::kF32 && v.is_contiguous() ? Tensor() : to_f32(v);
+  const float* p = f.empty() ? static_cast<const float*>(v.data) : f.data<float>();
+  const int64_t n = v.numel();
+  std::vector<bf16> out(n);
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < f.numel(); ++i) out[i] = f32_to_bf16(p[i]);
+  for (int64_t i = 0; i < n; ++i) out[i] = f32_to_bf16(p[i]);
   return out;
 }
 
