@@ -4,6 +4,9 @@
 # format on a synthetic Llama-3.1-8B beside the PyTorch peer. Logs go to $OUT (default out/gpu).
 # Test data: LLMQ_TEST_DATA (default .testdata, a copy of ../shared/data's models and goldens).
 # Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step), PEER=path.
+# STAGE=quantize: `llmq quantize --device gpu` of the synthetic 8B with each of METHODS (default
+# "fp8 int8-sq gptq"; calibration SAMPLES x SEQ_LEN of calib_mixed.txt, default 128 x 2048),
+# printing wall time, max RSS and the report's stage timings and memory peaks.
 set -uo pipefail
 BIN=${BIN:-build}
 OUT=${OUT:-out/gpu}
@@ -34,4 +37,19 @@ if [ "$STAGE" = bench ]; then
       ${PROFILE:+--profile 1} --json "$OUT/bench-$f.json" 2>&1 | tee "$OUT/bench-$f.txt"
   done
   [ -n "${PEER:-}" ] && timeout 400 python3 "$PEER" --batches ${BATCHES:-1,16,64} 2>&1 | tee "$OUT/peer.txt"
+fi
+
+if [ "$STAGE" = quantize ]; then
+  M=${SYNTH_DIR:-/tmp/synth-8b}
+  [ -f "$M/config.json" ] || timeout 300 "$BIN/bin/llmq_runner_bench" --synth llama-3.1-8b "$M" > "$OUT/synth.log" 2>&1
+  for m in ${METHODS:-fp8 int8-sq gptq}; do
+    calib=(); [ "$m" = fp8 ] || [ "${m#rtn}" != "$m" ] || \
+      calib=(--dataset "$LLMQ_TEST_DATA/text/calib_mixed.txt" --samples "${SAMPLES:-128}" --seq-len "${SEQ_LEN:-2048}")
+    /usr/bin/time -f "$m: wall %e s, max RSS %M KB" timeout 580 "$BIN/bin/llmq" quantize --model "$M" --method "$m" \
+      --device gpu "${calib[@]}" --out "/tmp/q8b-$m" --force > "$OUT/quantize-$m.log" 2>&1
+    tail -2 "$OUT/quantize-$m.log"
+    python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['timings']; t.pop('layers_s', None); print(sys.argv[2], json.dumps(t))" \
+      "/tmp/q8b-$m/llmq_report.json" "$m" 2>&1 | tee -a "$OUT/quantize.txt"
+    rm -rf "/tmp/q8b-$m"  # 64 GB of scratch: keep one output at a time
+  done
 fi
