@@ -472,7 +472,7 @@ std::string ShardedCheckpointWriter::spill_path() const {
 }
 
 Status ShardedCheckpointWriter::add(const std::string& name, const TensorView& t) {
-  if (!t.is_contiguous()) return add(name, Tensor::copy_of(t));  // copy_of gathers the strided view
+  LLMQ_CHECK(t.is_contiguous() && t.device == Device::kCpu, "tensor '" << name << "': a contiguous host view");
   LLMQ_CHECK(!finished_, "ShardedCheckpointWriter::add after finish");
   if (weight_shard_.count(name)) return Status::error(dir_ + ": tensor " + quote(name) + " written twice");
   const uint64_t nbytes = static_cast<uint64_t>(t.nbytes());

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/check.h"
 #include "core/numeric.h"
 
 namespace llmq {
@@ -49,8 +50,9 @@ Status QuantizedCheckpointWriter::add_float(const std::string& name, const Tenso
 }
 
 Status QuantizedCheckpointWriter::add_float(const std::string& name, const TensorView& v) {
+  LLMQ_CHECK(v.is_contiguous(), "add_float takes a contiguous view: " << name);
   const DType dtype = format_model_dtype(info_.format);
-  if (v.dtype == dtype && v.is_contiguous()) {
+  if (v.dtype == dtype) {
     LLMQ_RETURN_IF_ERROR(shards_.add(name, v));  // its bytes are in the shard's spill file now
     release_mapped_pages(v.data, static_cast<size_t>(v.nbytes()));
     return Status::ok();
@@ -59,8 +61,7 @@ Status QuantizedCheckpointWriter::add_float(const std::string& name, const Tenso
   const int64_t n = v.numel();
   const int64_t cols = v.shape.empty() ? 1 : std::max<int64_t>(1, v.shape.back());
   const int64_t chunk_rows = std::max<int64_t>(1, (int64_t{1} << 20) / cols);
-  const Tensor src = v.is_contiguous() ? Tensor() : Tensor::copy_of(v);
-  const auto* in = static_cast<const uint8_t*>(v.is_contiguous() ? v.data : src.raw());
+  const auto* in = static_cast<const uint8_t*>(v.data);
   auto* dst = static_cast<uint8_t*>(out.raw());
   const size_t in_row = static_cast<size_t>(dtype_nbytes(v.dtype, cols)), out_row = static_cast<size_t>(dtype_nbytes(dtype, cols));
   for (int64_t r0 = 0; r0 * cols < n; r0 += chunk_rows) {

@@ -297,6 +297,13 @@ TEST_F(TinyStoriesPipeline, ReportAndRefusals) {
   EXPECT_LT(q["output_rel_error"].get<double>(), q["weight_rel_error"].get<double>());
   EXPECT_TRUE(fs::exists(out + "/tokenizer.json"));
   EXPECT_TRUE(fs::exists(out + "/quantize_config.json"));
+  // Memory high-water marks, and no spill files left behind by the shard writer.
+  const auto& t = report["timings"];
+  EXPECT_GT(t["peak_host_rss_bytes"].get<uint64_t>(), 0u);
+  EXPECT_GT(t["peak_host_anon_bytes"].get<uint64_t>(), 0u);
+  EXPECT_LE(t["peak_host_anon_bytes"].get<uint64_t>(), t["peak_host_rss_bytes"].get<uint64_t>());
+  for (const auto& e : fs::directory_iterator(out))
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
 
   // Existing output without --force: refused, output untouched.
   const auto before = read_all(out + "/config.json");

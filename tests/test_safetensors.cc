@@ -468,6 +468,18 @@ TEST(ShardedCheckpointWriter, SplitPointsIndexAndTotalSize) {
   }
 }
 
+// A writer dropped before finish (an error mid-run) removes its spill file.
+TEST(ShardedCheckpointWriter, AbandonedWriterLeavesNoSpillFile) {
+  std::mt19937 rng(7);
+  const std::string dir = testing::scratch_dir("st_spill");
+  {
+    ShardedCheckpointWriter w(dir, 1000);
+    ASSERT_TRUE(w.add("a", random_tensor(DType::kF32, {10}, &rng)).is_ok());
+    EXPECT_EQ(dir_listing(dir).size(), 1u);  // the spill file
+  }
+  EXPECT_TRUE(dir_listing(dir).empty());
+}
+
 TEST(ShardedCheckpointWriter, OneShardIsModelSafetensorsWithoutIndex) {
   std::mt19937 rng(5);
   const std::string dir = testing::scratch_dir("st_one_shard");
