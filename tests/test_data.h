@@ -7,6 +7,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <unistd.h>
 
@@ -20,6 +22,14 @@ inline std::string test_data_dir() {
 inline bool test_data_required() {
   const char* env = std::getenv("LLMQ_REQUIRE_TEST_DATA");
   return env && std::string(env) == "1";
+}
+
+// The whole file as bytes ("" when it cannot be read).
+inline std::string read_all(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 inline std::string scratch_dir(const std::string& name) {

@@ -28,12 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string read_all(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::read_all;
 
 // Shapes that hit the kernel's column-block (256) and row-block (64) edges; values of both
 // signs, an all-negative column and -0.0 (whose int pattern must not beat -inf).
