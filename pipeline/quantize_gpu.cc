@@ -17,7 +17,6 @@
 #include "runner/cuda_check.h"
 #include "runner/device.h"
 #include "runner/kernels.h"
-#include "runner/kernels_ref.h"
 #include "runner/layer.h"
 
 namespace llmq {
@@ -135,7 +134,7 @@ struct GpuQuantizeSession::Impl {
   DeviceBuffer pos, seq;            // [total_rows] int32: position in the sample, slot in its chunk
   DeviceBuffer x_tmp;               // [max_rows, hidden] bf16: a chunk's copy for forwards that must not advance
   DeviceBuffer k_cache, v_cache;    // [slots, capacity, kv_dim] bf16, reused by every layer
-  DeviceBuffer cos_t, sin_t;        // [capacity, hd/2] f32
+  RopeTables rope;                  // [capacity, hd/2]
   LayerBuffers bufs;
 
   // Memory: device bytes in use when the session began, and the high-water mark above it.
@@ -156,16 +155,7 @@ struct GpuQuantizeSession::Impl {
     peak = std::max(peak, (used > baseline ? used - baseline : 0) + extra);
   }
 
-  LayerEnv env() const {
-    LayerEnv e;
-    e.config = &c;
-    e.capacity = capacity;
-    e.cos = cos_t.as<const float>();
-    e.sin = sin_t.as<const float>();
-    e.blas = blas.get();
-    e.stream = stream;
-    return e;
-  }
+  LayerEnv env() const { return LayerEnv::of(c, capacity, rope, blas.get(), stream); }
   LayerRows rows_of(const Chunk& ch) const {
     return {pos.as<const int32_t>() + ch.row0, seq.as<const int32_t>() + ch.row0, ch.M, &ch.spans};
   }
@@ -381,10 +371,7 @@ Expected<std::unique_ptr<GpuQuantizeSession>> GpuQuantizeSession::create(
   s.k_cache = DeviceBuffer(cache_bytes);
   s.v_cache = DeviceBuffer(cache_bytes);
   s.bufs = LayerBuffers::create(c, max_rows, s.capacity, /*quantized=*/false);
-  std::vector<float> cos_t, sin_t;
-  ref::rope_tables_ref(c, s.capacity, &cos_t, &sin_t);
-  s.cos_t = DeviceBuffer::from_host(cos_t);
-  s.sin_t = DeviceBuffer::from_host(sin_t);
+  s.rope = RopeTables::upload(c, s.capacity);
 
   // Embed on the host one sample at a time (rows of the mmapped table, bf16 as stored) and upload.
   LLMQ_ASSIGN_OR_RETURN(TensorView table, ckpt.embed_tokens());  // [vocab, hidden]

@@ -15,7 +15,6 @@
 #include "runner/device_buffer.h"
 #include "runner/gemm.h"
 #include "runner/kernels.h"
-#include "runner/kernels_ref.h"
 #include "runner/layer.h"
 #include "runner/linear.h"
 
@@ -32,7 +31,7 @@ struct Engine::Impl {
   DeviceBuffer embed;       // [vocab, hidden] bf16
   DeviceBuffer final_norm;  // [hidden] bf16
   GpuLinear lm_head;
-  DeviceBuffer cos_t, sin_t;                  // [capacity, hd/2] f32
+  RopeTables rope;                            // [capacity, hd/2]
   std::vector<DeviceBuffer> k_cache, v_cache;  // per layer [max_batch, capacity, kv_dim] bf16
   std::vector<int> length;                    // per slot: positions in the cache
 
@@ -71,13 +70,7 @@ struct Engine::Impl {
     bf16* xs = x.as<bf16>();
     gpu::embed(embed.as<const bf16>(), ids.as<const int32_t>(), xs, M, static_cast<int>(c.hidden_size), stream);
     mark("embed");
-    LayerEnv env;
-    env.config = &c;
-    env.capacity = capacity;
-    env.cos = cos_t.as<const float>();
-    env.sin = sin_t.as<const float>();
-    env.blas = blas.get();
-    env.stream = stream;
+    LayerEnv env = LayerEnv::of(c, capacity, rope, blas.get(), stream);
     env.marks.events = marks;
     const LayerRows rows{pos.as<const int32_t>(), seq.as<const int32_t>(), M, &spans};
     const bf16* pending = nullptr;
@@ -273,10 +266,7 @@ Expected<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Eng
   else
     e.lm_head.weight = DeviceBuffer::from_host(to_bf16(head));
 
-  std::vector<float> cos_t, sin_t;
-  ref::rope_tables_ref(c, e.capacity, &cos_t, &sin_t);
-  e.cos_t = DeviceBuffer::from_host(cos_t);
-  e.sin_t = DeviceBuffer::from_host(sin_t);
+  e.rope = RopeTables::upload(c, e.capacity);
   const size_t slot_bytes = size_t(options.max_batch) * e.capacity * kv_dim * 2;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     e.k_cache.emplace_back(slot_bytes);

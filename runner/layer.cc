@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "runner/cuda_check.h"
+#include "runner/kernels_ref.h"
 
 namespace llmq {
 namespace {
@@ -80,6 +81,12 @@ struct Fwd {
 };
 
 }  // namespace
+
+RopeTables RopeTables::upload(const LlamaConfig& c, int capacity) {
+  std::vector<float> cos_t, sin_t;
+  ref::rope_tables_ref(c, capacity, &cos_t, &sin_t);
+  return {DeviceBuffer::from_host(cos_t), DeviceBuffer::from_host(sin_t)};
+}
 
 void OpMarks::mark(const char* op, cudaStream_t stream) const {
   if (!events) return;

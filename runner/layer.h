@@ -85,6 +85,13 @@ struct LayerBuffers {
   size_t bytes() const;
 };
 
+// The RoPE cos/sin tables [capacity, hd/2] f32 on the device, as ref::rope_tables_ref makes
+// them (model/llama.cc's values, Llama-3 scaling included).
+struct RopeTables {
+  DeviceBuffer cos, sin;
+  static RopeTables upload(const LlamaConfig& c, int capacity);
+};
+
 // What every layer forward of a model shares.
 struct LayerEnv {
   const LlamaConfig* config = nullptr;
@@ -94,6 +101,18 @@ struct LayerEnv {
   gpu::Blas* blas = nullptr;
   cudaStream_t stream = nullptr;
   OpMarks marks;
+
+  static LayerEnv of(const LlamaConfig& c, int capacity, const RopeTables& rope, gpu::Blas* blas,
+                     cudaStream_t stream) {
+    LayerEnv e;
+    e.config = &c;
+    e.capacity = capacity;
+    e.cos = rope.cos.as<const float>();
+    e.sin = rope.sin.as<const float>();
+    e.blas = blas;
+    e.stream = stream;
+    return e;
+  }
 };
 
 // The rows of one forward: pos/seq [M] int32 on the device; spans (host) as runs of one slot

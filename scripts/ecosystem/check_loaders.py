@@ -226,6 +226,22 @@ def error_row(case, check, reference, exc: BaseException):
                 max_abs=None, tol=None, result=result, note=msg)
 
 
+def load_checked(case, ref, rows):
+    """from_pretrained in float32 as the first check of a case: a row saying whether the load
+    reported missing / unexpected / mismatched keys, or why it failed (then None)."""
+    check = "load (from_pretrained, float32)"
+    try:
+        model, problems = load_hf(case["ckpt"], torch.float32)
+    except Exception as e:  # the load itself is the check: record why it failed
+        rows.append(error_row(case, check, ref, e))
+        return None
+    rows.append(dict(model=case["model"], checkpoint=case["name"], format=case["format"],
+                     check=check, reference=ref, max_abs=None, tol=None,
+                     result="FAIL" if problems else "pass",
+                     note=json.dumps(problems)[:300] if problems else "no missing / unexpected / mismatched keys"))
+    return model
+
+
 @contextlib.contextmanager
 def quiet():
     """Silences the loaders' progress bars and banners (they go to stdout/stderr)."""
@@ -356,15 +372,9 @@ def check_compressed_tensors(case, cfg, rows, env):
     L, K = cfg["num_hidden_layers"], max(cfg["hidden_size"], cfg["intermediate_size"])
     rho = 2.0 * math.sqrt((2 * L + 1) * K) * EPS32
 
-    try:
-        model, problems = load_hf(case["ckpt"], torch.float32)
-    except Exception as e:  # the load itself is the check: record why it failed
-        rows.append(error_row(case, "load (from_pretrained, float32)", ref, e))
+    model = load_checked(case, ref, rows)
+    if model is None:
         return
-    rows.append(dict(model=case["model"], checkpoint=case["name"], format=case["format"],
-                     check="load (from_pretrained, float32)", reference=ref, max_abs=None, tol=None,
-                     result="FAIL" if problems else "pass",
-                     note=json.dumps(problems)[:300] if problems else "no missing / unexpected / mismatched keys"))
 
     # Capture each quantized linear's input and the loader's own fake-quantized version of it.
     captured = {}
@@ -587,15 +597,9 @@ def check_gptq(case, cfg, rows, env):
 def check_hf_int4(case, cfg, rows, ref):
     """transformers' own AWQ / GPTQ integration on CPU (float32 activations): load, the kernels'
     dequantized weights, logits."""
-    try:
-        model, problems = load_hf(case["ckpt"], torch.float32)
-    except Exception as e:
-        rows.append(error_row(case, "load (from_pretrained, float32)", ref, e))
+    model = load_checked(case, ref, rows)
+    if model is None:
         return
-    rows.append(dict(model=case["model"], checkpoint=case["name"], format=case["format"],
-                     check="load (from_pretrained, float32)", reference=ref, max_abs=None, tol=None,
-                     result="FAIL" if problems else "pass",
-                     note=json.dumps(problems)[:300] if problems else "no missing / unexpected / mismatched keys"))
     llmq = load_file(case["logits"])
     src = load_file(case["source_logits"])
     want = llmq["logits"]
