@@ -1,8 +1,8 @@
 // `llmq quantize --device gpu`: the per-layer work of pipeline/quantize.cc on one GPU, for the
 // methods that run there (fp8, rtn-int4, rtn-int8, int8-sq, gptq; AWQ stays on the CPU path).
 //
-// The session embeds the calibration samples on the device once (bf16 [Σ T_s, hidden], 2 GB
-// for 128 x 2048 tokens of an 8B model) and keeps them there between layers. Per layer it
+// The session keeps the calibration samples on the device (pipeline/gpu_samples.h: bf16
+// [Σ T_s, hidden], 2 GB for 128 x 2048 tokens of an 8B model) between layers. Per layer it
 // uploads the float layer as bf16 (runner/layer.h), runs the samples through it with
 // linear-input hooks that accumulate device statistics, quantizes, and advances the samples to
 // the next layer's input, as the CPU method functions (methods_*.cc) do:
@@ -17,8 +17,6 @@
 //                group's input; its Hessian accumulates on the device (quantizers/gpu
 //                HessianAccumulator) and quantize_gptq_gpu quantizes the group. Then the samples
 //                run through the quantized layer. --no-sequential: the --calib Hessians.
-// Each sample is its own sequence (its own KV-cache slot); forwards take up to kMaxRows rows
-// (several samples, tensor-core prefill attention per sample).
 //
 // Differences from the CPU path: the forwards are bf16 (Precision::kBFloat16 semantics)
 // where the CPU computes in float32, so statistics differ by bf16 rounding; perplexity of the

@@ -3,7 +3,7 @@
 # are built (TESTS), the kernel benchmarks, and (STAGE=bench) the end-to-end benchmark of every
 # format on a synthetic Llama-3.1-8B beside the PyTorch peer. Logs go to $OUT (default out/gpu).
 # Test data: LLMQ_TEST_DATA (default .testdata, a copy of ../shared/data's models and goldens).
-# Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step), PEER=path.
+# KERNEL_BENCH=0 skips the kernel benchmarks after the tests. Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step), PEER=path.
 # STAGE=quantize: `llmq quantize --device gpu` of the synthetic 8B with each of METHODS (default
 # "fp8 int8-sq gptq"; calibration SAMPLES x SEQ_LEN of calib_mixed.txt, default 128 x 2048),
 # printing wall time, max RSS and the report's stage timings and memory peaks.
@@ -17,15 +17,17 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$OUT/gpu.txt"
 
 if [ "$STAGE" = tests ]; then
-  for t in ${TESTS:-test_runner_kernels test_runner_gemv test_runner_attention test_runner_engine test_runner_eval test_gptq_gpu}; do
+  for t in ${TESTS:-test_runner_kernels test_runner_gemv test_runner_attention test_runner_engine test_runner_eval test_gptq_gpu test_pipeline_gpu}; do
     [ -x "$BIN/tests/$t" ] || { echo "$t: not built"; continue; }
     timeout 300 "$BIN/tests/$t" > "$OUT/$t.log" 2>&1
     echo "$t: exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/$t.log" | head -20
   done
-  timeout 120 "$BIN/bin/llmq_runner_bench" --kernels 2>&1 | tee "$OUT/kernels.txt"
-  for b in llmq_attention_bench llmq_gptq_bench; do
-    [ -x "$BIN/bin/$b" ] && timeout 180 "$BIN/bin/$b" 2>&1 | tee "$OUT/$b.txt"
-  done
+  if [ "${KERNEL_BENCH:-1}" = 1 ]; then
+    timeout 120 "$BIN/bin/llmq_runner_bench" --kernels 2>&1 | tee "$OUT/kernels.txt"
+    for b in llmq_attention_bench llmq_gptq_bench; do
+      [ -x "$BIN/bin/$b" ] && timeout 180 "$BIN/bin/$b" 2>&1 | tee "$OUT/$b.txt"
+    done
+  fi
 fi
 
 if [ "$STAGE" = bench ]; then

@@ -1,0 +1,92 @@
+// The calibration samples on the device, shared by the GPU quantize session
+// (pipeline/quantize_gpu.h) and GPU calibration: embedded once (bf16 [Σ T_s, hidden]), kept
+// on the device between layers, and run through one decoder layer at a time with linear-input
+// hooks (runner/layer.h). Each sample is its own sequence (its own KV-cache slot); a forward
+// takes up to kMaxRows rows (several whole samples; tensor-core prefill attention per sample).
+//
+// Memory on the device: the samples' activations + one forward's buffers + the KV cache of
+// one forward's samples: independent of the number of layers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/status.h"
+#include "formats/checkpoint.h"
+#include "runner/device_buffer.h"
+#include "runner/layer.h"
+
+namespace llmq {
+
+// High-water mark of device memory above what was in use when it was made (cudaMemGetInfo
+// samples taken by the owner after each allocation step, plus extra peaks it reports).
+class DevicePeak {
+ public:
+  DevicePeak();
+  void sample(size_t extra = 0);
+  size_t peak() const { return peak_; }
+  size_t free_bytes() const;
+
+ private:
+  size_t baseline_ = 0;
+  size_t peak_ = 0;
+};
+
+class GpuSamples {
+ public:
+  // Rows [row0, row0 + M) of the activations: whole samples, one KV slot each.
+  struct Chunk {
+    int64_t row0 = 0;
+    int M = 0;
+    int slots = 0;
+    std::vector<gpu::RowSpan> spans;
+  };
+
+  // samples: token ids per sample (none: an empty set that cannot forward). Errors: token ids
+  // outside the vocabulary, samples longer than the attention kernel allows, not enough GPU
+  // memory (naming what is needed). blas and stream outlive the object.
+  static Expected<std::unique_ptr<GpuSamples>> create(const HfCheckpoint& ckpt,
+                                                      const std::vector<std::vector<int32_t>>& samples,
+                                                      gpu::Blas* blas, cudaStream_t stream, DevicePeak& peak);
+
+  bool empty() const { return chunks_.empty(); }
+  int64_t total_rows() const { return total_rows_; }
+  const std::vector<Chunk>& chunks() const { return chunks_; }
+  int max_rows() const { return max_rows_; }
+
+  // The samples through L, chunk by chunk. advance: the activations become L's output; else
+  // each chunk runs on a copy (statistics only; the hook may stop the forward early).
+  // Non-finite outputs (advance) are an error naming `layer`.
+  Status forward(const GpuLayer& L, LayerInputHook* hook, bool advance, int64_t layer);
+
+  // The pieces of a forward, for callers that run parts of a layer on a chunk themselves.
+  LayerEnv env() const;
+  LayerRows rows_of(const Chunk& ch) const;
+  bf16* acts_at(int64_t row) const { return acts_.as<bf16>() + row * c_.hidden_size; }
+  LayerBuffers& buffers() { return bufs_; }
+  bf16* k_cache() const { return k_cache_.as<bf16>(); }
+  bf16* v_cache() const { return v_cache_.as<bf16>(); }
+
+ private:
+  GpuSamples() = default;
+
+  LlamaConfig c_;
+  gpu::Blas* blas_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  DevicePeak* peak_ = nullptr;
+  int64_t total_rows_ = 0;
+  int capacity_ = 0;                 // longest sample
+  int max_rows_ = 0;                 // rows of the largest forward
+  std::vector<Chunk> chunks_;
+  DeviceBuffer acts_;                // [total_rows, hidden] bf16: the current layer's input
+  DeviceBuffer pos_, seq_;           // [total_rows] int32: position in the sample, slot in its chunk
+  DeviceBuffer x_tmp_;               // [max_rows, hidden] bf16: a chunk's copy for forwards that must not advance
+  DeviceBuffer k_cache_, v_cache_;   // [slots, capacity, kv_dim] bf16, reused by every layer
+  RopeTables rope_;                  // [capacity, hd/2]
+  LayerBuffers bufs_;
+};
+
+}  // namespace llmq
