@@ -98,6 +98,7 @@ std::string CalibrationManifest::to_json() const {
   j["tokens"] = tokens;
   j["seed"] = seed;
   j["hessian"] = hessian;
+  if (!device.empty()) j["device"] = device;
   return j.dump();
 }
 
@@ -146,6 +147,7 @@ Expected<CalibrationManifest> CalibrationManifest::from_json(const std::string& 
   const auto hess = j.find("hessian");
   if (hess == j.end() || !hess->is_boolean()) return bad("hessian", "a boolean");
   m.hessian = hess->get<bool>();
+  if (j.contains("device") && !get_str("device", m.device)) return bad("device", "a string");
   return m;
 }
 

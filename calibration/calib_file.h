@@ -11,7 +11,9 @@
 // __metadata__ = {"format": "pt", "llmq_calibration": <manifest JSON>}, the manifest being
 //   {"version": 1, "model_fingerprint": "16 hex", "model_dir", "dataset", "dataset_kind",
 //    "dataset_field" (jsonl only), "dataset_sha": "16 hex FNV-1a-64 of the dataset bytes",
-//    "samples", "seq_len", "tokens", "seed", "hessian": bool}
+//    "samples", "seq_len", "tokens", "seed", "hessian": bool, "device"}
+// "device" (optional; absent in files written before it existed) names where the statistics
+// were computed: "cpu" (float32 forwards) or "cuda:<GPU name>" (bf16 forwards).
 // model_fingerprint (model_fingerprint()) ties the statistics to one checkpoint:
 // load_calibration refuses a file made for another model.
 #pragma once
@@ -54,6 +56,7 @@ struct CalibrationManifest {
   int64_t tokens = 0;
   uint64_t seed = 0;
   bool hessian = true;
+  std::string device;  // "cpu" / "cuda:NAME"; empty when the file does not say
 
   std::string to_json() const;
   static Expected<CalibrationManifest> from_json(const std::string& text, const std::string& origin);

@@ -75,11 +75,28 @@ Status forward_samples(const DecoderLayer& layer, const LlamaConfig& config, Pre
   return Status::ok();
 }
 
-Expected<CalibrateResult> calibrate(const CalibrateOptions& opts) {
+namespace {
+
+// --device: cpu never uses the GPU; gpu must (or fails, naming why not); auto uses it when the
+// caller supplied one and it is usable.
+Expected<bool> use_gpu(const std::string& device, const CalibrationGpu* gpu) {
+  if (device != "auto" && device != "cpu" && device != "gpu")
+    return Status::error("--device must be cpu, gpu or auto, not '" + device + "'");
+  if (device == "cpu") return false;
+  const std::string why_not =
+      gpu ? gpu->unavailable : "this caller of calibrate() has no GPU path (pipeline/calibrate_gpu.h)";
+  if (device == "gpu" && !why_not.empty()) return Status::error("--device gpu: " + why_not);
+  return why_not.empty();
+}
+
+}  // namespace
+
+Expected<CalibrateResult> calibrate(const CalibrateOptions& opts, const CalibrationGpu* gpu) {
   const auto t0 = std::chrono::steady_clock::now();
   if (opts.samples < 1) return Status::error("calibrate: --samples must be at least 1");
   if (opts.seq_len < 2) return Status::error("calibrate: --seq-len must be at least 2");
   if (opts.out.empty()) return Status::error("calibrate: --out is required");
+  LLMQ_ASSIGN_OR_RETURN(const bool on_gpu, use_gpu(opts.device, gpu));
   // Created first, so an existing output is refused before any work.
   LLMQ_ASSIGN_OR_RETURN(CalibrationWriter writer, CalibrationWriter::create(opts.out, opts.force));
 
@@ -91,7 +108,14 @@ Expected<CalibrateResult> calibrate(const CalibrateOptions& opts) {
                         load_dataset(opts.dataset, *tokenizer, opts.model_dir, opts.samples, seq_len, opts.seed));
   LLMQ_ASSIGN_OR_RETURN(std::string dataset_bytes, read_file_bytes(opts.dataset.path));
   LLMQ_ASSIGN_OR_RETURN(std::string fingerprint, model_fingerprint(ckpt));
-  LLMQ_ASSIGN_OR_RETURN(std::vector<Tensor> acts, embed_samples(ckpt, data.samples));  // each [T_s, hidden]
+  // The samples' activations: on the device (the runner embeds them) or here, each [T_s, hidden].
+  std::unique_ptr<LayerStatsRunner> runner;
+  std::vector<Tensor> acts;
+  if (on_gpu) {
+    LLMQ_ASSIGN_OR_RETURN(runner, gpu->open(ckpt, data.samples, opts.hessian));
+  } else {
+    LLMQ_ASSIGN_OR_RETURN(acts, embed_samples(ckpt, data.samples));
+  }
 
   CalibrateResult result;
   result.samples = static_cast<int64_t>(data.samples.size());
@@ -99,21 +123,29 @@ Expected<CalibrateResult> calibrate(const CalibrateOptions& opts) {
   result.tokens = data.tokens();
   result.layers = config.num_hidden_layers;
   result.warning = data.warning;
+  result.device = runner ? runner->device_label() : "cpu";
   if (opts.progress && !data.warning.empty()) std::fprintf(stderr, "llmq: warning: %s\n", data.warning.c_str());
 
   std::unique_ptr<Progress> progress;
   if (opts.progress)
-    progress = std::make_unique<Progress>("calibrate", config.num_hidden_layers, "layers");
+    progress = std::make_unique<Progress>("calibrate (" + result.device + ")", config.num_hidden_layers, "layers");
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
-    LLMQ_ASSIGN_OR_RETURN(DecoderLayer layer, load_decoder_layer(ckpt, l));
-    LayerStatsCollector collector(config, l, opts.hessian);
-    // float32 forward: statistics of the model's own function, without bf16 rounding noise.
-    LLMQ_RETURN_IF_ERROR(forward_samples(layer, config, Precision::kFloat32, acts, &collector)
-                             .with_context(opts.model_dir));
-    for (LinearInput in : kAllLinearInputs) LLMQ_RETURN_IF_ERROR(writer.add(l, in, collector.finish(in)));
+    if (runner) {
+      // Each input's statistics go to the spill file as soon as they are downloaded.
+      const auto sink = [&](LinearInput in, const InputStats& s) { return writer.add(l, in, s); };
+      LLMQ_RETURN_IF_ERROR(runner->run_layer(l, sink).with_context(opts.model_dir));
+    } else {
+      LLMQ_ASSIGN_OR_RETURN(DecoderLayer layer, load_decoder_layer(ckpt, l));
+      LayerStatsCollector collector(config, l, opts.hessian);
+      // float32 forward: statistics of the model's own function, without bf16 rounding noise.
+      LLMQ_RETURN_IF_ERROR(forward_samples(layer, config, Precision::kFloat32, acts, &collector)
+                               .with_context(opts.model_dir));
+      for (LinearInput in : kAllLinearInputs) LLMQ_RETURN_IF_ERROR(writer.add(l, in, collector.finish(in)));
+    }
     if (progress) progress->update(l + 1);
   }
   if (progress) progress->finish();
+  runner.reset();  // device memory back before the file is assembled
 
   CalibrationManifest m;
   m.model_fingerprint = fingerprint;
@@ -128,17 +160,18 @@ Expected<CalibrateResult> calibrate(const CalibrateOptions& opts) {
   m.tokens = result.tokens;
   m.seed = opts.seed;
   m.hessian = opts.hessian;
+  m.device = result.device;
   LLMQ_RETURN_IF_ERROR(writer.finish(m));
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return result;
 }
 
-Status run_calibrate(const CalibrateOptions& opts) {
-  LLMQ_ASSIGN_OR_RETURN(CalibrateResult r, calibrate(opts));
-  std::printf("wrote %s: %lld samples, seq-len %lld, %lld tokens, %lld layers%s, %.1f s\n", opts.out.c_str(),
+Status run_calibrate(const CalibrateOptions& opts, const CalibrationGpu* gpu) {
+  LLMQ_ASSIGN_OR_RETURN(CalibrateResult r, calibrate(opts, gpu));
+  std::printf("wrote %s: %lld samples, seq-len %lld, %lld tokens, %lld layers%s, %.1f s on %s\n", opts.out.c_str(),
               static_cast<long long>(r.samples), static_cast<long long>(r.seq_len),
               static_cast<long long>(r.tokens), static_cast<long long>(r.layers),
-              opts.hessian ? ", with Hessians" : ", no Hessians", r.seconds);
+              opts.hessian ? ", with Hessians" : ", no Hessians", r.seconds, r.device.c_str());
   return Status::ok();
 }
 

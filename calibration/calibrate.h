@@ -1,13 +1,24 @@
 // `llmq calibrate`: dataset -> token samples -> the BF16 checkpoint run one decoder layer at a
-// time in float32 -> per-input statistics (stats.h) -> the calibration file (calib_file.h).
+// time -> per-input statistics (stats.h) -> the calibration file (calib_file.h).
 //
-// Memory is bounded by one decoder layer plus the samples' activations [T, hidden] (kept
-// between layers) plus, per thread, the captured linear inputs of one sample. Samples are
-// forwarded in parallel (OpenMP, one sample per thread) and their inputs are added to the
-// statistics in sample order, so the output is byte-identical for the same inputs and seed.
+// Two devices run the layers (CalibrateOptions::device):
+//   cpu: float32 forwards (model/llama.h) and the host collectors (stats.h). Memory is bounded
+//        by one decoder layer plus the samples' activations [T, hidden] (kept between layers)
+//        plus, per thread, the captured linear inputs of one sample. Samples are forwarded in
+//        parallel (OpenMP, one sample per thread) and their inputs are added to the statistics
+//        in sample order, so the output is byte-identical for the same inputs and seed.
+//   gpu: the CUDA runner's bf16 forwards with device statistics (pipeline/calibrate_gpu.h),
+//        behind the LayerStatsRunner seam below. llmq_calibration sits below the runner and
+//        the pipeline (DESIGN.md's layering), so it cannot call them: the caller passes the GPU
+//        in (a CalibrationGpu from pipeline/calibrate_gpu.h's calibration_gpu(); the CLI does).
+//        Without one, "auto" means cpu and "gpu" is an error. Everything else (options,
+//        dataset, manifest, file writing, progress) is this file's, shared by both devices, so
+//        the files differ only in their statistics and the manifest's "device".
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,6 +42,9 @@ struct CalibrateOptions {
   std::string out;
   bool force = false;
   bool progress = true;  // per-layer progress and warnings on stderr
+  // Where the layers run: "gpu" (bf16 forwards, device statistics), "cpu" (float32 forwards),
+  // or "auto" (the GPU when the caller supplies one and a device is present).
+  std::string device = "auto";
 };
 
 struct CalibrateResult {
@@ -40,12 +54,37 @@ struct CalibrateResult {
   int64_t layers = 0;
   std::string warning;  // e.g. fewer samples available than requested
   double seconds = 0.0;
+  std::string device;   // "cpu" or "cuda:NAME", as the manifest records it
+};
+
+// One calibration run's per-layer work on a device other than the CPU (the GPU:
+// pipeline/calibrate_gpu.h). Made once per run over the token samples; then run_layer is called
+// for layers 0, 1, ... in order.
+class LayerStatsRunner {
+ public:
+  using Sink = std::function<Status(LinearInput, const InputStats&)>;
+  virtual ~LayerStatsRunner() = default;
+  virtual std::string device_label() const = 0;  // "cuda:NAME"
+  // Runs the samples through `layer`, hands each of its four inputs' statistics (stats.h's
+  // definitions; the Hessian when the runner was made with hessian) to sink, in
+  // kAllLinearInputs order, one at a time so the caller can write and drop it, and leaves the
+  // samples holding the next layer's input. A sink error is returned as it is.
+  virtual Status run_layer(int64_t layer, const Sink& sink) = 0;
+};
+
+// A GPU as calibrate() sees it: whether it can be used and how to start a runner on it.
+struct CalibrationGpu {
+  std::string unavailable;  // why not ("built without CUDA", "no CUDA device", ...); "" when usable
+  std::function<Expected<std::unique_ptr<LayerStatsRunner>>(
+      const HfCheckpoint& ckpt, const std::vector<std::vector<int32_t>>& samples, bool hessian)>
+      open;
 };
 
 // Does the whole command and writes opts.out; prints only to stderr (progress, warnings).
-Expected<CalibrateResult> calibrate(const CalibrateOptions& opts);
+// gpu: the GPU for --device gpu / auto (null: none, so auto runs on the CPU).
+Expected<CalibrateResult> calibrate(const CalibrateOptions& opts, const CalibrationGpu* gpu = nullptr);
 // calibrate() plus a summary line on stdout: the CLI entry point.
-Status run_calibrate(const CalibrateOptions& opts);
+Status run_calibrate(const CalibrateOptions& opts, const CalibrationGpu* gpu = nullptr);
 
 // ---- pieces the quantize pipeline reuses ----------------------------------------------------
 

@@ -85,7 +85,8 @@ Expected<std::unique_ptr<GpuSamples>> GpuSamples::create(const HfCheckpoint& ckp
 
   const size_t hidden = static_cast<size_t>(c.hidden_size);
   const size_t cache_bytes = size_t(max_slots) * s->capacity_ * c.kv_dim() * 2;
-  const size_t need = size_t(s->total_rows_) * hidden * 2 + size_t(max_rows) * hidden * 2 + 2 * cache_bytes +
+  const size_t need = size_t(s->total_rows_) * hidden * sizeof(float) + size_t(max_rows) * hidden * sizeof(float) +
+                      2 * cache_bytes +
                       LayerBuffers::activation_bytes(c, max_rows, s->capacity_);
   const size_t free_b = peak.free_bytes();
   if (need > free_b)
@@ -93,18 +94,18 @@ Expected<std::unique_ptr<GpuSamples>> GpuSamples::create(const HfCheckpoint& ckp
                          " MiB of GPU memory, " + std::to_string(free_b >> 20) + " MiB free (use fewer --samples)");
   s->pos_ = DeviceBuffer::from_host(pos);
   s->seq_ = DeviceBuffer::from_host(seq);
-  s->acts_ = DeviceBuffer(size_t(s->total_rows_) * hidden * 2);
-  s->x_tmp_ = DeviceBuffer(size_t(max_rows) * hidden * 2);
+  s->acts_ = DeviceBuffer(size_t(s->total_rows_) * hidden * sizeof(float));
+  s->x_tmp_ = DeviceBuffer(size_t(max_rows) * hidden * sizeof(float));
   s->k_cache_ = DeviceBuffer(cache_bytes);
   s->v_cache_ = DeviceBuffer(cache_bytes);
   s->bufs_ = LayerBuffers::create(c, max_rows, s->capacity_, /*quantized=*/false);
   s->rope_ = RopeTables::upload(c, s->capacity_);
 
-  // Embed on the host one sample at a time (rows of the mmapped table, bf16 as stored) and upload.
+  // Embed on the host one sample at a time (rows of the mmapped table, converted exactly to f32) and upload.
   LLMQ_ASSIGN_OR_RETURN(TensorView table, ckpt.embed_tokens());  // [vocab, hidden]
   const int64_t vocab = table.dim(0);
   const size_t row_bytes = dtype_nbytes(table.dtype, static_cast<int64_t>(hidden));
-  std::vector<bf16> host;
+  std::vector<float> host;
   int64_t row = 0;
   for (size_t i = 0; i < samples.size(); ++i) {
     const auto& ids = samples[i];
@@ -115,10 +116,10 @@ Expected<std::unique_ptr<GpuSamples>> GpuSamples::create(const HfCheckpoint& ckp
         return Status::error("calibrate: sample " + std::to_string(i) + " has token id " + std::to_string(id) +
                              " outside the model's vocabulary of " + std::to_string(vocab));
       const TensorView r(table.dtype, {static_cast<int64_t>(hidden)}, static_cast<uint8_t*>(table.data) + id * row_bytes);
-      const std::vector<bf16> b = to_bf16(r);
-      std::memcpy(&host[t * hidden], b.data(), hidden * 2);
+      const Tensor r32 = to_f32(r);
+      std::memcpy(&host[t * hidden], r32.data<float>(), hidden * sizeof(float));
     }
-    LLMQ_CUDA_CHECK(cudaMemcpy(s->acts_at(row), host.data(), host.size() * 2, cudaMemcpyHostToDevice));
+    LLMQ_CUDA_CHECK(cudaMemcpy(s->acts_at(row), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
     row += static_cast<int64_t>(ids.size());
   }
   peak.sample();
@@ -137,19 +138,20 @@ Status GpuSamples::forward(const GpuLayer& L, LayerInputHook* hook, bool advance
   if (quantized && bufs_.scratch.codes.empty()) bufs_ = LayerBuffers::create(c_, max_rows_, capacity_, /*quantized=*/true);
   const LayerEnv e = env();
   for (const Chunk& ch : chunks_) {
-    bf16* x = acts_at(ch.row0);
-    if (!advance) {
-      LLMQ_CUDA_CHECK(cudaMemcpyAsync(x_tmp_.as(), x, size_t(ch.M) * c_.hidden_size * 2, cudaMemcpyDeviceToDevice, stream_));
-      x = x_tmp_.as<bf16>();
+    float* x = acts_at(ch.row0);
+    if (!advance) {  // the second RMSNorm adds o_proj's branch to x
+      LLMQ_CUDA_CHECK(cudaMemcpyAsync(x_tmp_.as(), x, size_t(ch.M) * c_.hidden_size * sizeof(float),
+                                      cudaMemcpyDeviceToDevice, stream_));
+      x = x_tmp_.as<float>();
     }
     const bf16* pending = layer_forward(e, L, bufs_, x, nullptr, rows_of(ch), k_cache(), v_cache(), hook);
-    if (advance && pending) gpu::add_inplace(x, pending, int64_t(ch.M) * c_.hidden_size, stream_);
+    if (advance && pending) gpu::add_bf16_to_f32(x, pending, int64_t(ch.M) * c_.hidden_size, stream_);
   }
   LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
   LLMQ_CUDA_CHECK(cudaGetLastError());
   peak_->sample();
   if (advance) {
-    const int64_t bad = gpu::first_nonfinite(acts_.as(), DType::kBF16, total_rows_ * c_.hidden_size, stream_);
+    const int64_t bad = gpu::first_nonfinite(acts_.as(), DType::kF32, total_rows_ * c_.hidden_size, stream_);
     if (bad >= 0)
       return Status::error("layer " + std::to_string(layer) + ": non-finite output at token " +
                            std::to_string(bad / c_.hidden_size) + " of the calibration samples");

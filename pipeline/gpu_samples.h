@@ -1,8 +1,15 @@
 // The calibration samples on the device, shared by the GPU quantize session
-// (pipeline/quantize_gpu.h) and GPU calibration: embedded once (bf16 [Σ T_s, hidden]), kept
+// (pipeline/quantize_gpu.h) and GPU calibration: embedded once (float32 [Σ T_s, hidden]), kept
 // on the device between layers, and run through one decoder layer at a time with linear-input
 // hooks (runner/layer.h). Each sample is its own sequence (its own KV-cache slot); a forward
 // takes up to kMaxRows rows (several whole samples; tensor-core prefill attention per sample).
+//
+// The residual stream (the activations between layers and the residual adds inside a layer)
+// stays float32, as in the CPU path's float32 forward; every other op is the runner's bf16
+// (runner/layer.h's float* overload), so the hooks see bf16 linear inputs. Rounding the stream
+// to bf16 as well (the engine's transformers semantics) cost GPTQ on tinystories-656k +0.57%
+// perplexity on the CPU path (bf16 calibration forwards vs float32); with the stream in float32
+// the gap was -0.10%.
 //
 // Memory on the device: the samples' activations + one forward's buffers + the KV cache of
 // one forward's samples: independent of the number of layers.
@@ -65,7 +72,7 @@ class GpuSamples {
   // The pieces of a forward, for callers that run parts of a layer on a chunk themselves.
   LayerEnv env() const;
   LayerRows rows_of(const Chunk& ch) const;
-  bf16* acts_at(int64_t row) const { return acts_.as<bf16>() + row * c_.hidden_size; }
+  float* acts_at(int64_t row) const { return acts_.as<float>() + row * c_.hidden_size; }
   LayerBuffers& buffers() { return bufs_; }
   bf16* k_cache() const { return k_cache_.as<bf16>(); }
   bf16* v_cache() const { return v_cache_.as<bf16>(); }
@@ -81,9 +88,9 @@ class GpuSamples {
   int capacity_ = 0;                 // longest sample
   int max_rows_ = 0;                 // rows of the largest forward
   std::vector<Chunk> chunks_;
-  DeviceBuffer acts_;                // [total_rows, hidden] bf16: the current layer's input
+  DeviceBuffer acts_;                // [total_rows, hidden] f32: the current layer's input
   DeviceBuffer pos_, seq_;           // [total_rows] int32: position in the sample, slot in its chunk
-  DeviceBuffer x_tmp_;               // [max_rows, hidden] bf16: a chunk's copy for forwards that must not advance
+  DeviceBuffer x_tmp_;               // [max_rows, hidden] f32: a chunk's copy for forwards that must not advance
   DeviceBuffer k_cache_, v_cache_;   // [slots, capacity, kv_dim] bf16, reused by every layer
   RopeTables rope_;                  // [capacity, hd/2]
   LayerBuffers bufs_;

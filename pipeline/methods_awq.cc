@@ -13,22 +13,18 @@
 #include <cmath>
 
 #include "pipeline/activations.h"
-#include "pipeline/layer.h"
-#include "quantizers/awq.h"
+#include "pipeline/awq_layer.h"
 
 namespace llmq {
 namespace {
 
-enum class Block : uint8_t { kAttention, kMlp, kO, kDown };
-
-Tensor run_block(const DecoderLayer& layer, const LlamaConfig& c, Block block, const Tensor& x) {
+Tensor run_block(const DecoderLayer& layer, const LlamaConfig& c, const AwqMapping& map, const Tensor& x) {
   ForwardOptions opt;
-  switch (block) {
-    case Block::kAttention: return attention_block(layer, c, x.view(), opt);
-    case Block::kMlp: return mlp_block(layer, c, x.view(), opt);
-    case Block::kO:
-    case Block::kDown: {
-      const Linear& lin = layer.linear(block == Block::kO ? LinearSlot::kO : LinearSlot::kDown);
+  switch (map.block) {
+    case AwqLossBlock::kAttention: return attention_block(layer, c, x.view(), opt);
+    case AwqLossBlock::kMlp: return mlp_block(layer, c, x.view(), opt);
+    case AwqLossBlock::kLinear: {
+      const Linear& lin = layer.linear(map.linears.front());
       Tensor y(DType::kF32, {x.dim(0), lin.out_features()});
       lin.forward(x.view(), y.view());
       return y;
@@ -39,13 +35,13 @@ Tensor run_block(const DecoderLayer& layer, const LlamaConfig& c, Block block, c
 
 // Mean squared difference between the block outputs of `layer` and `reference` outputs, over
 // every sample (samples in parallel, summed in order).
-double block_mse(const DecoderLayer& layer, const LlamaConfig& c, Block block, const std::vector<Tensor>& inputs,
+double block_mse(const DecoderLayer& layer, const LlamaConfig& c, const AwqMapping& map, const std::vector<Tensor>& inputs,
                  const std::vector<Tensor>& reference) {
   const int64_t n = static_cast<int64_t>(inputs.size());
   std::vector<double> sums(static_cast<size_t>(n), 0.0);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t s = 0; s < n; ++s) {
-    const Tensor y = run_block(layer, c, block, inputs[static_cast<size_t>(s)]);
+    const Tensor y = run_block(layer, c, map, inputs[static_cast<size_t>(s)]);
     const float* a = y.data<float>();
     const float* b = reference[static_cast<size_t>(s)].data<float>();
     double acc = 0;
@@ -77,18 +73,6 @@ std::vector<float> channel_abs_mean(const std::vector<Tensor>& xs) {
   return mean;
 }
 
-void scale_columns(Tensor& w, const std::vector<float>& s) {  // w[:, j] *= s[j]
-  float* p = w.data<float>();
-  for (int64_t r = 0; r < w.dim(0); ++r)
-    for (int64_t j = 0; j < w.dim(1); ++j) p[r * w.dim(1) + j] *= s[static_cast<size_t>(j)];
-}
-
-void divide_rows(Tensor& w, const std::vector<float>& s) {  // w[j, :] /= s[j]
-  float* p = w.data<float>();
-  for (int64_t r = 0; r < w.dim(0); ++r)
-    for (int64_t k = 0; k < w.dim(1); ++k) p[r * w.dim(1) + k] /= s[static_cast<size_t>(r)];
-}
-
 void divide_columns(std::vector<Tensor>& xs, const std::vector<float>& s) {  // x[:, j] /= s[j]
   for (Tensor& x : xs) {
     float* p = x.data<float>();
@@ -97,51 +81,88 @@ void divide_columns(std::vector<Tensor>& xs, const std::vector<float>& s) {  // 
   }
 }
 
-struct Mapping {
-  const char* name;
-  LinearInput input;
-  std::vector<LinearSlot> linears;  // scaled by s (columns)
-  Block block;                      // whose output the loss compares
-  // The op before them that absorbs 1/s: a norm, or a linear's rows.
-  Tensor LayerWeights::*norm;
-  std::optional<LinearSlot> prev_linear;
-};
-
 }  // namespace
+
+const std::vector<AwqMapping>& awq_mappings() {
+  static const std::vector<AwqMapping> mappings = {
+      {"qkv", LinearInput::kAttnIn, {LinearSlot::kQ, LinearSlot::kK, LinearSlot::kV}, AwqLossBlock::kAttention,
+       &LayerWeights::input_layernorm, std::nullopt},
+      {"v->o", LinearInput::kAttnOut, {LinearSlot::kO}, AwqLossBlock::kLinear, nullptr, LinearSlot::kV},
+      {"gate,up", LinearInput::kMlpIn, {LinearSlot::kGate, LinearSlot::kUp}, AwqLossBlock::kMlp,
+       &LayerWeights::post_attention_layernorm, std::nullopt},
+      {"up->down", LinearInput::kMlpOut, {LinearSlot::kDown}, AwqLossBlock::kLinear, nullptr, LinearSlot::kUp}};
+  return mappings;
+}
+
+bool awq_mapping_applies(const AwqMapping& map, const LlamaConfig& c, const ModulePlan& plan, int64_t layer) {
+  if (!plan.quantizes(layer, map.linears.front())) return false;
+  return !(map.prev_linear == LinearSlot::kV && c.kv_dim() != c.q_dim());
+}
+
+AwqConfig awq_config(const MethodSettings& m) {
+  AwqConfig cfg;
+  cfg.group_size = m.group_size;
+  cfg.n_grid = m.awq_grid;
+  cfg.scale_dtype = m.scale_dtype;
+  return cfg;
+}
+
+void awq_fold_scales(LayerWeights& w, const AwqMapping& map, const std::vector<float>& s) {
+  if (map.norm) {
+    Tensor& norm = w.*(map.norm);
+    float* p = norm.data<float>();
+    for (int64_t j = 0; j < norm.numel(); ++j) p[j] /= s[static_cast<size_t>(j)];
+  } else {
+    Tensor& prev = w.weight(*map.prev_linear);  // rows / s
+    float* p = prev.data<float>();
+    for (int64_t r = 0; r < prev.dim(0); ++r)
+      for (int64_t k = 0; k < prev.dim(1); ++k) p[r * prev.dim(1) + k] /= s[static_cast<size_t>(r)];
+  }
+  for (LinearSlot slot : map.linears) {  // columns * s
+    float* p = w.weight(slot).data<float>();
+    const int64_t rows = w.weight(slot).dim(0), cols = w.weight(slot).dim(1);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < cols; ++j) p[r * cols + j] *= s[static_cast<size_t>(j)];
+  }
+}
+
+bool awq_clips(LinearSlot slot, const MethodSettings& m) {
+  return m.awq_clip && slot != LinearSlot::kQ && slot != LinearSlot::kK;
+}
+
+void awq_finish_linear(LayerWeights& w, LinearSlot slot, const Tensor* max_val, const AwqConfig& cfg,
+                       LayerResult& result, double seconds) {
+  Tensor& weight = w.weight(slot);
+  const Tensor scaled = Tensor::copy_of(weight.view());
+  if (max_val) awq_apply_clip(weight, *max_val, cfg.group_size);
+  QuantizedLinear q = quantize_awq_final(weight, cfg);
+  QuantReport& report = result.reports[static_cast<size_t>(slot)];
+  measure_error(scaled, q, nullptr, report);
+  report.seconds = seconds;
+  result.quantized[static_cast<size_t>(slot)] = std::move(q);
+}
 
 Expected<LayerResult> quantize_layer_awq(LayerWeights& w, LayerContext& ctx) {
   const MethodSettings& m = ctx.settings;
   const LlamaConfig& c = ctx.config;
   if (ctx.activations.empty()) return Status::error("awq needs calibration samples (--dataset or --calib)");
-  AwqConfig cfg;
-  cfg.group_size = m.group_size;
-  cfg.n_grid = m.awq_grid;
-  cfg.scale_dtype = m.scale_dtype;
+  const AwqConfig cfg = awq_config(m);
 
   // 1. Float forward, recording the linear inputs.
   const DecoderLayer original = make_decoder_layer(w);
   CapturedInputs cap;
   LLMQ_RETURN_IF_ERROR(forward_layer(original, c, ctx.activations, &cap));
 
-  std::vector<Mapping> mappings = {
-      {"qkv", LinearInput::kAttnIn, {LinearSlot::kQ, LinearSlot::kK, LinearSlot::kV}, Block::kAttention,
-       &LayerWeights::input_layernorm, std::nullopt},
-      {"v->o", LinearInput::kAttnOut, {LinearSlot::kO}, Block::kO, nullptr, LinearSlot::kV},
-      {"gate,up", LinearInput::kMlpIn, {LinearSlot::kGate, LinearSlot::kUp}, Block::kMlp,
-       &LayerWeights::post_attention_layernorm, std::nullopt},
-      {"up->down", LinearInput::kMlpOut, {LinearSlot::kDown}, Block::kDown, nullptr, LinearSlot::kUp}};
-
   LayerResult result;
   nlohmann::ordered_json scale_notes = nlohmann::ordered_json::array();
-  std::vector<std::pair<const Mapping*, std::vector<float>>> chosen;
+  std::vector<std::pair<const AwqMapping*, std::vector<float>>> chosen;
   // 2. Scale searches, all on the unmodified layer and inputs (AutoAWQ order).
-  for (const Mapping& map : mappings) {
-    if (!ctx.plan.quantizes(w.index, map.linears.front())) continue;
-    // v -> o folds 1/s into v's rows, one per o input channel: only without GQA.
-    if (map.prev_linear == LinearSlot::kV && c.kv_dim() != c.q_dim()) continue;
+  for (const AwqMapping& map : awq_mappings()) {
+    if (!awq_mapping_applies(map, c, ctx.plan, w.index)) continue;
     const std::vector<Tensor>& xs = cap.of(map.input);
     std::vector<Tensor> reference;
-    for (const Tensor& x : xs) reference.push_back(run_block(original, c, map.block, x));
+    for (const Tensor& x : xs) reference.push_back(run_block(original, c, map, x));
     std::vector<const Tensor*> ws;
     for (LinearSlot s : map.linears) ws.push_back(&w.weight(s));
     const std::vector<float> x_mean = channel_abs_mean(xs);
@@ -150,7 +171,7 @@ Expected<LayerResult> quantize_layer_awq(LayerWeights& w, LayerContext& ctx) {
       DecoderLayer candidate = make_decoder_layer(w);
       for (LinearSlot slot : map.linears)
         candidate.set_linear(slot, std::make_unique<DenseLinear>(awq_fake_quant_scaled(w.weight(slot), s, cfg)));
-      return block_mse(candidate, c, map.block, xs, reference);
+      return block_mse(candidate, c, map, xs, reference);
     };
     const AwqScaleSearch search = awq_search_scales(x_mean, w_mean, cfg, loss_of);
     scale_notes.push_back({{"mapping", map.name},
@@ -163,35 +184,22 @@ Expected<LayerResult> quantize_layer_awq(LayerWeights& w, LayerContext& ctx) {
   // 3. Fold the scales; the recorded inputs of the scaled linears become x / s.
   std::array<std::vector<Tensor>, kNumLinearInputs> inputs = std::move(cap.inputs);
   for (const auto& [map, s] : chosen) {
-    if (map->norm) {
-      Tensor& norm = w.*(map->norm);
-      float* p = norm.data<float>();
-      for (int64_t j = 0; j < norm.numel(); ++j) p[j] /= s[static_cast<size_t>(j)];
-    } else {
-      divide_rows(w.weight(*map->prev_linear), s);
-    }
-    for (LinearSlot slot : map->linears) scale_columns(w.weight(slot), s);
+    awq_fold_scales(w, *map, s);
     divide_columns(inputs[static_cast<size_t>(map->input)], s);
   }
 
-  // 4-5. Clip (not q/k: their errors are amplified by the softmax), then quantize.
-  nlohmann::ordered_json clip_notes = nlohmann::ordered_json::object();
+  // 4-5. Clip, then quantize.
   for (int si = 0; si < kNumLinearSlots; ++si) {
     const LinearSlot slot = static_cast<LinearSlot>(si);
     if (!ctx.plan.quantizes(w.index, slot)) continue;
     const auto t0 = std::chrono::steady_clock::now();
-    Tensor& weight = w.weight(slot);
-    const Tensor scaled = Tensor::copy_of(weight.view());
-    if (m.awq_clip && slot != LinearSlot::kQ && slot != LinearSlot::kK) {
+    std::optional<Tensor> max_val;
+    if (awq_clips(slot, m)) {
       const Tensor x = concat_rows(inputs[static_cast<size_t>(input_of(slot))]);
-      const Tensor max_val = awq_search_clip(weight, x.view(), cfg);
-      awq_apply_clip(weight, max_val, cfg.group_size);
+      max_val = awq_search_clip(w.weight(slot), x.view(), cfg);
     }
-    QuantizedLinear q = quantize_awq_final(weight, cfg);
-    QuantReport& report = result.reports[static_cast<size_t>(si)];
-    measure_error(scaled, q, nullptr, report);
-    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    result.quantized[static_cast<size_t>(si)] = std::move(q);
+    awq_finish_linear(w, slot, max_val ? &*max_val : nullptr, cfg, result,
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   result.notes["scales"] = std::move(scale_notes);
   result.notes["clip"] = m.awq_clip;

@@ -40,19 +40,15 @@ uint64_t anon_rss_bytes() {
   return 0;
 }
 
-// --device: gpu takes the GPU path or fails; auto takes it where there is a GPU and the method
-// runs there (all but awq); cpu never.
-Expected<bool> use_gpu(const QuantizeOptions& o, QuantMethod method) {
+// --device: gpu takes the GPU path or fails; auto takes it where there is a GPU; cpu never.
+Expected<bool> use_gpu(const QuantizeOptions& o) {
   if (o.device == "cpu") return false;
   const GpuInfo gpu = query_gpu();
   if (o.device == "gpu") {
     if (!gpu.available) return Status::error("--device gpu: " + gpu.why_not);
-    if (!gpu_quantize_supported(method))
-      return Status::error("--device gpu: --method " + std::string(method_info(method).name) +
-                           " runs on the CPU only for now (use --device cpu or auto)");
     return true;
   }
-  return gpu.available && gpu_quantize_supported(method);
+  return gpu.available;
 }
 
 Status validate_options(const QuantizeOptions& o, QuantMethod method) {
@@ -145,7 +141,7 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
   const MethodInfo& info = method_info(method);
   LLMQ_ASSIGN_OR_RETURN(const QuantFormat format, resolve_format(info, o.format));
   LLMQ_RETURN_IF_ERROR(validate_options(o, method));
-  LLMQ_ASSIGN_OR_RETURN(const bool gpu, use_gpu(o, method));
+  LLMQ_ASSIGN_OR_RETURN(const bool gpu, use_gpu(o));
 
   MethodSettings settings;
   settings.method = method;

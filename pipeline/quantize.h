@@ -54,8 +54,8 @@ struct QuantizeOptions {
 
   uint64_t max_shard_bytes = 5'000'000'000ULL;
   bool progress = true;
-  // Where the per-layer work runs: "gpu" (pipeline/quantize_gpu.h; every method but awq),
-  // "cpu", or "auto" (the GPU when there is one and the method runs there).
+  // Where the per-layer work runs: "gpu" (pipeline/quantize_gpu.h), "cpu", or "auto" (the GPU
+  // when there is one).
   std::string device = "auto";
 };
 

@@ -7,7 +7,9 @@
 #include <chrono>
 
 #include "calibration/stats.h"
+#include "pipeline/awq_gpu.h"
 #include "pipeline/column_stats_gpu.h"
+#include "pipeline/float_layer_gpu.h"
 #include "pipeline/gpu_samples.h"
 #include "quantizers/gpu/gptq_gpu.h"
 #include "quantizers/gpu/hessian_gpu.h"
@@ -36,17 +38,6 @@ const SlotGroup kGroups[] = {{LinearInput::kAttnIn, {LinearSlot::kQ, LinearSlot:
                              {LinearInput::kAttnOut, {LinearSlot::kO}},
                              {LinearInput::kMlpIn, {LinearSlot::kGate, LinearSlot::kUp}},
                              {LinearInput::kMlpOut, {LinearSlot::kDown}}};
-
-// A slot's host linear for the layer forward: float, or its quantized form as the CPU
-// make_decoder_layer runs it (dequantized; W8A8 schemes on the runner's W8A8 kernels when
-// w8a8).
-HostLinear host_linear_for(const LayerWeights& w, const QuantizedSlots* q, LinearSlot s, bool w8a8) {
-  const auto* qs = q ? &(*q)[static_cast<size_t>(s)] : nullptr;
-  if (!qs || !qs->has_value()) return dense_host_linear(w.weight(s).view());
-  if (w8a8 && (*qs)->scheme != QuantScheme::kInt4Group) return quantized_host_linear(**qs);
-  const Tensor deq = dequantize(**qs);
-  return dense_host_linear(deq.view());
-}
 
 // Hessian of one input, accumulated over the forward's chunks.
 class HessianHook final : public LayerInputHook {
@@ -99,19 +90,17 @@ class RangesHook final : public LayerInputHook {
 
 }  // namespace
 
-bool gpu_quantize_supported(QuantMethod method) { return method != QuantMethod::kAwq; }
-
 struct GpuQuantizeSession::Impl {
   LlamaConfig c;
   std::string label;
-  bool fp8_ok = false;
   cudaStream_t stream = nullptr;
   std::unique_ptr<gpu::Blas> blas;
   std::unique_ptr<gpu::GptqGpuContext> gptq;
 
   DevicePeak memory;
   std::unique_ptr<GpuSamples> samples;
-  double s_upload = 0, s_forward = 0, s_stats = 0, s_quantize = 0;
+  GpuStageSeconds seconds;
+  std::unique_ptr<GpuAwq> awq;  // made by the first AWQ layer
 
   ~Impl() {
     gptq.reset();
@@ -123,55 +112,47 @@ struct GpuQuantizeSession::Impl {
   Status forward(const GpuLayer& L, LayerInputHook* hook, bool advance, int64_t layer) {
     const auto t0 = Clock::now();
     Status st = samples->forward(L, hook, advance, layer);
-    s_forward += seconds_since(t0);
+    seconds.forward += seconds_since(t0);
     return st;
   }
 
-  Expected<GpuLayer> upload_layer(const LayerWeights& w, const QuantizedSlots* q) {
+  Expected<GpuLayer> upload_layer(const LayerWeights& w) {
     const auto t0 = Clock::now();
-    std::array<HostLinear, 7> linears;
-    for (int s = 0; s < kNumLinearSlots; ++s) linears[s] = host_linear_for(w, q, static_cast<LinearSlot>(s), false);
-    auto g = make_gpu_layer(std::move(linears), w.input_layernorm.view(), w.post_attention_layernorm.view(), fp8_ok,
-                            "layer " + std::to_string(w.index));
+    auto g = upload_float_layer(w, stream);
     memory.sample();
-    s_upload += seconds_since(t0);
+    seconds.upload += seconds_since(t0);
     return g;
   }
 
-  // Replaces the device linear of one group by its quantized form.
+  // Replaces the device linear of one group by its quantized form, dequantized as the CPU's
+  // make_decoder_layer runs it (float32) and rounded to bf16 on the device.
   Status reupload_group(GpuLayer& g, const LayerWeights& w, const QuantizedSlots& q, const SlotGroup& group) {
     const auto t0 = Clock::now();
-    const std::string where = "layer " + std::to_string(w.index);
-    std::vector<HostLinear> parts;
-    for (LinearSlot s : group.slots) parts.push_back(host_linear_for(w, &q, s, false));
-    switch (group.input) {
-      case LinearInput::kAttnIn: {
-        LLMQ_ASSIGN_OR_RETURN(HostLinear f, fuse(std::move(parts), where + " q/k/v"));
-        LLMQ_ASSIGN_OR_RETURN(g.qkv, upload(f, fp8_ok));
-        break;
-      }
-      case LinearInput::kAttnOut: {
-        LLMQ_ASSIGN_OR_RETURN(g.o, upload(parts[0], fp8_ok));
-        break;
-      }
-      case LinearInput::kMlpIn: {
-        LLMQ_ASSIGN_OR_RETURN(HostLinear f, fuse(std::move(parts), where + " gate/up", /*interleave=*/true));
-        LLMQ_ASSIGN_OR_RETURN(g.gate_up, upload(f, fp8_ok));
-        break;
-      }
-      case LinearInput::kMlpOut: {
-        LLMQ_ASSIGN_OR_RETURN(g.down, upload(parts[0], fp8_ok));
-        break;
-      }
+    std::vector<Tensor> dequantized;
+    dequantized.reserve(group.slots.size());
+    std::vector<const Tensor*> parts;
+    for (LinearSlot s : group.slots) {
+      const auto& qs = q[static_cast<size_t>(s)];
+      if (qs.has_value()) dequantized.push_back(dequantize(*qs));
+      parts.push_back(qs.has_value() ? &dequantized.back() : &w.weight(s));
     }
-    s_upload += seconds_since(t0);
+    const std::string what = "layer " + std::to_string(w.index) + " " + std::string(linear_input_name(group.input));
+    LLMQ_ASSIGN_OR_RETURN(GpuLinear linear,
+                          upload_float_linear(parts, group.input == LinearInput::kMlpIn, stream, what));
+    switch (group.input) {
+      case LinearInput::kAttnIn: g.qkv = std::move(linear); break;
+      case LinearInput::kAttnOut: g.o = std::move(linear); break;
+      case LinearInput::kMlpIn: g.gate_up = std::move(linear); break;
+      case LinearInput::kMlpOut: g.down = std::move(linear); break;
+    }
+    seconds.upload += seconds_since(t0);
     return Status::ok();
   }
 
   Expected<LayerResult> smoothquant(LayerWeights& w, LayerContext& ctx) {
     if (ctx.calib) return quantize_layer_smoothquant(w, ctx);  // the file's statistics, no forward (as the CPU)
     if (samples->empty()) return Status::error("int8-sq needs calibration (--calib or --dataset)");
-    LLMQ_ASSIGN_OR_RETURN(GpuLayer g, upload_layer(w, nullptr));
+    LLMQ_ASSIGN_OR_RETURN(GpuLayer g, upload_layer(w));
     RangesHook hook(c, stream);
     // The float layer's statistics and its output in one pass (the CPU does two).
     LLMQ_RETURN_IF_ERROR(forward(g, &hook, /*advance=*/true, w.index));
@@ -180,10 +161,10 @@ struct GpuQuantizeSession::Impl {
     std::array<InputStats, kNumLinearInputs> stats;
     stats[static_cast<size_t>(LinearInput::kAttnIn)] = hook.stats(LinearInput::kAttnIn);
     stats[static_cast<size_t>(LinearInput::kMlpIn)] = hook.stats(LinearInput::kMlpIn);
-    s_stats += seconds_since(t0);
+    seconds.stats += seconds_since(t0);
     const auto t1 = Clock::now();
     auto r = quantize_layer_smoothquant_with_stats(w, ctx, stats);
-    s_quantize += seconds_since(t1);
+    seconds.quantize += seconds_since(t1);
     return r;
   }
 
@@ -197,7 +178,7 @@ struct GpuQuantizeSession::Impl {
     LayerResult result;
     GpuLayer g;
     if (sequential) {
-      LLMQ_ASSIGN_OR_RETURN(g, upload_layer(w, nullptr));
+      LLMQ_ASSIGN_OR_RETURN(g, upload_layer(w));
     }
     for (const SlotGroup& group : kGroups) {
       if (!ctx.plan.quantizes(w.index, group.slots.front())) continue;
@@ -214,7 +195,7 @@ struct GpuQuantizeSession::Impl {
         hessian = TensorView(DType::kF32, {K, K}, const_cast<float*>(acc->finish()), Device::kCuda);
         LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));
         memory.sample();
-        s_stats += seconds_since(t0);
+        seconds.stats += seconds_since(t0);
       } else {
         hessian = ctx.calib->stats(w.index, group.input).hessian.view();
       }
@@ -228,7 +209,7 @@ struct GpuQuantizeSession::Impl {
         memory.sample(st.peak_device_bytes);
         result.quantized[static_cast<size_t>(s)] = std::move(*q);
       }
-      s_quantize += seconds_since(t1);
+      seconds.quantize += seconds_since(t1);
       acc.reset();
       if (sequential) LLMQ_RETURN_IF_ERROR(reupload_group(g, w, result.quantized, group));
     }
@@ -252,7 +233,6 @@ Expected<std::unique_ptr<GpuQuantizeSession>> GpuQuantizeSession::create(
   if (c.attention_bias || c.mlp_bias)
     return Status::error(ckpt.dir() + "/config.json: attention/MLP biases are not supported on the GPU path");
   s.label = "cuda:" + info.name;
-  s.fp8_ok = info.major * 10 + info.minor >= 89;
   LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
   s.blas = std::make_unique<gpu::Blas>();
   s.gptq = std::make_unique<gpu::GptqGpuContext>(s.stream);
@@ -268,23 +248,22 @@ Expected<LayerResult> GpuQuantizeSession::run_layer(LayerWeights& w, LayerContex
     case QuantMethod::kRtnInt8: {
       const auto t0 = Clock::now();
       auto r = quantize_layer_rtn(w, ctx);  // host quantizers, as the CPU path: identical bytes
-      s.s_quantize += seconds_since(t0);
+      s.seconds.quantize += seconds_since(t0);
       return r;
     }
     case QuantMethod::kInt8Sq: return s.smoothquant(w, ctx);
     case QuantMethod::kGptq: return s.gptq_layer(w, ctx);
-    case QuantMethod::kAwq: break;
+    case QuantMethod::kAwq:
+      if (!s.awq) s.awq = std::make_unique<GpuAwq>(*s.samples, s.memory, s.seconds);
+      return s.awq->run_layer(w, ctx);
   }
-  return Status::error("--device gpu: --method awq runs on the CPU only (use --device cpu or auto)");
+  return Status::error("--device gpu: unknown method");
 }
 
 std::string GpuQuantizeSession::device_label() const { return impl_->label; }
 size_t GpuQuantizeSession::peak_device_bytes() const { return impl_->memory.peak(); }
 nlohmann::ordered_json GpuQuantizeSession::stage_seconds() const {
-  return {{"upload_s", impl_->s_upload},
-          {"forward_s", impl_->s_forward},
-          {"stats_s", impl_->s_stats},
-          {"quantize_s", impl_->s_quantize}};
+  return impl_->seconds.json();
 }
 
 }  // namespace llmq

@@ -1,9 +1,9 @@
-// `llmq quantize --device gpu`: the per-layer work of pipeline/quantize.cc on one GPU, for the
-// methods that run there (fp8, rtn-int4, rtn-int8, int8-sq, gptq; AWQ stays on the CPU path).
+// `llmq quantize --device gpu`: the per-layer work of pipeline/quantize.cc on one GPU, for
+// every method.
 //
-// The session keeps the calibration samples on the device (pipeline/gpu_samples.h: bf16
-// [Σ T_s, hidden], 2 GB for 128 x 2048 tokens of an 8B model) between layers. Per layer it
-// uploads the float layer as bf16 (runner/layer.h), runs the samples through it with
+// The session keeps the calibration samples on the device (pipeline/gpu_samples.h: float32
+// [Σ T_s, hidden], 4 GB for 128 x 2048 tokens of an 8B model) between layers. Per layer it
+// uploads the float layer as bf16 (pipeline/float_layer_gpu.h), runs the samples through it with
 // linear-input hooks that accumulate device statistics, quantizes, and advances the samples to
 // the next layer's input, as the CPU method functions (methods_*.cc) do:
 //   fp8 / rtn-*: the host quantizers (the same code as the CPU path: identical bytes), no forward.
@@ -13,17 +13,21 @@
 //                are the host code.
 //   gptq:        true-sequential as methods_gptq.cc: per group {q,k,v}, {o}, {gate,up}, {down}
 //                the samples run through the layer with the earlier groups quantized
-//                (dequantized to bf16, as make_decoder_layer dequantizes them), stopping at the
+//                (dequantized, as make_decoder_layer dequantizes them, then bf16), stopping at the
 //                group's input; its Hessian accumulates on the device (quantizers/gpu
 //                HessianAccumulator) and quantize_gptq_gpu quantizes the group. Then the samples
 //                run through the quantized layer. --no-sequential: the --calib Hessians.
+//   awq:         pipeline/awq_gpu.h.
 //
-// Differences from the CPU path: the forwards are bf16 (Precision::kBFloat16 semantics)
-// where the CPU computes in float32, so statistics differ by bf16 rounding; perplexity of the
-// results agrees within the 0.5% (tests/test_pipeline_gpu.cc).
+// Differences from the CPU path: the forwards' ops are bf16 (Precision::kBFloat16's rounding
+// points) on a float32 residual stream (pipeline/gpu_samples.h) where the CPU computes in
+// float32, so statistics differ by bf16 rounding; perplexity of the results agrees within the
+// issue's 0.5% for int8-sq, and for GPTQ / AWQ within their own sensitivity to such
+// perturbations (tests/test_pipeline_gpu.cc says how much). The stream is float32 because rounding it too cost
+// GPTQ +0.57% perplexity on the CPU path with these forwards; with it in float32, -0.10%.
 //
 // Memory on the device: the samples' activations + one layer's bf16 weights + one forward's
-// buffers (kMaxRows rows) + one Hessian accumulator and one GPTQ call at a time: independent of
+// buffers (up to 4096 rows) + one Hessian accumulator and one GPTQ call (or AWQ's captures) at a time: independent of
 // the number of layers. On the host: one layer's float32 weights.
 #pragma once
 
@@ -39,9 +43,6 @@
 #include "pipeline/method.h"
 
 namespace llmq {
-
-// Whether `method` has a GPU path (all but AWQ).
-bool gpu_quantize_supported(QuantMethod method);
 
 class GpuQuantizeSession {
  public:

@@ -3,8 +3,6 @@
 
 namespace llmq {
 
-bool gpu_quantize_supported(QuantMethod method) { return method != QuantMethod::kAwq; }
-
 struct GpuQuantizeSession::Impl {};
 
 GpuQuantizeSession::GpuQuantizeSession(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

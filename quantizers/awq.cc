@@ -44,8 +44,11 @@ std::vector<float> awq_weight_mean(const std::vector<const Tensor*>& weights, in
   for (const Tensor* w : weights) {
     LLMQ_CHECK(w->dim(1) == in, "scaled layers disagree on width");
     const float* p = w->data<float>();
-    for (int64_t n = 0; n < w->dim(0); ++n) {
-      for (int64_t g = 0; g < in / group_size; ++g) {
+    const int64_t rows_w = w->dim(0);
+    // Threads own column groups; each column still sums its rows in order (deterministic).
+#pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < in / group_size; ++g) {
+      for (int64_t n = 0; n < rows_w; ++n) {
         const float* grp = p + n * in + g * group_size;
         float amax = 0;
         for (int64_t k = 0; k < group_size; ++k) amax = std::max(amax, std::fabs(grp[k]));
@@ -131,20 +134,34 @@ Tensor awq_fake_quant_scaled(const Tensor& w, const std::vector<float>& s, const
   return q;
 }
 
-Tensor awq_search_clip(const Tensor& w, const TensorView& x, const AwqConfig& config) {
-  const int64_t out = w.dim(0), in = w.dim(1), gs = config.group_size, G = in / gs;
-  LLMQ_CHECK(x.rank() == 2 && x.dim(1) == in, "clip inputs " << shape_str(x.shape) << " vs width " << in);
-  // Sub-sample the tokens with a fixed stride, as AutoAWQ does, but an odd one: samples are
-  // power-of-two long, and AutoAWQ's stride (128 for 128 x 512 tokens) divides them, so it
-  // sees only positions 0, 128, 256, 384, a quarter of them the position-0 outlier (in layer
-  // 0 the same BOS vector 128 times). An odd stride walks through every position.
-  const int64_t n_tokens = x.dim(0);
-  const int64_t step = std::max<int64_t>(1, n_tokens / config.clip_tokens) | 1;
-  const int64_t T = (n_tokens + step - 1) / step;
-  RowMatrixF xs(T, in);  // [T, in] sub-sampled inputs
-  const float* xp = x.as<float>();
-  for (int64_t t = 0; t < T; ++t) xs.row(t) = ConstMapF(xp + t * step * in, 1, in);
+AwqClipRows awq_clip_rows(int64_t n_tokens, int64_t clip_tokens) {
+  // A fixed stride, as AutoAWQ does, but an odd one: samples are power-of-two long, and
+  // AutoAWQ's stride (128 for 128 x 512 tokens) divides them, so it sees only positions 0,
+  // 128, 256, 384, a quarter of them the position-0 outlier (in layer 0 the same BOS vector
+  // 128 times). An odd stride walks through every position.
+  AwqClipRows r;
+  r.step = std::max<int64_t>(1, n_tokens / clip_tokens) | 1;
+  r.count = (n_tokens + r.step - 1) / r.step;
+  return r;
+}
 
+Tensor awq_search_clip(const Tensor& w, const TensorView& x, const AwqConfig& config) {
+  const int64_t in = w.dim(1);
+  LLMQ_CHECK(x.rank() == 2 && x.dim(1) == in, "clip inputs " << shape_str(x.shape) << " vs width " << in);
+  const AwqClipRows rows = awq_clip_rows(x.dim(0), config.clip_tokens);
+  Tensor xs(DType::kF32, {rows.count, in});  // [T, in] sub-sampled inputs
+  const float* xp = x.as<float>();
+  float* sp = xs.data<float>();
+  for (int64_t t = 0; t < rows.count; ++t) std::copy_n(xp + t * rows.step * in, in, sp + t * in);
+  return awq_search_clip_rows(w, xs.view(), config);
+}
+
+Tensor awq_search_clip_rows(const Tensor& w, const TensorView& xs_view, const AwqConfig& config) {
+  const int64_t out = w.dim(0), in = w.dim(1), gs = config.group_size, G = in / gs;
+  LLMQ_CHECK(xs_view.rank() == 2 && xs_view.dim(1) == in && xs_view.dtype == DType::kF32 && xs_view.is_contiguous(),
+             "clip inputs " << shape_str(xs_view.shape) << " vs width " << in << " (F32, contiguous)");
+  const int64_t T = xs_view.dim(0);
+  const ConstMapF xs(xs_view.as<float>(), T, in);  // [T, in]
   const Int4Config grid = awq_grid(config);
   const int n_shrink = static_cast<int>(config.max_shrink * config.clip_grid);
   Tensor best(DType::kF32, {out, G});  // [out, G] chosen max |w|

@@ -60,8 +60,20 @@ Tensor awq_fake_quant_scaled(const Tensor& w, const std::vector<float>& s, const
 // Fake-quantizes w [out, in] with AWQ's asymmetric INT4 grid (per row and group).
 Tensor awq_fake_quant(const Tensor& w, const AwqConfig& config);
 
-// Best clip value per (row, group) [out, G] for weight w [out, in] and inputs x [T, in].
+// The clip search's token sub-sampling: rows 0, step, 2 step, ... (count of them) of the
+// n_tokens inputs. step = max(1, n_tokens / clip_tokens) | 1, count = ceil(n_tokens / step).
+struct AwqClipRows {
+  int64_t step = 1;
+  int64_t count = 0;
+};
+AwqClipRows awq_clip_rows(int64_t n_tokens, int64_t clip_tokens);
+
+// Best clip value per (row, group) [out, G] for weight w [out, in] and inputs x [T, in]:
+// sub-samples x with awq_clip_rows, then awq_search_clip_rows.
 Tensor awq_search_clip(const Tensor& w, const TensorView& x, const AwqConfig& config);
+// The same search on already sub-sampled inputs xs [T, in] (F32, contiguous, host); the
+// reference of gpu::awq_search_clip.
+Tensor awq_search_clip_rows(const Tensor& w, const TensorView& xs, const AwqConfig& config);
 // W = clamp(W, -max_val, max_val) per (row, group), in place.
 void awq_apply_clip(Tensor& w, const Tensor& max_val, int64_t group_size);
 

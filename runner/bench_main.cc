@@ -106,6 +106,34 @@ void gemv_bench(double hbm_gbps, gpu::Blas& blas) {
       std::printf("\n");
     }
   }
+  // The fixed cost of a call: the same GEMVs on 4096 rows of 16 columns (at most 128 KiB of
+  // weights, served from L2): launch, one round trip, the reduction and the store. A linear
+  // takes at least about this plus its bytes at full bandwidth (an HBM round trip is longer
+  // than an L2 one), which bounds its percent of HBM above, most for the small shapes.
+  std::printf("%-22s %2s %18s %18s %18s %18s\n", "fixed cost [4096 x 16]", "M", "gemv_bf16", "", "gemv_fp8",
+              "gemv_int8");
+  const int fixed_n = 4096, fixed_k = 16;
+  const std::vector<DeviceBuffer> w16 = weight_copies(size_t(fixed_n) * fixed_k * 2, 15);
+  const std::vector<DeviceBuffer> w8 = weight_copies(size_t(fixed_n) * fixed_k, 16);
+  for (int M : {1, 4, 8}) {
+    size_t i = 0;
+    auto* ys = y.as<uint16_t>();
+    const double t16 = time_us([&] {
+      gpu::gemv_bf16(x.as<const uint16_t>(), w16[i++ % w16.size()].as<const uint16_t>(), ys, M, fixed_n, fixed_k, {},
+                     nullptr);
+    });
+    const double t8[2] = {
+        time_us([&] {
+          gpu::gemv_w8a8_fp8(xq.as<const uint8_t>(), sx.as<const float>(), w8[i++ % w8.size()].as<const uint8_t>(),
+                             sw.as<const float>(), ys, M, fixed_n, fixed_k, {}, nullptr);
+        }),
+        time_us([&] {
+          gpu::gemv_w8a8_int8(xq.as<const int8_t>(), sx.as<const float>(), w8[i++ % w8.size()].as<const int8_t>(),
+                              sw.as<const float>(), ys, M, fixed_n, fixed_k, {}, nullptr);
+        }),
+    };
+    std::printf("%-22s %2d %9.1f us %5s %18s %9.1f us %5s %9.1f us %5s\n", "", M, t16, "", "", t8[0], "", t8[1], "");
+  }
 }
 
 int kernels_bench() {

@@ -45,6 +45,24 @@ struct RmsNormArgs {
 };
 void rms_norm(const RmsNormArgs& a, cudaStream_t s);
 
+// RMSNorm on a float32 residual stream (the calibration forward, pipeline/gpu_samples.h: the
+// hidden state between ops is not rounded to bf16, as in the CPU's float32 path, while every
+// other op keeps its bf16 rounding): x = x + float(delta) in f32 (written back, not rounded),
+// then y = bf16(w * bf16(x * rsqrt(mean(x^2) + eps))) as rms_norm. y may alias delta (a row's
+// delta is read before its y is written); not x.
+struct RmsNormF32Args {
+  float* x;                      // [rows, n] the residual stream
+  const bf16* delta = nullptr;   // [rows, n] residual branch to add first, or none
+  const bf16* w = nullptr;       // [n]
+  int rows = 0, n = 0;
+  float eps = 0.0f;
+  bf16* y = nullptr;             // [rows, n]
+};
+void rms_norm_f32(const RmsNormF32Args& a, cudaStream_t s);
+
+// x[i] = x[i] + float(y[i]) in f32 for n values (the last residual add of an f32 stream).
+void add_bf16_to_f32(float* x, const bf16* y, int64_t n, cudaStream_t s);
+
 // x[i] = bf16(x[i] + y[i]) for n values (the residual add).
 void add_inplace(bf16* x, const bf16* y, int64_t n, cudaStream_t s);
 

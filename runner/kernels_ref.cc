@@ -30,6 +30,23 @@ void rms_norm_ref(const bf16* x, const bf16* w, bf16* y, int rows, int n, float 
   }
 }
 
+void rms_norm_f32_ref(float* x, const bf16* delta, const bf16* w, bf16* y, int rows, int n, float eps) {
+  for (int r = 0; r < rows; ++r) {
+    float* xr = x + static_cast<int64_t>(r) * n;
+    if (delta)
+      for (int i = 0; i < n; ++i) xr[i] += f(delta[static_cast<int64_t>(r) * n + i]);
+    double sum_sq = 0.0;
+    for (int i = 0; i < n; ++i) sum_sq += static_cast<double>(xr[i]) * xr[i];
+    const float variance = static_cast<float>(sum_sq / static_cast<double>(n));
+    const float inv_rms = 1.0f / std::sqrt(variance + eps);
+    for (int i = 0; i < n; ++i) y[static_cast<int64_t>(r) * n + i] = b(f(w[i]) * round_bf16(xr[i] * inv_rms));
+  }
+}
+
+void add_bf16_to_f32_ref(float* x, const bf16* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += f(y[i]);
+}
+
 void add_inplace_ref(bf16* x, const bf16* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = b(f(x[i]) + f(y[i]));
 }

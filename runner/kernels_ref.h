@@ -15,6 +15,9 @@ namespace llmq::ref {
 using bf16 = uint16_t;
 
 void rms_norm_ref(const bf16* x, const bf16* w, bf16* y, int rows, int n, float eps);
+// gpu::rms_norm_f32: x [rows, n] f32 += delta (if any, not rounded), then y = the bf16 norm of x.
+void rms_norm_f32_ref(float* x, const bf16* delta, const bf16* w, bf16* y, int rows, int n, float eps);
+void add_bf16_to_f32_ref(float* x, const bf16* y, int64_t n);
 void add_inplace_ref(bf16* x, const bf16* y, int64_t n);
 void silu_mul_ref(const bf16* gate_up, bf16* out, int rows, int inter);
 void embed_ref(const bf16* table, const int32_t* ids, bf16* out, int rows, int n);

@@ -15,7 +15,8 @@ int64_t max_linear_k(const LlamaConfig& c) { return std::max<int64_t>({c.interme
 struct Fwd {
   const LayerEnv& env;
   LayerBuffers& b;
-  bf16* x;
+  bf16* x;      // the residual stream [M, hidden]: bf16 (x) or float32 (x32), one of them set
+  float* x32;
   int M;
   LayerInputHook* hook;
 
@@ -34,6 +35,19 @@ struct Fwd {
   // straight into the per-token codes when next is a W8A8 linear (and no hook needs h).
   LinearIn norm(const bf16* pending, const DeviceBuffer& w, const GpuLinear& next) const {
     const LlamaConfig& c = *env.config;
+    if (x32) {  // no fused quantization: a W8A8 linear quantizes the bf16 h itself, to the same codes
+      gpu::RmsNormF32Args a;
+      a.x = x32;
+      a.delta = pending;
+      a.w = w.as<const bf16>();
+      a.rows = M;
+      a.n = static_cast<int>(c.hidden_size);
+      a.eps = static_cast<float>(c.rms_norm_eps);
+      a.y = b.h.as<bf16>();
+      gpu::rms_norm_f32(a, env.stream);
+      mark("rms_norm");
+      return {b.h.as<const bf16>(), false};
+    }
     gpu::RmsNormArgs a;
     a.x = x;
     a.delta = pending;
@@ -51,9 +65,10 @@ struct Fwd {
     return a.quant == gpu::ActQuant::kNone ? LinearIn{b.h.as<const bf16>(), false} : LinearIn{nullptr, true};
   }
 
-  // x += in · Wᵀ: in the GEMV's epilogue, or returns the branch (in h) for the next norm.
+  // x += in · Wᵀ: in the GEMV's epilogue (bf16 x only), or returns the branch (in h) for the
+  // next norm.
   const bf16* residual_linear(const GpuLinear& L, const bf16* in) const {
-    if (L.uses_gemv(M)) {
+    if (x && L.uses_gemv(M)) {
       gpu::GemvEpilogue e;
       e.residual = x;
       linear(L, {in, false}, x, e);
@@ -161,14 +176,18 @@ size_t LayerBuffers::bytes() const {
          scratch.w_bf16.bytes() + scratch.split.bytes();
 }
 
-const bf16* layer_forward(const LayerEnv& env, const GpuLayer& L, LayerBuffers& b, bf16* x, const bf16* pending,
-                          const LayerRows& rows, bf16* k_cache, bf16* v_cache, LayerInputHook* hook) {
+namespace {
+
+// layer_forward on the residual stream f.x or f.x32.
+const bf16* forward(const Fwd& f, const GpuLayer& L, const bf16* pending, const LayerRows& rows, bf16* k_cache,
+                    bf16* v_cache) {
+  const LayerEnv& env = f.env;
+  LayerBuffers& b = f.b;
   const LlamaConfig& c = *env.config;
   const int M = rows.M;
   const int n_q = static_cast<int>(c.num_attention_heads), n_kv = static_cast<int>(c.num_key_value_heads);
   const int hd = static_cast<int>(c.head_dim);
   const int q_dim = static_cast<int>(c.q_dim()), kv_dim = static_cast<int>(c.kv_dim());
-  const Fwd f{env, b, x, M, hook};
 
   const LinearIn qkv_in = f.norm(pending, L.ln1, L.qkv);
   if (f.see(LayerInput::kAttnIn, qkv_in.x, static_cast<int>(c.hidden_size))) return nullptr;
@@ -194,6 +213,18 @@ const bf16* layer_forward(const LayerEnv& env, const GpuLayer& L, LayerBuffers& 
   pending = f.residual_linear(L.down, b.act.as<const bf16>());
   f.mark("down_proj");
   return pending;
+}
+
+}  // namespace
+
+const bf16* layer_forward(const LayerEnv& env, const GpuLayer& L, LayerBuffers& b, bf16* x, const bf16* pending,
+                          const LayerRows& rows, bf16* k_cache, bf16* v_cache, LayerInputHook* hook) {
+  return forward(Fwd{env, b, x, nullptr, rows.M, hook}, L, pending, rows, k_cache, v_cache);
+}
+
+const bf16* layer_forward(const LayerEnv& env, const GpuLayer& L, LayerBuffers& b, float* x32, const bf16* pending,
+                          const LayerRows& rows, bf16* k_cache, bf16* v_cache, LayerInputHook* hook) {
+  return forward(Fwd{env, b, nullptr, x32, rows.M, hook}, L, pending, rows, k_cache, v_cache);
 }
 
 }  // namespace llmq

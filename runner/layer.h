@@ -6,7 +6,8 @@
 // (position, KV slot) pairs on the device; each slot is one sequence whose positions before
 // pos[r] are already in the layer's cache. A residual branch that a GEMV did not add in its
 // epilogue stays `pending` and is returned: the next layer's first RMSNorm adds it (one pass
-// instead of two), or the caller does with gpu::add_inplace.
+// instead of two), or the caller does with gpu::add_inplace. The calibration forward may keep
+// the residual stream in float32 instead (the layer_forward overload on float* x32).
 //
 // Linear-input hooks (LayerInputHook) see the bf16 input [rows, in] of each distinct linear
 // input on the device (calibration/stats.h's four: attn_in, attn_out, mlp_in, mlp_out). With a
@@ -128,6 +129,15 @@ struct LayerRows {
 // (x + it is the layer's output) or null when it was added in place. k_cache/v_cache
 // [slots, capacity, kv_dim] bf16 of this layer.
 const bf16* layer_forward(const LayerEnv& env, const GpuLayer& L, LayerBuffers& b, bf16* x, const bf16* pending,
+                          const LayerRows& rows, bf16* k_cache, bf16* v_cache, LayerInputHook* hook = nullptr);
+
+// The same on a float32 residual stream x32 [M, hidden] (the calibration forward,
+// pipeline/gpu_samples.h): the hidden state and the residual adds stay f32 instead of bf16
+// (gpu::rms_norm_f32 adds a pending branch and writes the bf16 normed rows); every other op, and
+// what the hooks see, is the bf16 forward's. A GEMV never adds a branch in its epilogue here (it
+// would round x to bf16), so the result is the down_proj branch (in b.h) unless a hook stopped
+// the forward (null); the caller adds it with gpu::add_bf16_to_f32.
+const bf16* layer_forward(const LayerEnv& env, const GpuLayer& L, LayerBuffers& b, float* x32, const bf16* pending,
                           const LayerRows& rows, bf16* k_cache, bf16* v_cache, LayerInputHook* hook = nullptr);
 
 }  // namespace llmq

@@ -101,6 +101,70 @@ __global__ void __launch_bounds__(kRowThreads) rms_norm_kernel(RmsNormArgs a) {
   }
 }
 
+// V consecutive f32 values: two 16-byte accesses when rows allow (n % 8 == 0), else one by one.
+template <int V>
+struct PackF {
+  float v[V];
+  __device__ __forceinline__ static PackF load(const float* p) {
+    PackF r;
+    if constexpr (V == 8) {
+      *reinterpret_cast<float4*>(r.v) = *reinterpret_cast<const float4*>(p);
+      *reinterpret_cast<float4*>(r.v + 4) = *reinterpret_cast<const float4*>(p + 4);
+    } else {
+      for (int i = 0; i < V; ++i) r.v[i] = p[i];
+    }
+    return r;
+  }
+  __device__ __forceinline__ void store(float* p) const {
+    if constexpr (V == 8) {
+      *reinterpret_cast<float4*>(p) = *reinterpret_cast<const float4*>(v);
+      *reinterpret_cast<float4*>(p + 4) = *reinterpret_cast<const float4*>(v + 4);
+    } else {
+      for (int i = 0; i < V; ++i) p[i] = v[i];
+    }
+  }
+};
+
+// rms_norm_kernel on an f32 stream: pass 1 adds the bf16 branch in f32 (no rounding) and sums
+// the squares in double (each f32 square is exact in double, so only the order differs from the
+// reference); pass 2 writes the bf16 y with the reference's rounding points.
+template <int V>
+__global__ void __launch_bounds__(kRowThreads) rms_norm_f32_kernel(RmsNormF32Args a) {
+  __shared__ double partial[32];
+  const int64_t row = blockIdx.x;
+  float* xr = a.x + row * a.n;
+  const int packs = a.n / V;
+  double sum_sq = 0.0;
+  for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+    PackF<V> xv = PackF<V>::load(xr + p * V);
+    if (a.delta) {
+      const Pack<V> dv = Pack<V>::load(a.delta + row * a.n + p * V);
+#pragma unroll
+      for (int i = 0; i < V; ++i) xv.v[i] += f(dv.v[i]);
+      xv.store(xr + p * V);
+    }
+#pragma unroll
+    for (int i = 0; i < V; ++i) sum_sq += static_cast<double>(xv.v[i]) * xv.v[i];
+  }
+  sum_sq = block_sum(sum_sq, partial);  // its barriers also order pass 1's delta reads before y (may alias)
+  const float variance = static_cast<float>(sum_sq / static_cast<double>(a.n));
+  const float inv_rms = 1.0f / sqrtf(variance + a.eps);  // IEEE div and sqrt, as the reference
+  for (int p = threadIdx.x; p < packs; p += blockDim.x) {
+    const PackF<V> xv = PackF<V>::load(xr + p * V);
+    const Pack<V> wv = Pack<V>::load(a.w + p * V);
+    Pack<V> yv;
+#pragma unroll
+    for (int i = 0; i < V; ++i) yv.v[i] = b(f(wv.v[i]) * round_bf16(xv.v[i] * inv_rms));
+    yv.store(a.y + row * a.n + p * V);
+  }
+}
+
+__global__ void add_bf16_to_f32_kernel(float* x, const bf16* y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] += f(y[i]);
+}
+
 __global__ void add_kernel(bf16* x, const bf16* y, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -246,6 +310,20 @@ void rms_norm(const bf16* x, const bf16* w, bf16* y, int rows, int n, float eps,
   a.eps = eps;
   a.y = y;
   rms_norm(a, s);
+}
+
+void rms_norm_f32(const RmsNormF32Args& a, cudaStream_t s) {
+  if (a.rows == 0) return;
+  LLMQ_CHECK(a.y != nullptr && a.w != nullptr, "rms_norm_f32: no weight or output");
+  if (a.n % 8 == 0) rms_norm_f32_kernel<8><<<a.rows, kRowThreads, 0, s>>>(a);
+  else rms_norm_f32_kernel<1><<<a.rows, kRowThreads, 0, s>>>(a);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
+
+void add_bf16_to_f32(float* x, const bf16* y, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  add_bf16_to_f32_kernel<<<grid_for(n), kRowThreads, 0, s>>>(x, y, n);
+  LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 void add_inplace(bf16* x, const bf16* y, int64_t n, cudaStream_t s) {

@@ -6,7 +6,8 @@
 # KERNEL_BENCH=0 skips the kernel benchmarks after the tests. Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step), PEER=path.
 # STAGE=quantize: `llmq quantize --device gpu` of the synthetic 8B with each of METHODS (default
 # "fp8 int8-sq gptq"; calibration SAMPLES x SEQ_LEN of calib_mixed.txt, default 128 x 2048),
-# printing wall time, max RSS and the report's stage timings and memory peaks.
+# printing wall time, max RSS and the report's stage timings and memory peaks; CALIBRATE=1 first
+# times `llmq calibrate --device gpu` on the same samples.
 set -uo pipefail
 BIN=${BIN:-build}
 OUT=${OUT:-out/gpu}
@@ -17,7 +18,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$OUT/gpu.txt"
 
 if [ "$STAGE" = tests ]; then
-  for t in ${TESTS:-test_runner_kernels test_runner_gemv test_runner_attention test_runner_engine test_runner_eval test_gptq_gpu test_pipeline_gpu}; do
+  for t in ${TESTS:-test_runner_kernels test_runner_gemv test_runner_attention test_runner_engine test_runner_eval test_gptq_gpu test_awq_gpu test_calibrate_gpu test_pipeline_gpu}; do
     [ -x "$BIN/tests/$t" ] || { echo "$t: not built"; continue; }
     timeout 300 "$BIN/tests/$t" > "$OUT/$t.log" 2>&1
     echo "$t: exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/$t.log" | head -20
@@ -44,7 +45,13 @@ fi
 if [ "$STAGE" = quantize ]; then
   M=${SYNTH_DIR:-/tmp/synth-8b}
   [ -f "$M/config.json" ] || timeout 300 "$BIN/bin/llmq_runner_bench" --synth llama-3.1-8b "$M" > "$OUT/synth.log" 2>&1
-  for m in ${METHODS:-fp8 int8-sq gptq}; do
+  if [ "${CALIBRATE:-0}" = 1 ]; then  # llmq calibrate --device gpu, Hessians included
+    /usr/bin/time -f "calibrate: wall %e s, max RSS %M KB" timeout 580 "$BIN/bin/llmq" calibrate --model "$M" \
+      --device gpu --dataset "$LLMQ_TEST_DATA/text/calib_mixed.txt" --samples "${SAMPLES:-128}" \
+      --seq-len "${SEQ_LEN:-2048}" --out /tmp/c8b.safetensors --force > "$OUT/calibrate.log" 2>&1
+    tail -3 "$OUT/calibrate.log"; ls -la /tmp/c8b.safetensors; rm -f /tmp/c8b.safetensors
+  fi
+  for m in ${METHODS-fp8 int8-sq gptq}; do
     calib=(); [ "$m" = fp8 ] || [ "${m#rtn}" != "$m" ] || \
       calib=(--dataset "$LLMQ_TEST_DATA/text/calib_mixed.txt" --samples "${SAMPLES:-128}" --seq-len "${SEQ_LEN:-2048}")
     /usr/bin/time -f "$m: wall %e s, max RSS %M KB" timeout 580 "$BIN/bin/llmq" quantize --model "$M" --method "$m" \

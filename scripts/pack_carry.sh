@@ -9,7 +9,7 @@ SRC=${1:-build-cuda}
 rm -rf build-carry && mkdir -p build-carry/bin build-carry/tests
 cp "$SRC"/bin/llmq* build-carry/bin/
 for t in test_runner_kernels test_runner_gemv test_runner_attention test_runner_engine test_runner_eval \
-         test_gptq_gpu test_pipeline_gpu ${EXTRA_TESTS:-}; do
+         test_gptq_gpu test_awq_gpu test_calibrate_gpu test_pipeline_gpu ${EXTRA_TESTS:-}; do
   [ -x "$SRC/tests/$t" ] && cp "$SRC/tests/$t" build-carry/tests/
 done
 strip build-carry/bin/* build-carry/tests/*

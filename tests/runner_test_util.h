@@ -7,16 +7,24 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/numeric.h"
 #include "runner/device.h"
 
-#define LLMQ_REQUIRE_GPU()                                                      \
-  do {                                                                          \
-    const ::llmq::GpuInfo llmq_gpu_ = ::llmq::query_gpu();                      \
-    if (!llmq_gpu_.available) GTEST_SKIP() << "no GPU: " << llmq_gpu_.why_not;  \
+// Skips without a GPU, or fails where LLMQ_REQUIRE_GPU=1 says the machine has one (the GPU
+// check script sets it, so a broken driver cannot pass as a skip).
+#define LLMQ_REQUIRE_GPU()                                                           \
+  do {                                                                               \
+    const ::llmq::GpuInfo llmq_gpu_ = ::llmq::query_gpu();                           \
+    if (!llmq_gpu_.available) {                                                      \
+      const char* llmq_req_ = std::getenv("LLMQ_REQUIRE_GPU");                       \
+      if (llmq_req_ && std::string(llmq_req_) == "1") FAIL() << "no GPU (LLMQ_REQUIRE_GPU=1): " << llmq_gpu_.why_not; \
+      GTEST_SKIP() << "no GPU: " << llmq_gpu_.why_not;                               \
+    }                                                                                \
   } while (0)
 
 namespace llmq::testing {

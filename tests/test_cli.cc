@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -157,6 +158,51 @@ TEST_F(Cli, CalibrateAndQuantizeFromTheCommandLine) {
   EXPECT_NE(r.out.find(tensor), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("NaN at element 5"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(dir_ + "/x"));
+}
+
+// Sets an environment variable for the children run_llmq starts, restoring it on scope exit.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) {
+      had_ = true;
+      old_ = old;
+    }
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) {
+      setenv(name_.c_str(), old_.c_str(), 1);
+    } else {
+      unsetenv(name_.c_str());
+    }
+  }
+
+ private:
+  std::string name_, old_;
+  bool had_ = false;
+};
+
+TEST_F(Cli, CalibrateDeviceOption) {
+  const std::string model = dir_ + "/m", calib = dir_ + "/calib.safetensors";
+  const std::string text = std::string(LLMQ_SOURCE_DIR) + "/examples/demo_text.txt";
+  ASSERT_EQ(run_llmq("synth --config tiny --seed 1 --out " + model).exit_code, 0);
+  const std::string args = "calibrate --model " + model + " --dataset " + text + " --samples 2 --seq-len 32 --out " + calib;
+  RunResult r = run_llmq("calibrate --help");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("--device"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("auto"), std::string::npos) << r.out;
+
+  expect_one_line_error(run_llmq(args + " --device bogus"), "--device must be cpu, gpu or auto, not 'bogus'");
+  EXPECT_FALSE(fs::exists(calib));
+
+  const ScopedEnv hide("CUDA_VISIBLE_DEVICES", "");  // no GPU for the children, CUDA build or not
+  expect_one_line_error(run_llmq(args + " --device gpu"), "--device gpu: ");
+  EXPECT_FALSE(fs::exists(calib));
+  r = run_llmq(args);  // auto without a GPU: the CPU path, and the summary says so
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find(" on cpu"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(calib));
 }
 
 }  // namespace

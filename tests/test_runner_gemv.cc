@@ -1,9 +1,11 @@
 // The decode GEMVs (runner/gemv.h) against their CPU references (runner/gemv_ref.h) on
-// awkward shapes: M = 1, 2, 3, 5, 8 token rows; N = 1, 2, 37, 130 (not multiples of the
-// kernel's 4 or 8 rows per block); K from one 16-byte chunk to Llama's 14336, with W8A8 rows
-// padded to 16 codes. Every epilogue (residual in place and not, swiglu) is checked; INT8 bit
-// for bit, BF16 and FP8 within the derived f32-summation bound. The GPU cases skip without
-// a GPU; the FP8 conversion trick, the references and the argument checks run everywhere.
+// awkward shapes: M = 1, 2, 3, 7, 8 token rows; N = 1, 17, 118, 4098, 16386 (not multiples of
+// the kernel's 4 or 8 rows per block; at M <= 2 the small N take the 4-row blocks, 16386 on
+// any GPU and 4098 on an H200 the 8-row ones); K from one 16-byte chunk to Llama's 14336,
+// with W8A8 rows padded to 16 codes, so threads run 0, 1 or many steps of the shared-memory
+// pipeline. Every epilogue (residual in place and not, swiglu) is checked; INT8 bit for bit,
+// BF16 and FP8 within the derived f32-summation bound. The GPU cases skip without a GPU; the
+// FP8 conversion trick, the references and the argument checks run everywhere.
 #include <gtest/gtest.h>
 
 #include <cuda_fp16.h>
@@ -27,8 +29,12 @@ namespace {
 using testing::expect_bf16_near;
 using testing::random_bf16;
 
-constexpr int kMs[] = {1, 2, 3, 5, 8};
-constexpr int kNs[] = {1, 2, 37, 130};
+constexpr int kMs[] = {1, 2, 3, 7, 8};
+constexpr int kSmallNs[] = {1, 17, 118};
+// 1025 four-row blocks, more than an H200 holds at once at M <= 2 (4-5 per SM): 8-row blocks.
+constexpr int kLargeN = 4096 + 2;
+// 4097 four-row blocks, more than any GPU under 256 SMs holds (at most 16 per SM): 8-row blocks.
+constexpr int kLargerN = 16384 + 2;
 constexpr uint32_t kSeed = 20261201;
 
 template <class T>
@@ -260,49 +266,60 @@ void check_all_epilogues(const Case& c, std::mt19937& rng) {
 }
 
 template <class Case>
+void check_case(int M, int N, int K, uint32_t seed) {
+  SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " K " << K << " seed " << seed);
+  std::mt19937 rng(seed);
+  const Case c(M, N, K, rng);
+  check_all_epilogues(c, rng);
+}
+
+// Small N with every K and M; the large N (the CPU reference's cost) with the shortest and a
+// Llama-sized K only.
+template <class Case>
 void check_shapes(std::initializer_list<int> ks, int seed_offset) {
+  const auto seed = [&](int M, int N, int K) { return kSeed + seed_offset + M * 131 + N * 7 + K; };
   for (int K : ks)
-    for (int N : kNs)
-      for (int M : kMs) {
-        const uint32_t seed = kSeed + seed_offset + M * 131 + N * 7 + K;
-        SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " K " << K << " seed " << seed);
-        std::mt19937 rng(seed);
-        const Case c(M, N, K, rng);
-        check_all_epilogues(c, rng);
-      }
+    for (int N : kSmallNs)
+      for (int M : kMs) check_case<Case>(M, N, K, seed(M, N, K));
+  for (int K : {*ks.begin(), 4096 + 16}) {
+    for (int M : kMs) check_case<Case>(M, kLargeN, K, seed(M, kLargeN, K));
+    for (int M : {1, 2}) check_case<Case>(M, kLargerN, K, seed(M, kLargerN, K));
+  }
 }
 
 TEST(RunnerGemv, Bf16MatchesReference) {
   LLMQ_REQUIRE_GPU();
-  check_shapes<Bf16Case>({8, 136, 4104, 14336}, 0);
+  check_shapes<Bf16Case>({8, 48, 4096 + 16, 14336}, 0);
 }
 
+// W8A8 K = 40 pads to ld = 48 with zero codes.
 TEST(RunnerGemv, Int8IsBitExact) {
   LLMQ_REQUIRE_GPU();
-  check_shapes<W8A8Case<int8_t>>({16, 136, 4104, 14336}, 1);
+  check_shapes<W8A8Case<int8_t>>({16, 40, 4096 + 16, 14336}, 1);
 }
 
 TEST(RunnerGemv, Fp8MatchesReference) {
   LLMQ_REQUIRE_GPU();
-  check_shapes<W8A8Case<uint8_t>>({16, 136, 4104, 14336}, 2);
+  check_shapes<W8A8Case<uint8_t>>({16, 40, 4096 + 16, 14336}, 2);
 }
 
-// Every E4M3 code through the kernel's conversion on each side of the product: a one-hot
-// operand (code 0x38 = 1.0) picks single codes out, so each output is one code's value,
-// exactly (subnormal codes included, which checks the device keeps f32 subnormals).
+// Every E4M3 code through the kernel's conversion on each side of the product, at every byte
+// position of a 16-byte chunk: activations all 1.0 (code 0x38) against weight row n holding
+// code n in column n, then activations holding every code against one-hot weight rows. Each
+// output is one code's value, exactly (subnormal codes included, which checks the device
+// keeps f32 subnormals).
 TEST(RunnerGemv, Fp8EveryCodeIsExactOnTheDevice) {
   LLMQ_REQUIRE_GPU();
   const int codes = 256, M = 1;
-  std::vector<uint8_t> all(codes), one_hot_rows(static_cast<size_t>(codes) * codes, 0), x_one(codes, 0);
+  std::vector<uint8_t> all(codes), one_hot_rows(static_cast<size_t>(codes) * codes, 0), x_ones(codes, 0x38);
   for (int c = 0; c < codes; ++c) all[c] = is_fp8_nan(static_cast<uint8_t>(c)) ? 0 : static_cast<uint8_t>(c);
   for (int n = 0; n < codes; ++n) one_hot_rows[static_cast<size_t>(n) * codes + n] = 0x38;
-  x_one[0] = 0x38;
-  std::vector<uint8_t> w_first(static_cast<size_t>(codes) * codes, 0);  // row n: code n in column 0
-  for (int n = 0; n < codes; ++n) w_first[static_cast<size_t>(n) * codes] = all[n];
+  std::vector<uint8_t> w_diagonal(static_cast<size_t>(codes) * codes, 0);  // row n: code n in column n
+  for (int n = 0; n < codes; ++n) w_diagonal[static_cast<size_t>(n) * codes + n] = all[n];
   const std::vector<float> one(codes, 1.0f);
   DeviceBuffer ds = up(one), dy(codes * 2);
   struct Side { const char* name; const std::vector<uint8_t>& x; const std::vector<uint8_t>& w; };
-  for (const Side& side : {Side{"weights", x_one, w_first}, Side{"activations", all, one_hot_rows}}) {
+  for (const Side& side : {Side{"weights", x_ones, w_diagonal}, Side{"activations", all, one_hot_rows}}) {
     SCOPED_TRACE(side.name);
     std::vector<uint16_t> ref(codes);
     ref::gemv_w8a8_fp8_ref(side.x.data(), one.data(), side.w.data(), one.data(), nullptr, false, ref.data(), M, codes,
@@ -316,6 +333,34 @@ TEST(RunnerGemv, Fp8EveryCodeIsExactOnTheDevice) {
       if (is_fp8_nan(static_cast<uint8_t>(c))) continue;
       EXPECT_EQ(bf16_to_f32(got[c]), fp8e4m3_to_f32(static_cast<uint8_t>(c))) << "code " << c;  // -0 sums to +0
     }
+  }
+}
+
+// Products of the smallest codes are 2^-18 · 2^-120 in the kernel, so products and partial
+// sums live in the f32 subnormal range, where they are still exact (multiples of 2^-138);
+// flushing subnormals to zero anywhere would give 0. Every sum here is exact in f32, so the
+// result equals the reference bit for bit.
+TEST(RunnerGemv, Fp8SubnormalRangeSumsAreExact) {
+  LLMQ_REQUIRE_GPU();
+  const int M = 3, N = 5;
+  for (int K : {16, 4096 + 16}) {
+    SCOPED_TRACE(::testing::Message() << "K " << K);
+    // x rows: all +2^-9 (0x01); all -2^-9 (0x81); 2^-9 and 7 · 2^-9 (0x07) alternating.
+    // w row n: code 0x01 + (n % 3) (1, 2, 3 · 2^-9), row 4 negated.
+    std::vector<uint8_t> x(static_cast<size_t>(M) * K), w(static_cast<size_t>(N) * K);
+    for (int k = 0; k < K; ++k) {
+      x[k] = 0x01, x[K + k] = 0x81, x[2 * K + k] = k % 2 ? 0x07 : 0x01;
+      for (int n = 0; n < N; ++n) w[static_cast<size_t>(n) * K + k] = static_cast<uint8_t>((n == 4 ? 0x80 : 0) | (1 + n % 3));
+    }
+    const std::vector<float> sx(M, 1.0f), sw(N, 1.0f);
+    std::vector<uint16_t> ref(static_cast<size_t>(M) * N);
+    ref::gemv_w8a8_fp8_ref(x.data(), sx.data(), w.data(), sw.data(), nullptr, false, ref.data(), M, N, K);
+    DeviceBuffer dx = up(x), dw = up(w), dsx = up(sx), dsw = up(sw), dy(ref.size() * 2);
+    gpu::gemv_w8a8_fp8(dx.as<uint8_t>(), dsx.as<float>(), dw.as<uint8_t>(), dsw.as<float>(), dy.as<uint16_t>(), M, N,
+                       K, {}, nullptr);
+    const std::vector<uint16_t> got = dy.to_host<uint16_t>();
+    for (uint16_t v : ref) ASSERT_NE(bf16_to_f32(v), 0.0f);  // the check below cannot pass on zeros
+    EXPECT_EQ(got, ref);
   }
 }
 

@@ -189,6 +189,73 @@ TEST(RunnerKernels, FusedRmsNormMatchesComposition) {
         }
 }
 
+// RMSNorm on a float32 residual stream (rms_norm_f32), with x values that are not bf16 values
+// (so a rounding of the stream shows), with and without the bf16 branch, y aliasing the branch
+// as layer_forward passes them; widths with n % 8 != 0 take the scalar path. The written-back
+// x is the f32 sum: exact. y: the reference's ops; only the order of the double sum of squares
+// differs (each f32 square is exact in double), which can move the f32 variance by one ulp and
+// flip the bf16 rounding of x · inv_rms by one ulp (2^-8 to 2^-7 of it); times w and rounded
+// again that is at most 2 ulps of y. Two-sided: a flip needs x · inv_rms within ~2^-23 of a
+// rounding tie, so nearly all of y (kMinSame) must be bit-identical.
+TEST(RunnerKernels, RmsNormF32MatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  constexpr double kMinSame = 0.99;
+  for (int n : {64, 172, 1000, 4096, 4100})
+    for (int rows : kRows)
+      for (bool with_delta : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "rows " << rows << " n " << n << " delta " << with_delta << " seed "
+                                          << kSeed);
+        std::mt19937 rng(kSeed + rows * 11 + n);
+        std::normal_distribution<float> nd(0.0f, 3.0f);
+        std::vector<float> x(static_cast<size_t>(rows) * n);
+        for (float& v : x) v = nd(rng);
+        if (rows > 1) std::fill(x.begin() + n, x.begin() + 2 * n, 0.0f);  // an all-zero row (y = 0 without the branch)
+        const auto delta = random_bf16(x.size(), rng, 2.0f);
+        const auto w = random_bf16(n, rng);
+        DeviceBuffer dx = up(x), dd = up(delta), dw = up(w), dy(x.size() * 2);
+        gpu::RmsNormF32Args a;
+        a.x = dx.as<float>();
+        a.delta = with_delta ? dd.as<const uint16_t>() : nullptr;
+        a.w = dw.as<const uint16_t>();
+        a.rows = rows;
+        a.n = n;
+        a.eps = 1e-5f;
+        a.y = with_delta ? dd.as<uint16_t>() : dy.as<uint16_t>();
+        gpu::rms_norm_f32(a, nullptr);
+        std::vector<float> want_x = x;
+        std::vector<uint16_t> want_y(x.size());
+        ref::rms_norm_f32_ref(want_x.data(), with_delta ? delta.data() : nullptr, w.data(), want_y.data(), rows, n,
+                              1e-5f);
+        const auto got_x = dx.to_host<float>();
+        EXPECT_TRUE(got_x == want_x) << "the written-back stream is not the exact f32 sum";
+        size_t not_bf16 = 0;
+        for (float v : got_x) not_bf16 += bf16_to_f32(f32_to_bf16(v)) != v;
+        EXPECT_GT(not_bf16, got_x.size() / 4) << "the stream was rounded to bf16";  // all but the zero row
+        const auto got_y = with_delta ? dd.to_host<uint16_t>() : dy.to_host<uint16_t>();
+        expect_bf16_near(got_y, want_y, 2.0);
+        size_t same = 0;
+        for (size_t i = 0; i < got_y.size(); ++i) same += got_y[i] == want_y[i];
+        EXPECT_GE(same, kMinSame * got_y.size());
+      }
+}
+
+// The last residual add of an f32 stream: one f32 add, exact.
+TEST(RunnerKernels, AddBf16ToF32IsExact) {
+  LLMQ_REQUIRE_GPU();
+  for (int64_t n : {int64_t{1}, int64_t{255}, int64_t{70001}}) {
+    SCOPED_TRACE(::testing::Message() << "n " << n << " seed " << kSeed);
+    std::mt19937 rng(kSeed + static_cast<uint32_t>(n));
+    std::normal_distribution<float> nd(0.0f, 3.0f);
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& v : x) v = nd(rng);
+    const auto y = random_bf16(x.size(), rng, 2.0f);
+    DeviceBuffer dx = up(x), dy = up(y);
+    gpu::add_bf16_to_f32(dx.as<float>(), dy.as<const uint16_t>(), n, nullptr);
+    ref::add_bf16_to_f32_ref(x.data(), y.data(), n);
+    EXPECT_TRUE(dx.to_host<float>() == x);
+  }
+}
+
 TEST(RunnerKernels, SiluMulMatchesReference) {
   LLMQ_REQUIRE_GPU();
   for (int inter : {172, 1000})

@@ -1,8 +1,10 @@
 // `llmq calibrate`: a thin CLI over run_calibrate (calibration/calibrate.h); defaults come from
-// CalibrateOptions.
+// CalibrateOptions. The GPU path (pipeline/calibrate_gpu.h) is passed in here: the tools sit
+// above both libraries, llmq_calibration cannot depend on the pipeline.
 #include <memory>
 
 #include "calibration/calibrate.h"
+#include "pipeline/calibrate_gpu.h"
 #include "tools/commands.h"
 #include "tools/dataset_options.h"
 
@@ -22,10 +24,18 @@ void add_calibrate_command(CLI::App& app, CommandRunner& run) {
   sub->add_flag("--no-hessian", *no_hessian, "Skip the Hessians (X^T X)");
   sub->add_option("--out", opts->out, "Output calibration file (safetensors)")->required();
   sub->add_flag("--force", opts->force, "Replace an existing output");
+  sub->add_option("--device", opts->device,
+                  "Where the layers run: gpu (bf16 forwards, statistics on the device), cpu (float32 forwards), "
+                  "or auto (the GPU when there is one)")
+      ->capture_default_str();
   sub->callback([opts, dataset, no_hessian, &run] {
     opts->hessian = !*no_hessian;
     dataset->resolve(opts->dataset);
-    run = [opts] { return run_calibrate(*opts); };
+    run = [opts] {
+      if (opts->device == "cpu") return run_calibrate(*opts);  // no driver query
+      const CalibrationGpu gpu = calibration_gpu();
+      return run_calibrate(*opts, &gpu);
+    };
   });
 }
 

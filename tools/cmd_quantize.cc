@@ -50,8 +50,7 @@ void add_quantize_command(CLI::App& app, CommandRunner& run) {
   sub->add_flag("--no-clip", *no_clip, "awq: skip the clip search");
   sub->add_option("--max-shard-bytes", opts->max_shard_bytes, "Shard size limit")->capture_default_str();
   sub->add_option("--device", opts->device,
-                  "Where layers are calibrated and quantized: gpu (all methods but awq), cpu, or auto (the GPU "
-                  "when there is one and the method runs there)")
+                  "Where layers are calibrated and quantized: gpu, cpu, or auto (the GPU when there is one)")
       ->capture_default_str();
   sub->callback([opts, dataset, no_sequential, no_clip, &run] {
     dataset->resolve(opts->dataset);

@@ -4,6 +4,7 @@
 #include <climits>
 
 #include "core/check.h"
+#include "core/numeric.h"
 #include "runner/cuda_check.h"
 
 namespace llmq::gpu {
@@ -26,7 +27,25 @@ __global__ void first_nonfinite_kernel(const T* __restrict__ x, int64_t n, unsig
   }
 }
 
+__global__ void f32_rows_to_bf16_kernel(const float* __restrict__ src, int64_t rows, int64_t cols,
+                                        uint16_t* __restrict__ dst, int64_t row0, int64_t step) {
+  const int64_t n = rows * cols;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t r = i / cols, c = i - r * cols;
+    dst[(row0 + r * step) * cols + c] = f32_to_bf16(src[i]);
+  }
+}
+
 }  // namespace
+
+void f32_rows_to_bf16(const float* src, int64_t rows, int64_t cols, uint16_t* dst, int64_t dst_row0,
+                      int64_t dst_row_step, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return;
+  const int blocks = static_cast<int>(std::min<int64_t>((rows * cols + kThreads - 1) / kThreads, 8192));
+  f32_rows_to_bf16_kernel<<<blocks, kThreads, 0, stream>>>(src, rows, cols, dst, dst_row0, dst_row_step);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
 
 int64_t first_nonfinite(const void* x, DType dtype, int64_t n, cudaStream_t stream) {
   LLMQ_CHECK(dtype == DType::kF32 || dtype == DType::kBF16, "first_nonfinite: F32 or BF16, got " << dtype_name(dtype));

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "quantizers/gpu/device_util.h"
+#include "quantizers/gpu/warp_reduce.cuh"
 #include "quantizers/int_grid.h"
 #include "runner/cuda_check.h"
 
@@ -46,8 +47,6 @@
 namespace llmq::gpu {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr unsigned kFullMask = 0xFFFFFFFFu;
 constexpr int kSweepWarps = 4;        // output rows per CTA of the sweep kernel
 constexpr int64_t kMaxBlock = 256;    // block columns held in registers: 8 per lane
 constexpr int64_t kMaxGroup = 8192;   // group values staged in shared memory: 32 KB per warp
@@ -124,16 +123,6 @@ __global__ void permute_weight(const float* __restrict__ w, const int32_t* __res
   }
 }
 
-__device__ __forceinline__ float warp_min(float v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o /= 2) v = fminf(v, __shfl_xor_sync(kFullMask, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
-  return v;
-}
 // Butterfly sum: every lane ends with the same bits (each level adds the same two values).
 __device__ __forceinline__ double warp_sum(double v) {
 #pragma unroll
