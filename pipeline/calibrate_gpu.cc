@@ -11,6 +11,7 @@
 
 #include "calibration/stats.h"
 #include "core/check.h"
+#include "formats/safetensors.h"
 #include "pipeline/column_stats_gpu.h"
 #include "pipeline/gpu_samples.h"
 #include "pipeline/module_plan.h"
@@ -169,6 +170,7 @@ class GpuLayerStats final : public LayerStatsRunner {
       } else {
         LLMQ_ASSIGN_OR_RETURN(const TensorView w, ckpt_.float_view(prefix + ".weight", {out, in}));
         linears[s] = dense_host_linear(w);
+        release_mapped_pages(w.data, static_cast<size_t>(w.nbytes()));  // copied: keep resident memory one layer
       }
     }
     LLMQ_ASSIGN_OR_RETURN(const TensorView ln1,
