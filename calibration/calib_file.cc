@@ -157,17 +157,6 @@ std::string calib_tensor_name(int64_t layer, LinearInput input, std::string_view
   return "layers." + std::to_string(layer) + "." + std::string(linear_input_name(input)) + "." + std::string(stat);
 }
 
-namespace {
-
-// As formats/safetensors.cc quotes header strings, so the header bytes match its writer's.
-std::string json_quote(const std::string& s) {
-  return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::strict);
-}
-
-constexpr size_t kCopyChunk = size_t{64} << 20;  // bytes copied from the spill file at a time
-
-}  // namespace
-
 CalibrationWriter::CalibrationWriter(std::string path, bool force)
     : path_(std::move(path)),
       spill_path_(path_ + ".spill-" + std::to_string(::getpid())),
@@ -181,7 +170,7 @@ CalibrationWriter::CalibrationWriter(CalibrationWriter&& other) noexcept
       force_(other.force_),
       active_(other.active_),
       spill_size_(other.spill_size_),
-      items_(std::move(other.items_)) {
+      tensors_(std::move(other.tensors_)) {
   other.active_ = false;
 }
 
@@ -208,13 +197,13 @@ Expected<CalibrationWriter> CalibrationWriter::create(const std::string& path, b
 Status CalibrationWriter::add_tensor(const std::string& name, const TensorView& v) {
   LLMQ_CHECK(active_, "CalibrationWriter used after finish");
   LLMQ_CHECK(v.is_contiguous() && v.device == Device::kCpu, "tensor " << name << " is not a contiguous host tensor");
-  for (const Item& it : items_) LLMQ_CHECK(it.name != name, "tensor " << name << " added twice");
+  LLMQ_CHECK(!tensors_.contains(name), "tensor " << name << " added twice");
   std::ofstream spill(spill_path_, std::ios::binary | std::ios::app);
   const uint64_t nbytes = static_cast<uint64_t>(v.nbytes());
   spill.write(static_cast<const char*>(v.data), static_cast<std::streamsize>(nbytes));
   spill.flush();
   if (!spill) return Status::error(spill_path_ + ": write failed (disk full?)");
-  items_.push_back({name, v.dtype, v.shape, spill_size_, nbytes});
+  tensors_.add_spilled(name, v.dtype, v.shape, spill_size_);
   spill_size_ += nbytes;
   return Status::ok();
 }
@@ -234,50 +223,8 @@ Status CalibrationWriter::add(int64_t layer, LinearInput input, const InputStats
 
 Status CalibrationWriter::finish(const CalibrationManifest& manifest) {
   LLMQ_CHECK(active_, "CalibrationWriter::finish called twice");
-  // SafetensorsWriter's canonical layout: metadata keys sorted ("format" then
-  // "llmq_calibration"), tensors by descending element size then name, header space-padded
-  // to a multiple of 8.
-  std::vector<const Item*> order;
-  for (const Item& it : items_) order.push_back(&it);
-  std::sort(order.begin(), order.end(), [](const Item* a, const Item* b) {
-    const int ba = dtype_bits(a->dtype), bb = dtype_bits(b->dtype);
-    return ba != bb ? ba > bb : a->name < b->name;
-  });
-  std::string h = "{\"__metadata__\":{" + json_quote("format") + ':' + json_quote("pt") + ',' +
-                  json_quote(kCalibrationMetadataKey) + ':' + json_quote(manifest.to_json()) + '}';
-  uint64_t offset = 0;
-  for (const Item* it : order) {
-    h += ',' + json_quote(it->name) + ":{\"dtype\":\"" + std::string(dtype_name(it->dtype)) + "\",\"shape\":[";
-    for (size_t i = 0; i < it->shape.size(); ++i) h += (i ? "," : "") + std::to_string(it->shape[i]);
-    h += "],\"data_offsets\":[" + std::to_string(offset) + ',' + std::to_string(offset + it->nbytes) + "]}";
-    offset += it->nbytes;
-  }
-  h += '}';
-  h.append((8 - h.size() % 8) % 8, ' ');
-
-  {
-    std::ifstream spill(spill_path_, std::ios::binary);
-    std::ofstream out(tmp_path_, std::ios::binary | std::ios::trunc);
-    if (!spill) return Status::error(spill_path_ + ": cannot reopen");
-    if (!out) return Status::error(tmp_path_ + ": cannot open for writing");
-    uint8_t len[8];  // u64 little-endian header length
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(h.size()) >> (8 * i));
-    out.write(reinterpret_cast<const char*>(len), 8);
-    out.write(h.data(), static_cast<std::streamsize>(h.size()));
-    std::vector<char> buf(static_cast<size_t>(std::min<uint64_t>(kCopyChunk, std::max<uint64_t>(spill_size_, 1))));
-    for (const Item* it : order) {
-      spill.seekg(static_cast<std::streamoff>(it->spill_offset));
-      for (uint64_t done = 0; done < it->nbytes;) {
-        const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), it->nbytes - done));
-        spill.read(buf.data(), static_cast<std::streamsize>(n));
-        if (!spill) return Status::error(spill_path_ + ": read failed");
-        out.write(buf.data(), static_cast<std::streamsize>(n));
-        done += n;
-      }
-    }
-    out.flush();
-    if (!out) return Status::error(tmp_path_ + ": write failed (disk full?)");
-  }
+  tensors_.set_metadata(kCalibrationMetadataKey, manifest.to_json());
+  LLMQ_RETURN_IF_ERROR(tensors_.write(tmp_path_, spill_path_));
   std::error_code ec;
   if (fs::exists(path_, ec) && !force_) return Status::error(path_ + ": output exists (pass --force to replace it)");
   fs::rename(tmp_path_, path_, ec);

@@ -66,10 +66,9 @@ struct CalibrationManifest {
 std::string calib_tensor_name(int64_t layer, LinearInput input, std::string_view stat);
 
 // Writes a calibration file with memory bounded by one input's statistics: add() appends each
-// tensor's bytes to a spill file beside the target ("<path>.spill-<pid>"); finish() writes the
-// canonical safetensors header (the bytes SafetensorsWriter would write for the same tensors
-// and metadata) and the tensor bytes in canonical order to "<path>.tmp-<pid>", then renames
-// it into place. An existing target is refused at create() and again at finish() unless force.
+// tensor's bytes to a spill file beside the target ("<path>.spill-<pid>"); finish() has
+// SafetensorsWriter write the canonical file from it to "<path>.tmp-<pid>" (freeing the spill
+// file's space as it goes: an 8B model's Hessians are 33 GB), then renames it into place. An existing target is refused at create() and again at finish() unless force.
 // Spill and temporary files are removed when the writer dies unfinished.
 class CalibrationWriter {
  public:
@@ -84,13 +83,6 @@ class CalibrationWriter {
   Status finish(const CalibrationManifest& manifest);
 
  private:
-  struct Item {
-    std::string name;
-    DType dtype;
-    Shape shape;
-    uint64_t spill_offset = 0;
-    uint64_t nbytes = 0;
-  };
   CalibrationWriter(std::string path, bool force);
   Status add_tensor(const std::string& name, const TensorView& v);
   void cleanup();
@@ -101,7 +93,7 @@ class CalibrationWriter {
   bool force_ = false;
   bool active_ = false;  // owns the spill file (false after finish or a move)
   uint64_t spill_size_ = 0;
-  std::vector<Item> items_;
+  SafetensorsWriter tensors_;  // names, shapes and spill offsets
 };
 
 class CalibrationData {

@@ -416,10 +416,14 @@ Status SafetensorsWriter::write(const std::string& path, const std::string& spil
       continue;
     }
     if (spill.fd < 0) {
-      spill.fd = ::open(spill_path.c_str(), O_RDONLY | O_CLOEXEC);
+      spill.fd = ::open(spill_path.c_str(), O_RDWR | O_CLOEXEC);
       if (spill.fd < 0) return Status::error(spill_path + ": cannot open the spilled tensor data: " + std::strerror(errno));
     }
     LLMQ_RETURN_IF_ERROR(copy_range(spill.fd, e->spill_offset, e->nbytes, out.fd, path));
+    // Give the copied bytes' disk space back (the spill file is scratch), so assembling a file
+    // needs about its size once, not twice; filesystems without hole punching keep it.
+    (void)::fallocate(spill.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(e->spill_offset),
+                static_cast<off_t>(e->nbytes));
   }
   if (::close(out.fd) != 0) {
     out.fd = -1;

@@ -70,8 +70,9 @@ class SafetensorsFile {
 };
 
 // Collects tensors and writes one canonical file. A tensor is held in memory, or "spilled":
-// its bytes already sit in a side file the caller wrote (ShardedCheckpointWriter, to keep
-// memory bounded), and write() copies them from there.
+// its bytes already sit in a side file the caller wrote (ShardedCheckpointWriter,
+// CalibrationWriter, to keep memory bounded), and write() copies them from there, giving each
+// copied range's disk space back (the spill file is scratch: its contents are gone after).
 class SafetensorsWriter {
  public:
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
