@@ -125,10 +125,12 @@ Tensor awq_fake_quant_scaled(const Tensor& w, const std::vector<float>& s, const
   const int64_t out = w.dim(0), in = w.dim(1);
   Tensor scaled = Tensor::copy_of(w.view());
   float* p = scaled.data<float>();
+#pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < out; ++n)
     for (int64_t k = 0; k < in; ++k) p[n * in + k] *= s[k];
   Tensor q = awq_fake_quant(scaled, config);
   float* qp = q.data<float>();
+#pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < out; ++n)
     for (int64_t k = 0; k < in; ++k) qp[n * in + k] /= s[k];
   return q;
@@ -201,6 +203,7 @@ void awq_apply_clip(Tensor& w, const Tensor& max_val, int64_t group_size) {
   const int64_t out = w.dim(0), in = w.dim(1), G = in / group_size;
   float* p = w.data<float>();
   const float* mv = max_val.data<float>();
+#pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < out; ++n)
     for (int64_t k = 0; k < in; ++k) {
       const float m = mv[n * G + k / group_size];
