@@ -40,15 +40,27 @@ uint64_t anon_rss_bytes() {
   return 0;
 }
 
-// --device: gpu takes the GPU path or fails; auto takes it where there is a GPU; cpu never.
-Expected<bool> use_gpu(const QuantizeOptions& o) {
+// Why the GPU path cannot run these options ("" when it can): AWQ's device clip search takes
+// groups of a multiple of 32 columns, up to 256 (quantizers/gpu/awq_gpu.h).
+std::string gpu_path_misfit(const QuantizeOptions& o, QuantMethod method) {
+  if (method == QuantMethod::kAwq && o.awq_clip && (o.group_size % 32 != 0 || o.group_size > 256))
+    return "awq's clip search on the GPU needs a --group-size that is a multiple of 32 up to 256, not " +
+           std::to_string(o.group_size);
+  return "";
+}
+
+// --device: gpu takes the GPU path or fails; auto takes it where there is a GPU and the options
+// fit it; cpu never.
+Expected<bool> use_gpu(const QuantizeOptions& o, QuantMethod method) {
   if (o.device == "cpu") return false;
   const GpuInfo gpu = query_gpu();
+  const std::string misfit = gpu_path_misfit(o, method);
   if (o.device == "gpu") {
     if (!gpu.available) return Status::error("--device gpu: " + gpu.why_not);
+    if (!misfit.empty()) return Status::error("--device gpu: " + misfit + " (or use --device cpu)");
     return true;
   }
-  return gpu.available;
+  return gpu.available && misfit.empty();
 }
 
 Status validate_options(const QuantizeOptions& o, QuantMethod method) {
@@ -141,7 +153,7 @@ Expected<QuantizeResult> quantize(const QuantizeOptions& o) {
   const MethodInfo& info = method_info(method);
   LLMQ_ASSIGN_OR_RETURN(const QuantFormat format, resolve_format(info, o.format));
   LLMQ_RETURN_IF_ERROR(validate_options(o, method));
-  LLMQ_ASSIGN_OR_RETURN(const bool gpu, use_gpu(o));
+  LLMQ_ASSIGN_OR_RETURN(const bool gpu, use_gpu(o, method));
 
   MethodSettings settings;
   settings.method = method;
