@@ -43,7 +43,8 @@ size_t DevicePeak::free_bytes() const {
 
 Expected<std::unique_ptr<GpuSamples>> GpuSamples::create(const HfCheckpoint& ckpt,
                                                          const std::vector<std::vector<int32_t>>& samples,
-                                                         gpu::Blas* blas, cudaStream_t stream, DevicePeak& peak) {
+                                                         gpu::Blas* blas, cudaStream_t stream, DevicePeak& peak,
+                                                         SamplePlacement placement) {
   std::unique_ptr<GpuSamples> s(new GpuSamples());
   s->c_ = ckpt.config();
   s->blas_ = blas;
@@ -85,17 +86,29 @@ Expected<std::unique_ptr<GpuSamples>> GpuSamples::create(const HfCheckpoint& ckp
 
   const size_t hidden = static_cast<size_t>(c.hidden_size);
   const size_t cache_bytes = size_t(max_slots) * s->capacity_ * c.kv_dim() * 2;
-  const size_t need = size_t(s->total_rows_) * hidden * sizeof(float) + size_t(max_rows) * hidden * sizeof(float) +
-                      2 * cache_bytes +
-                      LayerBuffers::activation_bytes(c, max_rows, s->capacity_);
+  const size_t acts_bytes = size_t(s->total_rows_) * hidden * sizeof(float);
+  const size_t chunk_bytes = size_t(max_rows) * hidden * sizeof(float);
+  // One chunk-sized f32 buffer either way: the copy of forwards that do not advance (device
+  // placement) or the chunk being run (host placement).
+  const size_t fixed = chunk_bytes + 2 * cache_bytes + LayerBuffers::activation_bytes(c, max_rows, s->capacity_);
   const size_t free_b = peak.free_bytes();
+  const bool on_host = placement == SamplePlacement::kHost ||
+                       (placement == SamplePlacement::kAuto && acts_bytes + fixed > free_b);
+  const size_t need = (on_host ? 0 : acts_bytes) + fixed;
   if (need > free_b)
-    return Status::error("--device gpu: the calibration activations need about " + std::to_string(need >> 20) +
-                         " MiB of GPU memory, " + std::to_string(free_b >> 20) + " MiB free (use fewer --samples)");
+    return Status::error("--device gpu: the calibration forward needs about " + std::to_string(need >> 20) +
+                         " MiB of GPU memory" + (on_host ? " with the activations on the host" : "") + ", " +
+                         std::to_string(free_b >> 20) + " MiB free (use fewer --samples or a shorter --seq-len)");
+  if (on_host && cudaMallocHost(&s->host_acts_, acts_bytes) != cudaSuccess) {
+    s->host_acts_ = nullptr;
+    (void)cudaGetLastError();  // clear the failed allocation's error
+    return Status::error("--device gpu: the calibration activations (" + std::to_string(acts_bytes >> 20) +
+                         " MiB) fit neither on the GPU nor in pinned host memory (use fewer --samples)");
+  }
   s->pos_ = DeviceBuffer::from_host(pos);
   s->seq_ = DeviceBuffer::from_host(seq);
-  s->acts_ = DeviceBuffer(size_t(s->total_rows_) * hidden * sizeof(float));
-  s->x_tmp_ = DeviceBuffer(size_t(max_rows) * hidden * sizeof(float));
+  s->acts_ = DeviceBuffer(on_host ? chunk_bytes : acts_bytes);
+  if (!on_host) s->x_tmp_ = DeviceBuffer(chunk_bytes);
   s->k_cache_ = DeviceBuffer(cache_bytes);
   s->v_cache_ = DeviceBuffer(cache_bytes);
   s->bufs_ = LayerBuffers::create(c, max_rows, s->capacity_, /*quantized=*/false);
@@ -119,11 +132,27 @@ Expected<std::unique_ptr<GpuSamples>> GpuSamples::create(const HfCheckpoint& ckp
       const Tensor r32 = to_f32(r);
       std::memcpy(&host[t * hidden], r32.data<float>(), hidden * sizeof(float));
     }
-    LLMQ_CUDA_CHECK(cudaMemcpy(s->acts_at(row), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+    if (s->on_host()) std::memcpy(s->host_at(row), host.data(), host.size() * sizeof(float));
+    else LLMQ_CUDA_CHECK(cudaMemcpy(s->acts_at(row), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
     row += static_cast<int64_t>(ids.size());
   }
   peak.sample();
   return s;
+}
+
+GpuSamples::~GpuSamples() {
+  if (host_acts_) cudaFreeHost(host_acts_);  // no check: destructors must not abort on teardown
+}
+
+std::vector<float> GpuSamples::download_rows(int64_t row0, int64_t rows) const {
+  std::vector<float> out(size_t(rows) * c_.hidden_size);
+  if (on_host()) {
+    LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::memcpy(out.data(), host_at(row0), out.size() * sizeof(float));
+  } else {
+    LLMQ_CUDA_CHECK(cudaMemcpy(out.data(), acts_at(row0), out.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  }
+  return out;
 }
 
 LayerEnv GpuSamples::env() const { return LayerEnv::of(c_, capacity_, rope_, blas_, stream_); }
@@ -137,21 +166,30 @@ Status GpuSamples::forward(const GpuLayer& L, LayerInputHook* hook, bool advance
                          L.gate_up.kind != LinearKind::kBf16 || L.down.kind != LinearKind::kBf16;
   if (quantized && bufs_.scratch.codes.empty()) bufs_ = LayerBuffers::create(c_, max_rows_, capacity_, /*quantized=*/true);
   const LayerEnv e = env();
+  int64_t bad = -1;  // first non-finite element of the new activations (advance)
   for (const Chunk& ch : chunks_) {
+    const size_t bytes = size_t(ch.M) * c_.hidden_size * sizeof(float);
     float* x = acts_at(ch.row0);
-    if (!advance) {  // the second RMSNorm adds o_proj's branch to x
-      LLMQ_CUDA_CHECK(cudaMemcpyAsync(x_tmp_.as(), x, size_t(ch.M) * c_.hidden_size * sizeof(float),
-                                      cudaMemcpyDeviceToDevice, stream_));
+    if (on_host()) {  // the chunk to the device; the forward works on that copy
+      x = acts_.as<float>();
+      LLMQ_CUDA_CHECK(cudaMemcpyAsync(x, host_at(ch.row0), bytes, cudaMemcpyHostToDevice, stream_));
+    } else if (!advance) {  // the second RMSNorm adds o_proj's branch to x
+      LLMQ_CUDA_CHECK(cudaMemcpyAsync(x_tmp_.as(), x, bytes, cudaMemcpyDeviceToDevice, stream_));
       x = x_tmp_.as<float>();
     }
     const bf16* pending = layer_forward(e, L, bufs_, x, nullptr, rows_of(ch), k_cache(), v_cache(), hook);
     if (advance && pending) gpu::add_bf16_to_f32(x, pending, int64_t(ch.M) * c_.hidden_size, stream_);
+    if (advance && on_host()) {  // checked while on the device, then back (stream order keeps the staging safe)
+      const int64_t b = gpu::first_nonfinite(x, DType::kF32, int64_t(ch.M) * c_.hidden_size, stream_);
+      if (b >= 0 && bad < 0) bad = ch.row0 * c_.hidden_size + b;
+      LLMQ_CUDA_CHECK(cudaMemcpyAsync(host_at(ch.row0), x, bytes, cudaMemcpyDeviceToHost, stream_));
+    }
   }
   LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
   LLMQ_CUDA_CHECK(cudaGetLastError());
   peak_->sample();
   if (advance) {
-    const int64_t bad = gpu::first_nonfinite(acts_.as(), DType::kF32, total_rows_ * c_.hidden_size, stream_);
+    if (!on_host()) bad = gpu::first_nonfinite(acts_.as(), DType::kF32, total_rows_ * c_.hidden_size, stream_);
     if (bad >= 0)
       return Status::error("layer " + std::to_string(layer) + ": non-finite output at token " +
                            std::to_string(bad / c_.hidden_size) + " of the calibration samples");

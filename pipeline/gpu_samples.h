@@ -12,7 +12,10 @@
 // the gap was -0.10%.
 //
 // Memory on the device: the samples' activations + one forward's buffers + the KV cache of
-// one forward's samples: independent of the number of layers.
+// one forward's samples: independent of the number of layers. When the activations do not fit
+// beside the rest (or SamplePlacement::kHost asks), they live in pinned host memory instead and
+// each forward copies one chunk at a time to the device and, when it advances, back: the same
+// kernels on the same rows, so the results are the same bits.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -42,6 +45,8 @@ class DevicePeak {
   size_t peak_ = 0;
 };
 
+enum class SamplePlacement : uint8_t { kAuto, kDevice, kHost };
+
 class GpuSamples {
  public:
   // Rows [row0, row0 + M) of the activations: whole samples, one KV slot each.
@@ -54,15 +59,21 @@ class GpuSamples {
 
   // samples: token ids per sample (none: an empty set that cannot forward). Errors: token ids
   // outside the vocabulary, samples longer than the attention kernel allows, not enough GPU
-  // memory (naming what is needed). blas and stream outlive the object.
+  // memory (naming what is needed). blas and stream outlive the object. kAuto: on the device
+  // when they fit, else in pinned host memory.
   static Expected<std::unique_ptr<GpuSamples>> create(const HfCheckpoint& ckpt,
                                                       const std::vector<std::vector<int32_t>>& samples,
-                                                      gpu::Blas* blas, cudaStream_t stream, DevicePeak& peak);
+                                                      gpu::Blas* blas, cudaStream_t stream, DevicePeak& peak,
+                                                      SamplePlacement placement = SamplePlacement::kAuto);
+  ~GpuSamples();
 
   bool empty() const { return chunks_.empty(); }
   int64_t total_rows() const { return total_rows_; }
   const std::vector<Chunk>& chunks() const { return chunks_; }
   int max_rows() const { return max_rows_; }
+  bool on_host() const { return host_acts_ != nullptr; }
+  // Rows [row0, row0 + rows) of the current activations [.., hidden] f32, copied to the host.
+  std::vector<float> download_rows(int64_t row0, int64_t rows) const;
 
   // The samples through L, chunk by chunk. advance: the activations become L's output; else
   // each chunk runs on a copy (statistics only; the hook may stop the forward early).
@@ -72,13 +83,15 @@ class GpuSamples {
   // The pieces of a forward, for callers that run parts of a layer on a chunk themselves.
   LayerEnv env() const;
   LayerRows rows_of(const Chunk& ch) const;
-  float* acts_at(int64_t row) const { return acts_.as<float>() + row * c_.hidden_size; }
   LayerBuffers& buffers() { return bufs_; }
   bf16* k_cache() const { return k_cache_.as<bf16>(); }
   bf16* v_cache() const { return v_cache_.as<bf16>(); }
 
  private:
   GpuSamples() = default;
+  // Row `row` of the activations (device placement), or of the pinned host copy.
+  float* acts_at(int64_t row) const { return acts_.as<float>() + row * c_.hidden_size; }
+  float* host_at(int64_t row) const { return host_acts_ + row * c_.hidden_size; }
 
   LlamaConfig c_;
   gpu::Blas* blas_ = nullptr;
@@ -88,7 +101,9 @@ class GpuSamples {
   int capacity_ = 0;                 // longest sample
   int max_rows_ = 0;                 // rows of the largest forward
   std::vector<Chunk> chunks_;
-  DeviceBuffer acts_;                // [total_rows, hidden] f32: the current layer's input
+  DeviceBuffer acts_;                // [total_rows, hidden] f32: the current layer's input; on
+                                     // the host: [max_rows, hidden], the chunk being run
+  float* host_acts_ = nullptr;       // pinned [total_rows, hidden] f32 (host placement)
   DeviceBuffer pos_, seq_;           // [total_rows] int32: position in the sample, slot in its chunk
   DeviceBuffer x_tmp_;               // [max_rows, hidden] f32: a chunk's copy for forwards that must not advance
   DeviceBuffer k_cache_, v_cache_;   // [slots, capacity, kv_dim] bf16, reused by every layer

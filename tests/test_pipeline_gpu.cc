@@ -372,13 +372,15 @@ TEST(DeviceSamples, Float32StreamMatchesComposedReference) {
     auto made = GpuSamples::create(*ckpt, samples, &blas, stream, peak);
     ASSERT_TRUE(made.has_value()) << made.status().message();
     GpuSamples& gs = **made;
+    ASSERT_FALSE(gs.on_host());
+    // The same samples in pinned host memory, a chunk at a time on the device: the same bits.
+    auto made_host = GpuSamples::create(*ckpt, samples, &blas, stream, peak, SamplePlacement::kHost);
+    ASSERT_TRUE(made_host.has_value()) << made_host.status().message();
+    GpuSamples& gh = **made_host;
+    ASSERT_TRUE(gh.on_host());
     ASSERT_EQ(gs.chunks().size(), 1u);
     ASSERT_EQ(gs.total_rows(), M);
-    const auto download = [&] {
-      std::vector<float> v(size_t(M) * hidden);  // [M, hidden]
-      LLMQ_CUDA_CHECK(cudaMemcpy(v.data(), gs.acts_at(0), v.size() * sizeof(float), cudaMemcpyDeviceToHost));
-      return v;
-    };
+    const auto download = [&] { return gs.download_rows(0, M); };  // [M, hidden]
     std::vector<float> x = download();
     for (int r = 0, i = 0; i < static_cast<int>(samples.size()); ++i)  // the embedding rows, exactly
       for (int32_t id : samples[i]) {
@@ -395,6 +397,10 @@ TEST(DeviceSamples, Float32StreamMatchesComposedReference) {
       EXPECT_TRUE(download() == x) << "a forward that does not advance changed the samples";
       RecordHook hook(stream);
       ASSERT_TRUE(gs.forward(layers[l], &hook, /*advance=*/true, static_cast<int64_t>(l)).is_ok());
+      ASSERT_TRUE(gh.forward(layers[l], nullptr, /*advance=*/false, static_cast<int64_t>(l)).is_ok());
+      EXPECT_TRUE(gh.download_rows(0, M) == x) << "a host-placed forward that does not advance changed the samples";
+      ASSERT_TRUE(gh.forward(layers[l], nullptr, /*advance=*/true, static_cast<int64_t>(l)).is_ok());
+      EXPECT_TRUE(gh.download_rows(0, M) == gs.download_rows(0, M)) << "host placement changed the result";
       EXPECT_TRUE(hook.seen[LayerInput::kMlpIn] == probe.seen[LayerInput::kMlpIn]);
       const std::vector<float> got = download();
       std::vector<float> want = x;
