@@ -169,13 +169,15 @@ Status GpuSamples::forward(const GpuLayer& L, LayerInputHook* hook, bool advance
   int64_t bad = -1;  // first non-finite element of the new activations (advance)
   for (const Chunk& ch : chunks_) {
     const size_t bytes = size_t(ch.M) * c_.hidden_size * sizeof(float);
-    float* x = acts_at(ch.row0);
+    float* x = nullptr;
     if (on_host()) {  // the chunk to the device; the forward works on that copy
       x = acts_.as<float>();
       LLMQ_CUDA_CHECK(cudaMemcpyAsync(x, host_at(ch.row0), bytes, cudaMemcpyHostToDevice, stream_));
     } else if (!advance) {  // the second RMSNorm adds o_proj's branch to x
-      LLMQ_CUDA_CHECK(cudaMemcpyAsync(x_tmp_.as(), x, bytes, cudaMemcpyDeviceToDevice, stream_));
+      LLMQ_CUDA_CHECK(cudaMemcpyAsync(x_tmp_.as(), acts_at(ch.row0), bytes, cudaMemcpyDeviceToDevice, stream_));
       x = x_tmp_.as<float>();
+    } else {
+      x = acts_at(ch.row0);
     }
     const bf16* pending = layer_forward(e, L, bufs_, x, nullptr, rows_of(ch), k_cache(), v_cache(), hook);
     if (advance && pending) gpu::add_bf16_to_f32(x, pending, int64_t(ch.M) * c_.hidden_size, stream_);
