@@ -4,7 +4,6 @@
 #include <cuda_runtime.h>
 
 #include <array>
-#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,22 +23,10 @@
 namespace llmq {
 namespace {
 
-static_assert(static_cast<int>(LayerInput::kAttnIn) == static_cast<int>(LinearInput::kAttnIn) &&
-                  static_cast<int>(LayerInput::kAttnOut) == static_cast<int>(LinearInput::kAttnOut) &&
-                  static_cast<int>(LayerInput::kMlpIn) == static_cast<int>(LinearInput::kMlpIn) &&
-                  static_cast<int>(LayerInput::kMlpOut) == static_cast<int>(LinearInput::kMlpOut),
-              "runner/layer.h's LayerInput follows calibration/stats.h's LinearInput");
-
 // Device bytes of one Hessian accumulator: f64 sum + f32 product per element (hessian_gpu.h).
 constexpr size_t kHessianBytesPerElement = 12;
 // Slack for what the estimate leaves out: cuBLAS workspaces, ColumnRanges' partial sums.
 constexpr size_t kDeviceSlackBytes = size_t(64) << 20;
-
-Tensor f32_tensor(const std::vector<float>& v) {
-  Tensor t(DType::kF32, {static_cast<int64_t>(v.size())});  // [n]
-  std::memcpy(t.raw(), v.data(), v.size() * sizeof(float));
-  return t;
-}
 
 // The accumulators of one layer's four inputs, fed by the forward's hook on every chunk.
 class StatsHook final : public LayerInputHook {
@@ -67,20 +54,7 @@ class StatsHook final : public LayerInputHook {
   // device accumulators are freed.
   InputStats take(LinearInput in) {
     const size_t i = static_cast<size_t>(in);
-    gpu::ColumnRanges& r = *ranges_[i];
-    std::vector<float> mn, mx, amax;  // [features] each
-    r.download(&mn, &mx, &amax);
-    InputStats s;
-    s.tokens = r.tokens();
-    if (s.tokens == 0) {
-      mn.assign(mn.size(), 0.0f);
-      mx.assign(mx.size(), 0.0f);
-      amax.assign(amax.size(), 0.0f);
-    }
-    s.min = f32_tensor(mn);
-    s.max = f32_tensor(mx);
-    s.abs_max = f32_tensor(amax);
-    s.abs_mean = f32_tensor(r.abs_mean());
+    InputStats s = ranges_[i]->input_stats();
     if (hessians_[i]) {
       LLMQ_CHECK(hessians_[i]->tokens() == s.tokens, "Hessian saw " << hessians_[i]->tokens() << " tokens, ranges "
                                                                     << s.tokens);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -116,6 +117,28 @@ std::vector<float> ColumnRanges::abs_mean() const {
   if (tokens_ > 0)
     for (size_t c = 0; c < sum.size(); ++c) mean[c] = static_cast<float>(sum[c] / static_cast<double>(tokens_));
   return mean;
+}
+
+InputStats ColumnRanges::input_stats() const {
+  std::vector<float> mn, mx, amax;  // [cols] each
+  download(&mn, &mx, &amax);
+  InputStats s;
+  s.tokens = tokens_;
+  if (s.tokens == 0) {
+    mn.assign(mn.size(), 0.0f);
+    mx.assign(mx.size(), 0.0f);
+    amax.assign(amax.size(), 0.0f);
+  }
+  const auto tensor = [](const std::vector<float>& v) {
+    Tensor t(DType::kF32, {static_cast<int64_t>(v.size())});  // [cols]
+    std::memcpy(t.raw(), v.data(), v.size() * sizeof(float));
+    return t;
+  };
+  s.min = tensor(mn);
+  s.max = tensor(mx);
+  s.abs_max = tensor(amax);
+  s.abs_mean = tensor(abs_mean());
+  return s;
 }
 
 void column_ranges_ref(const uint16_t* x, int64_t rows, int64_t cols, std::vector<float>* mn, std::vector<float>* mx,

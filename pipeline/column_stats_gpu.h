@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "calibration/stats.h"
 #include "core/status.h"
 #include "runner/device_buffer.h"
 
@@ -42,6 +43,9 @@ class ColumnRanges {
   void download(std::vector<float>* min, std::vector<float>* max, std::vector<float>* abs_max) const;
   // Host float32 [cols]: Σ|x| / tokens rounded once to float32 (zeros when no tokens were added).
   std::vector<float> abs_mean() const;
+  // All of the above as calibration/stats.h's InputStats (no Hessian; every statistic zero
+  // when no tokens were added, stats.h's convention).
+  InputStats input_stats() const;
 
  private:
   int64_t cols_ = 0;

@@ -24,6 +24,7 @@
 #include <memory>
 #include <vector>
 
+#include "calibration/stats.h"
 #include "core/status.h"
 #include "formats/checkpoint.h"
 #include "runner/device_buffer.h"
@@ -44,6 +45,14 @@ class DevicePeak {
   size_t baseline_ = 0;
   size_t peak_ = 0;
 };
+
+// The hooks' LayerInput (runner/layer.h) and the statistics' LinearInput (calibration/stats.h)
+// name the same four inputs in the same order; the GPU paths cast between them.
+static_assert(static_cast<int>(LayerInput::kAttnIn) == static_cast<int>(LinearInput::kAttnIn) &&
+                  static_cast<int>(LayerInput::kAttnOut) == static_cast<int>(LinearInput::kAttnOut) &&
+                  static_cast<int>(LayerInput::kMlpIn) == static_cast<int>(LinearInput::kMlpIn) &&
+                  static_cast<int>(LayerInput::kMlpOut) == static_cast<int>(LinearInput::kMlpOut),
+              "runner/layer.h's LayerInput follows calibration/stats.h's LinearInput");
 
 enum class SamplePlacement : uint8_t { kAuto, kDevice, kHost };
 

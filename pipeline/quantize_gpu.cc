@@ -23,12 +23,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-static_assert(static_cast<int>(LayerInput::kAttnIn) == static_cast<int>(LinearInput::kAttnIn) &&
-                  static_cast<int>(LayerInput::kAttnOut) == static_cast<int>(LinearInput::kAttnOut) &&
-                  static_cast<int>(LayerInput::kMlpIn) == static_cast<int>(LinearInput::kMlpIn) &&
-                  static_cast<int>(LayerInput::kMlpOut) == static_cast<int>(LinearInput::kMlpOut),
-              "runner/layer.h's LayerInput follows calibration/stats.h's LinearInput");
-
 // The four groups of linears that share an input, with the slots of each (execution order).
 struct SlotGroup {
   LinearInput input;
@@ -66,22 +60,7 @@ class RangesHook final : public LayerInputHook {
     if (input == LayerInput::kAttnIn) status = attn_in_.add(x, rows).with_context("attn_in");
     if (input == LayerInput::kMlpIn) status = mlp_in_.add(x, rows).with_context("mlp_in");
   }
-  InputStats stats(LinearInput in) const {
-    const gpu::ColumnRanges& r = in == LinearInput::kAttnIn ? attn_in_ : mlp_in_;
-    std::vector<float> mn, mx, amax;
-    r.download(&mn, &mx, &amax);
-    InputStats s;
-    s.tokens = r.tokens();
-    const auto tensor = [](const std::vector<float>& v) {
-      Tensor t(DType::kF32, {static_cast<int64_t>(v.size())});
-      std::memcpy(t.raw(), v.data(), v.size() * sizeof(float));
-      return t;
-    };
-    s.min = tensor(mn);
-    s.max = tensor(mx);
-    s.abs_max = tensor(amax);
-    return s;
-  }
+  InputStats stats(LinearInput in) const { return (in == LinearInput::kAttnIn ? attn_in_ : mlp_in_).input_stats(); }
   Status status;
 
  private:
