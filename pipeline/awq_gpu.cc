@@ -13,7 +13,6 @@
 #include "pipeline/float_layer_gpu.h"
 #include "quantizers/awq.h"
 #include "quantizers/gpu/awq_gpu.h"
-#include "runner/attention_prefill.h"
 #include "runner/cuda_check.h"
 #include "runner/kernels.h"
 
@@ -127,21 +126,11 @@ Expected<LayerResult> GpuAwq::run_layer(LayerWeights& w, LayerContext& ctx) {
       L.forward({in, false}, out, M, {}, b.scratch, *env.blas, stream);
     };
     switch (map.block) {
-      case AwqLossBlock::kAttention: {
-        const int n_q = static_cast<int>(c.num_attention_heads), n_kv = static_cast<int>(c.num_key_value_heads);
-        const int hd = static_cast<int>(c.head_dim), qkv_cols = static_cast<int>(c.q_dim() + 2 * c.kv_dim());
-        const LayerRows r = samples_.rows_of(ch);
+      case AwqLossBlock::kAttention:
         linear(first, x, b.qkv.as<bf16>());
-        gpu::rope_and_cache({b.qkv.as<bf16>(), env.cos, env.sin, r.pos, r.seq, samples_.k_cache(), samples_.v_cache(),
-                             M, n_q, n_kv, hd, env.capacity},
-                            stream);
-        const gpu::AttentionArgs args{b.qkv.as<const bf16>(), qkv_cols, samples_.k_cache(), samples_.v_cache(), r.pos,
-                                      r.seq, b.attn.as<bf16>(), M, n_q, n_kv, hd, env.capacity, b.attn_ws.as<float>(),
-                                      b.attn_ws_rows};
-        gpu::attention(args, *r.spans, stream);
+        attend(env, b, samples_.rows_of(ch), samples_.k_cache(), samples_.v_cache());
         linear(g.o, b.attn.as<const bf16>(), y);
         break;
-      }
       case AwqLossBlock::kMlp:
         linear(first, x, b.gate_up.as<bf16>());
         gpu::silu_mul_pairs(b.gate_up.as<const bf16>(), b.act.as<bf16>(), M, static_cast<int>(c.intermediate_size),

@@ -176,6 +176,24 @@ size_t LayerBuffers::bytes() const {
          scratch.w_bf16.bytes() + scratch.split.bytes();
 }
 
+void attend(const LayerEnv& env, LayerBuffers& b, const LayerRows& rows, bf16* k_cache, bf16* v_cache) {
+  const LlamaConfig& c = *env.config;
+  const int M = rows.M;
+  const int n_q = static_cast<int>(c.num_attention_heads), n_kv = static_cast<int>(c.num_key_value_heads);
+  const int hd = static_cast<int>(c.head_dim);
+  const int q_dim = static_cast<int>(c.q_dim()), kv_dim = static_cast<int>(c.kv_dim());
+  gpu::rope_and_cache({b.qkv.as<bf16>(), env.cos, env.sin, rows.pos, rows.seq, k_cache, v_cache, M, n_q, n_kv, hd,
+                       env.capacity},
+                      env.stream);
+  env.marks.mark("rope_and_cache", env.stream);
+  const gpu::AttentionArgs args{b.qkv.as<const bf16>(), q_dim + 2 * kv_dim, k_cache, v_cache, rows.pos, rows.seq,
+                                b.attn.as<bf16>(), M, n_q, n_kv, hd, env.capacity, b.attn_ws.as<float>(),
+                                b.attn_ws_rows};
+  if (!rows.spans || rows.spans->empty()) gpu::attention(args, env.stream);
+  else gpu::attention(args, *rows.spans, env.stream);
+  env.marks.mark("attention", env.stream);
+}
+
 namespace {
 
 // layer_forward on the residual stream f.x or f.x32.
@@ -184,25 +202,13 @@ const bf16* forward(const Fwd& f, const GpuLayer& L, const bf16* pending, const 
   const LayerEnv& env = f.env;
   LayerBuffers& b = f.b;
   const LlamaConfig& c = *env.config;
-  const int M = rows.M;
-  const int n_q = static_cast<int>(c.num_attention_heads), n_kv = static_cast<int>(c.num_key_value_heads);
-  const int hd = static_cast<int>(c.head_dim);
-  const int q_dim = static_cast<int>(c.q_dim()), kv_dim = static_cast<int>(c.kv_dim());
+  const int q_dim = static_cast<int>(c.q_dim());
 
   const LinearIn qkv_in = f.norm(pending, L.ln1, L.qkv);
   if (f.see(LayerInput::kAttnIn, qkv_in.x, static_cast<int>(c.hidden_size))) return nullptr;
   f.linear(L.qkv, qkv_in, b.qkv.as<bf16>(), {});
   f.mark("qkv_proj");
-  gpu::rope_and_cache({b.qkv.as<bf16>(), env.cos, env.sin, rows.pos, rows.seq, k_cache, v_cache, M, n_q, n_kv, hd,
-                       env.capacity},
-                      env.stream);
-  f.mark("rope_and_cache");
-  const gpu::AttentionArgs args{b.qkv.as<const bf16>(), q_dim + 2 * kv_dim, k_cache, v_cache, rows.pos, rows.seq,
-                                b.attn.as<bf16>(), M, n_q, n_kv, hd, env.capacity, b.attn_ws.as<float>(),
-                                b.attn_ws_rows};
-  if (!rows.spans || rows.spans->empty()) gpu::attention(args, env.stream);
-  else gpu::attention(args, *rows.spans, env.stream);
-  f.mark("attention");
+  attend(env, b, rows, k_cache, v_cache);
   if (f.see(LayerInput::kAttnOut, b.attn.as<const bf16>(), q_dim)) return nullptr;
   pending = f.residual_linear(L.o, b.attn.as<const bf16>());
   f.mark("o_proj");

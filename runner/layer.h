@@ -125,6 +125,11 @@ struct LayerRows {
   const std::vector<gpu::RowSpan>* spans = nullptr;
 };
 
+// The attention of a layer after its q/k/v linear: b.qkv [M, q_dim + 2 kv_dim] gets RoPE, its
+// k/v go to the cache, and the causal GQA attention writes b.attn [M, q_dim]. Part of
+// layer_forward, and what the AWQ search runs for its attention-block loss.
+void attend(const LayerEnv& env, LayerBuffers& b, const LayerRows& rows, bf16* k_cache, bf16* v_cache);
+
 // x [M, hidden] (+ pending, if not null) through the layer: returns the new pending branch
 // (x + it is the layer's output) or null when it was added in place. k_cache/v_cache
 // [slots, capacity, kv_dim] bf16 of this layer.
