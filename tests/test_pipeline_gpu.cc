@@ -25,9 +25,11 @@
 #include "formats/tokenizer.h"
 #include "model/llama.h"
 #include "pipeline/column_stats_gpu.h"
+#include "pipeline/float_layer_gpu.h"
 #include "pipeline/gpu_samples.h"
 #include "pipeline/layer.h"
 #include "pipeline/quantize.h"
+#include "quantizers/gpu/device_util.h"
 #include "runner/cuda_check.h"
 #include "runner/gemm.h"
 #include "runner/kernels_ref.h"
@@ -321,6 +323,72 @@ RefLayer ref_layer(const LlamaConfig& c, const LayerWeights& w, std::vector<floa
   ref::gemm_bf16_ref(act.data(), bf16_bits(w.weight(LinearSlot::kDown)).data(), r.down.data(), M, hidden, inter);
   ref::add_bf16_to_f32_ref(x.data(), r.down.data(), int64_t(M) * hidden);
   return r;
+}
+
+// gpu::f32_rows_to_bf16 against f32_to_bf16 per element (round to nearest even, ties
+// included), rows placed at row0 + r * step, the rows between untouched.
+TEST(FloatLayerGpu, F32RowsToBf16MatchesTheHostRounding) {
+  LLMQ_REQUIRE_GPU();
+  const uint32_t seed = 5;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 3.0f);
+  for (int64_t rows : {1, 3, 17})
+    for (int64_t cols : {1, 5, 130})
+      for (const auto& [row0, step] : std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {2, 1}, {1, 2}}) {
+        SCOPED_TRACE(::testing::Message() << "rows " << rows << " cols " << cols << " row0 " << row0 << " step "
+                                          << step << " seed " << seed);
+        std::vector<float> src(size_t(rows * cols));
+        for (size_t i = 0; i < src.size(); ++i) {
+          src[i] = d(rng);
+          // Every third value exactly halfway between two bf16 values: the tie goes to even.
+          if (i % 3 == 0) src[i] = bf16_to_f32(f32_to_bf16(src[i])) + std::ldexp(1.0f, std::ilogb(src[i]) - 8);
+        }
+        const int64_t dst_rows = row0 + (rows - 1) * step + 2;  // one untouched row after the last
+        DeviceBuffer dev_src = DeviceBuffer::from_host(src);
+        DeviceBuffer dst(size_t(dst_rows * cols) * sizeof(uint16_t));
+        LLMQ_CUDA_CHECK(cudaMemset(dst.as(), 0xFF, dst.bytes()));  // 0xFFFF: a NaN no rounding writes
+        gpu::f32_rows_to_bf16(dev_src.as<const float>(), rows, cols, dst.as<uint16_t>(), row0, step, nullptr);
+        LLMQ_CUDA_CHECK(cudaDeviceSynchronize());
+        const std::vector<uint16_t> got = dst.to_host<uint16_t>();
+        std::vector<uint16_t> want(got.size(), 0xFFFF);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t k = 0; k < cols; ++k) want[size_t((row0 + r * step) * cols + k)] = f32_to_bf16(src[size_t(r * cols + k)]);
+        ASSERT_EQ(got, want);
+      }
+}
+
+// upload_float_layer (device rounding into the fused, interleaved layout) gives the bytes of
+// make_gpu_layer over host bf16 linears, on both layers of tinystories-656k.
+TEST(FloatLayerGpu, SameBytesAsTheHostUpload) {
+  LLMQ_REQUIRE_TEST_DATA();
+  LLMQ_REQUIRE_GPU();
+  auto ckpt = HfCheckpoint::open(testing::test_data_dir() + "/models/tinystories-656k");
+  ASSERT_TRUE(ckpt.has_value()) << ckpt.status().message();
+  for (int64_t l = 0; l < ckpt->config().num_hidden_layers; ++l) {
+    SCOPED_TRACE(::testing::Message() << "layer " << l);
+    auto w = load_layer_weights(*ckpt, l);
+    ASSERT_TRUE(w.has_value()) << w.status().message();
+    std::array<HostLinear, kNumLinearSlots> linears;
+    for (int s = 0; s < kNumLinearSlots; ++s) linears[s] = dense_host_linear(w->linears[s].view());
+    auto host = make_gpu_layer(std::move(linears), w->input_layernorm.view(), w->post_attention_layernorm.view(),
+                               /*fp8_supported=*/false, "layer " + std::to_string(l));
+    ASSERT_TRUE(host.has_value()) << host.status().message();
+    auto dev = upload_float_layer(*w, nullptr);
+    ASSERT_TRUE(dev.has_value()) << dev.status().message();
+    const std::pair<const GpuLinear*, const GpuLinear*> pairs[] = {
+        {&host->qkv, &dev->qkv}, {&host->o, &dev->o}, {&host->gate_up, &dev->gate_up}, {&host->down, &dev->down}};
+    for (const auto& [a, b] : pairs) {
+      EXPECT_EQ(a->kind, b->kind);
+      EXPECT_EQ(a->N, b->N);
+      EXPECT_EQ(a->K, b->K);
+      EXPECT_EQ(a->K_pad, b->K_pad);
+      const std::vector<uint16_t> wa = a->weight.to_host<uint16_t>(), wb = b->weight.to_host<uint16_t>();
+      ASSERT_FALSE(wa.empty());
+      EXPECT_TRUE(wa == wb) << "linear of " << a->N << " rows";
+    }
+    EXPECT_TRUE(host->ln1.to_host<uint16_t>() == dev->ln1.to_host<uint16_t>());
+    EXPECT_TRUE(host->ln2.to_host<uint16_t>() == dev->ln2.to_host<uint16_t>());
+  }
 }
 
 TEST(DeviceSamples, Float32StreamMatchesComposedReference) {
