@@ -51,17 +51,6 @@ const AwqMapping& mapping_of(LinearInput input) {
   return awq_mappings().front();
 }
 
-// The device linear that reads `input` (q/k/v and gate/up fused).
-const GpuLinear& linear_reading(const GpuLayer& g, LinearInput input) {
-  switch (input) {
-    case LinearInput::kAttnIn: return g.qkv;
-    case LinearInput::kAttnOut: return g.o;
-    case LinearInput::kMlpIn: return g.gate_up;
-    case LinearInput::kMlpOut: return g.down;
-  }
-  return g.qkv;
-}
-
 // Where the i-th linear of a mapping sits in its fused device weight: first row and row step
 // (q/k/v concatenated; gate/up interleaved, runner/linear.h).
 struct RowPlace {
@@ -170,7 +159,7 @@ Expected<LayerResult> GpuAwq::run_layer(LayerWeights& w, LayerContext& ctx) {
     gpu::ColumnRanges ranges(K, stream);
     LLMQ_RETURN_IF_ERROR(ranges.add(X, rows).with_context(what));
     const std::vector<float> x_mean = ranges.abs_mean();
-    const GpuLinear& original = linear_reading(g, input);
+    const GpuLinear& original = linear_reading(g, static_cast<LayerInput>(input));
     for (const auto& ch : samples_.chunks())
       run_block(map, original, X + ch.row0 * K, reference_.as<bf16>() + ch.row0 * hidden, ch);
     LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));

@@ -118,12 +118,7 @@ struct GpuQuantizeSession::Impl {
     const std::string what = "layer " + std::to_string(w.index) + " " + std::string(linear_input_name(group.input));
     LLMQ_ASSIGN_OR_RETURN(GpuLinear linear,
                           upload_float_linear(parts, group.input == LinearInput::kMlpIn, stream, what));
-    switch (group.input) {
-      case LinearInput::kAttnIn: g.qkv = std::move(linear); break;
-      case LinearInput::kAttnOut: g.o = std::move(linear); break;
-      case LinearInput::kMlpIn: g.gate_up = std::move(linear); break;
-      case LinearInput::kMlpOut: g.down = std::move(linear); break;
-    }
+    linear_reading(g, static_cast<LayerInput>(group.input)) = std::move(linear);
     seconds.upload += seconds_since(t0);
     return Status::ok();
   }

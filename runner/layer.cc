@@ -103,6 +103,20 @@ RopeTables RopeTables::upload(const LlamaConfig& c, int capacity) {
   return {DeviceBuffer::from_host(cos_t), DeviceBuffer::from_host(sin_t)};
 }
 
+GpuLinear& linear_reading(GpuLayer& L, LayerInput input) {
+  switch (input) {
+    case LayerInput::kAttnIn: return L.qkv;
+    case LayerInput::kAttnOut: return L.o;
+    case LayerInput::kMlpIn: return L.gate_up;
+    case LayerInput::kMlpOut: return L.down;
+  }
+  return L.qkv;
+}
+
+const GpuLinear& linear_reading(const GpuLayer& L, LayerInput input) {
+  return linear_reading(const_cast<GpuLayer&>(L), input);
+}
+
 void OpMarks::mark(const char* op, cudaStream_t stream) const {
   if (!events) return;
   cudaEvent_t e = nullptr;

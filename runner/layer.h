@@ -50,6 +50,10 @@ Expected<GpuLayer> make_gpu_layer(std::array<HostLinear, 7> linears, const Tenso
 // The distinct linear inputs, in calibration/stats.h's LinearInput order.
 enum class LayerInput : uint8_t { kAttnIn, kAttnOut, kMlpIn, kMlpOut };
 
+// The (fused) linear of L that reads `input`: qkv, o, gate_up or down.
+GpuLinear& linear_reading(GpuLayer& L, LayerInput input);
+const GpuLinear& linear_reading(const GpuLayer& L, LayerInput input);
+
 class LayerInputHook {
  public:
   virtual ~LayerInputHook() = default;
