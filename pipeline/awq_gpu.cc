@@ -215,7 +215,7 @@ Expected<LayerResult> GpuAwq::run_layer(LayerWeights& w, LayerContext& ctx) {
   for (const auto& [map, s] : chosen) {
     awq_fold_scales(w, *map, s);
     std::vector<float>& x = clip_x[static_cast<size_t>(map->input)];
-    for (size_t i = 0; i < x.size(); ++i) x[i] /= s[i % s.size()];
+    awq_divide_columns(x.data(), static_cast<int64_t>(x.size() / s.size()), s);
   }
 
   // 4-5. Clip on the device, then quantize on the host.

@@ -41,6 +41,10 @@ AwqConfig awq_config(const MethodSettings& m);
 // Folds s into the layer: the previous op / s, the mapping's linears' columns * s.
 void awq_fold_scales(LayerWeights& w, const AwqMapping& map, const std::vector<float>& s);
 
+// Recorded inputs x [rows, s.size()] (float32, row-major) of the scaled linears become x / s
+// per column, as the linears' columns became W * s.
+void awq_divide_columns(float* x, int64_t rows, const std::vector<float>& s);
+
 // Whether slot gets a clip search (not q/k: their errors are amplified by the softmax).
 bool awq_clips(LinearSlot slot, const MethodSettings& m);
 

@@ -73,14 +73,6 @@ std::vector<float> channel_abs_mean(const std::vector<Tensor>& xs) {
   return mean;
 }
 
-void divide_columns(std::vector<Tensor>& xs, const std::vector<float>& s) {  // x[:, j] /= s[j]
-  for (Tensor& x : xs) {
-    float* p = x.data<float>();
-    for (int64_t t = 0; t < x.dim(0); ++t)
-      for (int64_t j = 0; j < x.dim(1); ++j) p[t * x.dim(1) + j] /= s[static_cast<size_t>(j)];
-  }
-}
-
 }  // namespace
 
 const std::vector<AwqMapping>& awq_mappings() {
@@ -125,6 +117,12 @@ void awq_fold_scales(LayerWeights& w, const AwqMapping& map, const std::vector<f
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < cols; ++j) p[r * cols + j] *= s[static_cast<size_t>(j)];
   }
+}
+
+void awq_divide_columns(float* x, int64_t rows, const std::vector<float>& s) {
+  const int64_t cols = static_cast<int64_t>(s.size());
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t j = 0; j < cols; ++j) x[t * cols + j] /= s[static_cast<size_t>(j)];
 }
 
 bool awq_clips(LinearSlot slot, const MethodSettings& m) {
@@ -185,7 +183,7 @@ Expected<LayerResult> quantize_layer_awq(LayerWeights& w, LayerContext& ctx) {
   std::array<std::vector<Tensor>, kNumLinearInputs> inputs = std::move(cap.inputs);
   for (const auto& [map, s] : chosen) {
     awq_fold_scales(w, *map, s);
-    divide_columns(inputs[static_cast<size_t>(map->input)], s);
+    for (Tensor& x : inputs[static_cast<size_t>(map->input)]) awq_divide_columns(x.data<float>(), x.dim(0), s);
   }
 
   // 4-5. Clip, then quantize.
