@@ -8,6 +8,7 @@
 #include "runner/act_quant.cuh"
 #include "runner/cuda_check.h"
 #include "runner/kernels.h"
+#include "runner/pdl.cuh"
 
 namespace llmq::gpu {
 namespace {
@@ -17,6 +18,7 @@ constexpr int kThreads = 256;
 // One block per row: the row's amax, then every element with the row's quantizer Q.
 template <class Q, class Code>
 __global__ void __launch_bounds__(kThreads) quantize_kernel(const bf16* x, Code* codes, int ld, float* scales, int k) {
+  pdl_wait();
   __shared__ float shared[kThreads / 32];
   const bf16* xr = x + static_cast<int64_t>(blockIdx.x) * k;
   Code* cr = codes + static_cast<int64_t>(blockIdx.x) * ld;
@@ -31,6 +33,7 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(const bf16* x, Code*
 // reference's order (an int32 sum up to 2^31 is exact in double, not in f32).
 template <class Acc>
 __global__ void scale_kernel(const Acc* acc, const float* sx, const float* sw, bf16* y, int M, int N) {
+  pdl_wait();
   const int64_t n = static_cast<int64_t>(M) * N;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -44,7 +47,7 @@ void launch_scale(const Acc* acc, const float* sx, const float* sw, bf16* y, int
   const int64_t n = static_cast<int64_t>(M) * N;
   if (n == 0) return;
   const int64_t blocks = (n + kThreads - 1) / kThreads;
-  scale_kernel<<<static_cast<int>(blocks < 65535 ? blocks : 65535), kThreads, 0, s>>>(acc, sx, sw, y, M, N);
+  launch_pdl(scale_kernel<Acc>, dim3(static_cast<unsigned>(blocks < 65535 ? blocks : 65535)), dim3(kThreads), 0, s, acc, sx, sw, y, M, N);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -52,13 +55,13 @@ void launch_scale(const Acc* acc, const float* sx, const float* sw, bf16* y, int
 
 void quantize_fp8_per_token(const bf16* x, uint8_t* codes, int ld_codes, float* scales, int rows, int k, cudaStream_t s) {
   if (rows == 0) return;
-  quantize_kernel<Fp8TokenQuant, uint8_t><<<rows, kThreads, 0, s>>>(x, codes, ld_codes, scales, k);
+  launch_pdl(quantize_kernel<Fp8TokenQuant, uint8_t>, dim3(rows), dim3(kThreads), 0, s, x, codes, ld_codes, scales, k);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 void quantize_int8_per_token(const bf16* x, int8_t* codes, int ld_codes, float* scales, int rows, int k, cudaStream_t s) {
   if (rows == 0) return;
-  quantize_kernel<Int8TokenQuant, int8_t><<<rows, kThreads, 0, s>>>(x, codes, ld_codes, scales, k);
+  launch_pdl(quantize_kernel<Int8TokenQuant, int8_t>, dim3(rows), dim3(kThreads), 0, s, x, codes, ld_codes, scales, k);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
