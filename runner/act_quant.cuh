@@ -1,14 +1,31 @@
 // Device pieces of per-token activation quantization (vLLM's formulas, model/quantized_linear.h),
 // shared by the standalone kernels (act_quant.cu) and the ones fused into RMSNorm (norm_rope.cu),
-// so both produce the same codes from the same bf16 row.
+// so both produce the same codes from the same bf16 row, and the bf16 packs they read.
 #pragma once
 
 #include <cfloat>
 #include <cstdint>
 
 #include "core/numeric.h"
+#include "runner/kernels.h"
 
 namespace llmq::gpu {
+
+// V consecutive bf16 values: 16-byte accesses when rows allow (n % 8 == 0), else one by one.
+template <int V>
+struct Pack {
+  bf16 v[V];
+  __device__ __forceinline__ static Pack load(const bf16* p) {
+    Pack r;
+    if constexpr (V == 8) *reinterpret_cast<uint4*>(r.v) = *reinterpret_cast<const uint4*>(p);
+    else for (int i = 0; i < V; ++i) r.v[i] = p[i];
+    return r;
+  }
+  __device__ __forceinline__ void store(bf16* p) const {
+    if constexpr (V == 8) *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(v);
+    else for (int i = 0; i < V; ++i) p[i] = v[i];
+  }
+};
 
 // The block's maximum of v; every thread gets it. shared: [blockDim.x / 32] floats.
 __device__ __forceinline__ float block_max(float v, float* shared) {

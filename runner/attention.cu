@@ -22,6 +22,7 @@
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
 #include "runner/kernels.h"
+#include "runner/pdl.cuh"
 
 namespace llmq::gpu {
 namespace {
@@ -103,6 +104,7 @@ __device__ __forceinline__ void pv_slices(const bf16* v, int kv_dim, int n, int 
 // Shared memory: q [G, hd] | scores [G, capacity] | partial [slices, G, hd] (f32).
 template <int G>
 __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
+  pdl_wait();
   extern __shared__ float smem[];
   __shared__ float reduce[32];
   __shared__ float inv_sum[G];
@@ -175,7 +177,7 @@ void launch(const AttentionArgs& a, cudaStream_t s) {
   const size_t bytes = smem_bytes(G, a.hd, a.capacity);
   LLMQ_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(bytes)));
-  attention_kernel<G><<<dim3(a.rows, a.n_kv), kThreads, bytes, s>>>(a);
+  launch_pdl(attention_kernel<G>, dim3(a.rows, a.n_kv), dim3(kThreads), bytes, s, a);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -295,6 +297,7 @@ struct SplitWorkspace {
 // [G, chunk], then written out coalesced) and each head's maximum over the chunk.
 template <int G, int HD>
 __global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_scores_kernel(AttentionArgs a, SplitWorkspace w) {
+  pdl_wait();
   using Lay = RowLayout<G, HD>;
   extern __shared__ float tile[];
   const int chunk = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
@@ -366,6 +369,7 @@ __global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_scores_kernel(
 // chunks. Dynamic shared memory: e, p [G, chunk], then (reused) partial sums [kWarps, G, HD].
 template <int G, int HD>
 __global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_pv_kernel(AttentionArgs a, SplitWorkspace w) {
+  pdl_wait();
   using Lay = RowLayout<G, HD>;
   extern __shared__ float smem[];
   __shared__ float row_max[G];
@@ -532,9 +536,9 @@ void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
                                        static_cast<int>(scores_bytes)));
   LLMQ_CUDA_CHECK(cudaFuncSetAttribute(split_pv_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(pv_bytes)));
-  split_scores_kernel<G, HD><<<grid, kThreads, scores_bytes, s>>>(a, w);
+  launch_pdl(split_scores_kernel<G, HD>, dim3(grid), dim3(kThreads), scores_bytes, s, a, w);
   LLMQ_CUDA_CHECK_LAUNCH();
-  split_pv_kernel<G, HD><<<grid, kThreads, pv_bytes, s>>>(a, w);
+  launch_pdl(split_pv_kernel<G, HD>, dim3(grid), dim3(kThreads), pv_bytes, s, a, w);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 

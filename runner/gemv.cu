@@ -21,6 +21,7 @@
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
 #include "runner/gemv.h"
+#include "runner/pdl.cuh"
 
 namespace llmq::gpu {
 namespace {
@@ -168,6 +169,7 @@ __device__ void store_outputs(const float (&o)[M * kRows], const GemvArgs& a, in
 
 template <class F, int M>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
+  pdl_wait();
   using Acc = typename F::Acc;
   constexpr int kRows = rows_per_block(M), kUnroll = kLoadsInFlight / kRows;
   static_assert(kRows % 2 == 0 && kUnroll >= 1, "swiglu pairs (2i, 2i+1) must fall in one block");
@@ -262,7 +264,7 @@ void run(const GemvArgs& a, int M, cudaStream_t s, const char* name) {
   LLMQ_CHECK(!(a.swiglu && a.residual), "" << name << ": the swiglu and residual epilogues are exclusive");
   LLMQ_CHECK(!a.swiglu || a.N % 2 == 0, "" << name << ": swiglu needs interleaved row pairs, N " << a.N << " is odd");
   const int rows = rows_per_block(M);
-  kernels[M - 1]<<<(a.N + rows - 1) / rows, kThreads, 0, s>>>(a);
+  launch_pdl(kernels[M - 1], dim3((a.N + rows - 1) / rows), dim3(kThreads), 0, s, a);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 

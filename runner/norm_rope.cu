@@ -8,6 +8,7 @@
 #include "runner/act_quant.cuh"
 #include "runner/cuda_check.h"
 #include "runner/kernels.h"
+#include "runner/pdl.cuh"
 
 namespace llmq::gpu {
 namespace {
@@ -31,22 +32,6 @@ __device__ T block_sum(T v, T* shared /* [32] */) {
   return total;
 }
 
-// V consecutive bf16 values: 16-byte accesses when rows allow (n % 8 == 0), else one by one.
-template <int V>
-struct Pack {
-  bf16 v[V];
-  __device__ __forceinline__ static Pack load(const bf16* p) {
-    Pack r;
-    if constexpr (V == 8) *reinterpret_cast<uint4*>(r.v) = *reinterpret_cast<const uint4*>(p);
-    else for (int i = 0; i < V; ++i) r.v[i] = p[i];
-    return r;
-  }
-  __device__ __forceinline__ void store(bf16* p) const {
-    if constexpr (V == 8) *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(v);
-    else for (int i = 0; i < V; ++i) p[i] = v[i];
-  }
-};
-
 // The bf16 value RMSNorm writes for x (the reference's rounding points).
 __device__ __forceinline__ bf16 normed(bf16 x, bf16 w, float inv_rms) { return b(f(w) * round_bf16(f(x) * inv_rms)); }
 
@@ -55,6 +40,7 @@ __device__ __forceinline__ bf16 normed(bf16 x, bf16 w, float inv_rms) { return b
 // finds the amax of y and pass 3 writes the codes (re-reading the row from L1).
 template <int V, class Q, class Code>
 __global__ void __launch_bounds__(kRowThreads) rms_norm_kernel(RmsNormArgs a) {
+  pdl_wait();
   __shared__ double partial[32];
   __shared__ float fshared[32];
   const int64_t row = blockIdx.x;
@@ -130,6 +116,7 @@ struct PackF {
 // reference); pass 2 writes the bf16 y with the reference's rounding points.
 template <int V>
 __global__ void __launch_bounds__(kRowThreads) rms_norm_f32_kernel(RmsNormF32Args a) {
+  pdl_wait();
   __shared__ double partial[32];
   const int64_t row = blockIdx.x;
   float* xr = a.x + row * a.n;
@@ -160,18 +147,21 @@ __global__ void __launch_bounds__(kRowThreads) rms_norm_f32_kernel(RmsNormF32Arg
 }
 
 __global__ void add_bf16_to_f32_kernel(float* x, const bf16* y, int64_t n) {
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     x[i] += f(y[i]);
 }
 
 __global__ void add_kernel(bf16* x, const bf16* y, int64_t n) {
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     x[i] = b(f(x[i]) + f(y[i]));
 }
 
 __global__ void silu_mul_kernel(const bf16* gate_up, bf16* out, int rows, int inter) {
+  pdl_wait();
   const int64_t n = static_cast<int64_t>(rows) * inter;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -183,6 +173,7 @@ __global__ void silu_mul_kernel(const bf16* gate_up, bf16* out, int rows, int in
 }
 
 __global__ void silu_mul_pairs_kernel(const uint32_t* gate_up, bf16* out, int64_t n) {
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const uint32_t gu = gate_up[i];  // (gate, up) of one column: the low half is the gate
@@ -193,6 +184,7 @@ __global__ void silu_mul_pairs_kernel(const uint32_t* gate_up, bf16* out, int64_
 }
 
 __global__ void embed_kernel(const bf16* table, const int32_t* ids, bf16* out, int n) {
+  pdl_wait();
   const bf16* src = table + static_cast<int64_t>(ids[blockIdx.x]) * n;
   bf16* dst = out + static_cast<int64_t>(blockIdx.x) * n;
   for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
@@ -201,6 +193,7 @@ __global__ void embed_kernel(const bf16* table, const int32_t* ids, bf16* out, i
 // Block (row, head) of the fused qkv row, thread i < hd/2: q and k heads rotate the pair (i,
 // i + hd/2) in place (k also into the cache), v heads copy the pair to the cache.
 __global__ void rope_cache_kernel(RopeCacheArgs a) {
+  pdl_wait();
   const int r = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
   const int half = a.hd / 2;
   if (i >= half) return;
@@ -246,6 +239,7 @@ constexpr int kArgmaxChunk = kRowThreads * 8;  // vocabulary entries per block
 // the block width (coalesced); the key order makes the visiting order irrelevant.
 __global__ void __launch_bounds__(kRowThreads) argmax_kernel(const bf16* logits, int32_t* out, int vocab, int chunk,
                                                                ArgmaxWorkspace ws) {
+  pdl_wait();
   __shared__ unsigned long long shared[kRowThreads / 32];
   const int row = blockIdx.y;
   const bf16* l = logits + static_cast<int64_t>(row) * vocab;
@@ -271,6 +265,7 @@ __global__ void __launch_bounds__(kRowThreads) argmax_kernel(const bf16* logits,
 }
 
 __global__ void gather_columns_kernel(const bf16* x, const int32_t* perm, bf16* x_out, int K) {
+  pdl_wait();
   const bf16* src = x + static_cast<int64_t>(blockIdx.x) * K;
   bf16* dst = x_out + static_cast<int64_t>(blockIdx.x) * K;
   for (int j = threadIdx.x; j < K; j += blockDim.x) dst[j] = src[perm[j]];
@@ -286,7 +281,7 @@ int grid_for(int64_t n) {
 void rms_norm(const RmsNormArgs& a, cudaStream_t s) {
   if (a.rows == 0) return;
   const auto launch = [&](auto kernel) {
-    kernel<<<a.rows, kRowThreads, 0, s>>>(a);
+    launch_pdl(kernel, dim3(a.rows), dim3(kRowThreads), 0, s, a);
     LLMQ_CUDA_CHECK_LAUNCH();
   };
   const bool vec = a.n % 8 == 0;
@@ -315,39 +310,39 @@ void rms_norm(const bf16* x, const bf16* w, bf16* y, int rows, int n, float eps,
 void rms_norm_f32(const RmsNormF32Args& a, cudaStream_t s) {
   if (a.rows == 0) return;
   LLMQ_CHECK(a.y != nullptr && a.w != nullptr, "rms_norm_f32: no weight or output");
-  if (a.n % 8 == 0) rms_norm_f32_kernel<8><<<a.rows, kRowThreads, 0, s>>>(a);
-  else rms_norm_f32_kernel<1><<<a.rows, kRowThreads, 0, s>>>(a);
+  if (a.n % 8 == 0) launch_pdl(rms_norm_f32_kernel<8>, dim3(a.rows), dim3(kRowThreads), 0, s, a);
+  else launch_pdl(rms_norm_f32_kernel<1>, dim3(a.rows), dim3(kRowThreads), 0, s, a);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 void add_bf16_to_f32(float* x, const bf16* y, int64_t n, cudaStream_t s) {
   if (n == 0) return;
-  add_bf16_to_f32_kernel<<<grid_for(n), kRowThreads, 0, s>>>(x, y, n);
+  launch_pdl(add_bf16_to_f32_kernel, dim3(grid_for(n)), dim3(kRowThreads), 0, s, x, y, n);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 void add_inplace(bf16* x, const bf16* y, int64_t n, cudaStream_t s) {
   if (n == 0) return;
-  add_kernel<<<grid_for(n), kRowThreads, 0, s>>>(x, y, n);
+  launch_pdl(add_kernel, dim3(grid_for(n)), dim3(kRowThreads), 0, s, x, y, n);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 void silu_mul(const bf16* gate_up, bf16* out, int rows, int inter, cudaStream_t s) {
   if (rows == 0) return;
-  silu_mul_kernel<<<grid_for(static_cast<int64_t>(rows) * inter), kRowThreads, 0, s>>>(gate_up, out, rows, inter);
+  launch_pdl(silu_mul_kernel, dim3(grid_for(static_cast<int64_t>(rows) * inter)), dim3(kRowThreads), 0, s, gate_up, out, rows, inter);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 void silu_mul_pairs(const bf16* gate_up, bf16* out, int rows, int inter, cudaStream_t s) {
   const int64_t n = static_cast<int64_t>(rows) * inter;
   if (n == 0) return;
-  silu_mul_pairs_kernel<<<grid_for(n), kRowThreads, 0, s>>>(reinterpret_cast<const uint32_t*>(gate_up), out, n);
+  launch_pdl(silu_mul_pairs_kernel, dim3(grid_for(n)), dim3(kRowThreads), 0, s, reinterpret_cast<const uint32_t*>(gate_up), out, n);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 void embed(const bf16* table, const int32_t* ids, bf16* out, int rows, int n, cudaStream_t s) {
   if (rows == 0) return;
-  embed_kernel<<<rows, kRowThreads, 0, s>>>(table, ids, out, n);
+  launch_pdl(embed_kernel, dim3(rows), dim3(kRowThreads), 0, s, table, ids, out, n);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -355,7 +350,7 @@ void rope_and_cache(const RopeCacheArgs& a, cudaStream_t s) {
   if (a.rows == 0) return;
   LLMQ_CHECK(a.hd % 2 == 0, "head_dim " << a.hd);
   const int threads = (a.hd / 2 + 31) / 32 * 32;
-  rope_cache_kernel<<<dim3(a.rows, a.n_q + 2 * a.n_kv), threads, 0, s>>>(a);
+  launch_pdl(rope_cache_kernel, dim3(a.rows, a.n_q + 2 * a.n_kv), dim3(threads), 0, s, a);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -368,13 +363,13 @@ void argmax_rows(const bf16* logits, int32_t* out, int rows, int vocab, void* wo
   ArgmaxWorkspace ws{static_cast<unsigned long long*>(workspace), nullptr};
   if (workspace) ws.arrived = reinterpret_cast<unsigned*>(ws.best + rows);
   // One chunk (no workspace, or a small vocabulary): the block takes the whole row.
-  argmax_kernel<<<dim3(chunks, rows), kRowThreads, 0, s>>>(logits, out, vocab, chunks == 1 ? vocab : kArgmaxChunk, ws);
+  launch_pdl(argmax_kernel, dim3(chunks, rows), dim3(kRowThreads), 0, s, logits, out, vocab, chunks == 1 ? vocab : kArgmaxChunk, ws);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 void gather_columns(const bf16* x, const int32_t* perm, bf16* x_out, int M, int K, cudaStream_t s) {
   if (M == 0) return;
-  gather_columns_kernel<<<M, kRowThreads, 0, s>>>(x, perm, x_out, K);
+  launch_pdl(gather_columns_kernel, dim3(M), dim3(kRowThreads), 0, s, x, perm, x_out, K);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 

@@ -10,6 +10,7 @@
 #include "runner/kernels.h"
 #include "runner/mma.cuh"
 #include "runner/w4a16.h"
+#include "runner/pdl.cuh"
 
 namespace llmq::gpu {
 namespace {
@@ -41,6 +42,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const uint32_t* __res
                                                            const uint32_t* __restrict__ params,
                                                            const uint16_t* __restrict__ x, uint16_t* __restrict__ y,
                                                            int M, int N, int K, int group_words, int G) {
+  pdl_wait();
   const int lane = threadIdx.x % 32;
   const int n0 = (blockIdx.x * kWarps + threadIdx.x / 32) * kRowsPerWarp;
   const int m0 = blockIdx.y * MT;
@@ -107,6 +109,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const uint32_t* __res
 template <bool kF16>
 __global__ void dequant_kernel(const uint32_t* __restrict__ packed, const uint32_t* __restrict__ params,
                                uint16_t* __restrict__ out, int N, int K, int group_words, int G) {
+  pdl_wait();
   const int words = K / 8;
   const int64_t total = static_cast<int64_t>(N) * words;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -207,6 +210,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_direct_kernel(const uint4*
                                                                     const uint16_t* __restrict__ x,
                                                                     uint16_t* __restrict__ y, int M, int N, int K,
                                                                     int group_size, int G, GemvEpilogue epi) {
+  pdl_wait();
   __shared__ float partial[kMmaWarps][32][4];
   __shared__ float out[8][16];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -215,21 +219,29 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_direct_kernel(const uint4*
   const int ra = tile * 16 + lane / 4, rb = ra + 8;
   const uint4* base = packed + static_cast<int64_t>(tile) * chunks * 32 + lane;
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const int tok = lane / 4;
+  const uint32_t* x_tok = reinterpret_cast<const uint32_t*>(x + static_cast<int64_t>(min(tok, M - 1)) * K);
   for (int c0 = warp; c0 < chunks; c0 += 4 * kMmaWarps) {
+    // The four chunks' weights and group parameters are loaded before any arithmetic, with
+    // predicates rather than an early exit, so none of them waits behind it: at M = 1 a warp
+    // has only a few iterations, and each dependent HBM or L2 round trip is one more latency
+    // on the kernel's critical path. x words come from L1 (every block reads the same x) and
+    // are loaded where used: holding them too would halve the resident blocks.
     uint4 wv[4];
+    uint32_t pa[4], pb[4];
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const int c = c0 + u * kMmaWarps;
-      if (c < chunks) wv[u] = __ldg(base + static_cast<int64_t>(c) * 32);
+      const int c = min(c0 + u * kMmaWarps, chunks - 1);  // past the end: a valid address, not summed
+      wv[u] = __ldg(base + static_cast<int64_t>(c) * 32);
+      const int grp = c * 64 / group_size;
+      pa[u] = __ldg(params + static_cast<int64_t>(ra) * G + grp);
+      pb[u] = __ldg(params + static_cast<int64_t>(rb) * G + grp);
     }
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       const int c = c0 + u * kMmaWarps;
       if (c >= chunks) break;
-      const int grp = c * 64 / group_size;
-      const uint32_t pa = __ldg(params + static_cast<int64_t>(ra) * G + grp);
-      const uint32_t pb = __ldg(params + static_cast<int64_t>(rb) * G + grp);
-      const uint32_t za = zero_pair(pa), zb = zero_pair(pb);
+      const uint32_t za = zero_pair(pa[u]), zb = zero_pair(pb[u]);
       float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
 #pragma unroll
@@ -239,16 +251,11 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_direct_kernel(const uint4*
         for (int i = 0; i < 4; ++i)
           a[i] = hsub2_bf16(((words[s] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, (i % 2 == 0) ? za : zb);
         const int k = c * 64 + s * 16 + 2 * (lane % 4);
-        const int tok = lane / 4;
-        uint32_t b0 = 0, b1 = 0;
-        if (tok < M) {
-          const uint32_t* xr = reinterpret_cast<const uint32_t*>(x + static_cast<int64_t>(tok) * K + k);
-          b0 = __ldg(xr);
-          b1 = __ldg(xr + 4);  // k + 8
-        }
+        const uint32_t b0 = tok < M ? __ldg(x_tok + k / 2) : 0u;
+        const uint32_t b1 = tok < M ? __ldg(x_tok + k / 2 + 4) : 0u;  // k + 8
         mma_bf16(part, a, b0, b1);
       }
-      const float sa = scale_of<kF16>(pa), sb = scale_of<kF16>(pb);
+      const float sa = scale_of<kF16>(pa[u]), sb = scale_of<kF16>(pb[u]);
       acc[0] = fmaf(part[0], sa, acc[0]);
       acc[1] = fmaf(part[1], sa, acc[1]);
       acc[2] = fmaf(part[2], sb, acc[2]);
@@ -274,8 +281,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_direct_kernel(const uint4*
 template <bool kF16>
 void launch_mma_direct(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi,
                        cudaStream_t s) {
-  mma_direct_kernel<kF16><<<(w.N + 15) / 16, kMmaWarps * 32, 0, s>>>(
-      w.packed.as<const uint4>(), w.params.as<const uint32_t>(), x, y, M, w.N, w.K, w.group_size, w.G, epi);
+  launch_pdl(mma_direct_kernel<kF16>, dim3((w.N + 15) / 16), dim3(kMmaWarps * 32), 0, s, w.packed.as<const uint4>(), w.params.as<const uint32_t>(), x, y, M, w.N, w.K, w.group_size, w.G, epi);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -288,6 +294,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
                                                              const uint16_t* __restrict__ x, uint16_t* y, int M, int N,
                                                              int K, int group_size, int G, int stages,
                                                              float* partials, uint32_t* counters, GemvEpilogue epi) {
+  pdl_wait();
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int kTokens = TG * 8;
   constexpr int kStageBytes = mma_stage_bytes(TG);
@@ -446,6 +453,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
 template <bool kF16>
 __global__ void mma_dequant_kernel(const uint4* __restrict__ packed, const uint32_t* __restrict__ params,
                                    uint16_t* __restrict__ out, int N, int K, int group_size, int G) {
+  pdl_wait();
   const int chunks = K / 64;
   const int64_t total = static_cast<int64_t>((N + 15) / 16) * chunks * 32;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -539,9 +547,7 @@ void launch_mma(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, co
   const dim3 grid((w.N + kBlockRows - 1) / kBlockRows, splits);
   auto* counters = static_cast<uint32_t*>(split);
   auto* partials = splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(split) + kSplitCounterBytes) : nullptr;
-  mma_kernel<TG, kF16><<<grid, kMmaWarps * 32, c.smem, s>>>(w.packed.as<const uint4>(), w.params.as<const uint32_t>(), x,
-                                                             y, M, w.N, w.K, w.group_size, w.G, c.stages, partials,
-                                                             counters, epi);
+  launch_pdl(mma_kernel<TG, kF16>, dim3(grid), dim3(kMmaWarps * 32), c.smem, s, w.packed.as<const uint4>(), w.params.as<const uint32_t>(), x, y, M, w.N, w.K, w.group_size, w.G, c.stages, partials, counters, epi);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -559,9 +565,9 @@ void launch_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, c
   const auto* packed = w.packed.as<const uint32_t>();
   const auto* params = w.params.as<const uint32_t>();
   if (w.scale_f16)
-    gemv_kernel<MT, true><<<grid, kWarps * 32, 0, s>>>(packed, params, x, y, M, w.N, w.K, w.group_size / 8, w.G);
+    launch_pdl(gemv_kernel<MT, true>, dim3(grid), dim3(kWarps * 32), 0, s, packed, params, x, y, M, w.N, w.K, w.group_size / 8, w.G);
   else
-    gemv_kernel<MT, false><<<grid, kWarps * 32, 0, s>>>(packed, params, x, y, M, w.N, w.K, w.group_size / 8, w.G);
+    launch_pdl(gemv_kernel<MT, false>, dim3(grid), dim3(kWarps * 32), 0, s, packed, params, x, y, M, w.N, w.K, w.group_size / 8, w.G);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -619,9 +625,9 @@ void w4a16_dequantize(const W4A16Weights& w, uint16_t* w_bf16, cudaStream_t s) {
     const int blocks = static_cast<int>(std::min<int64_t>((lanes + 255) / 256, 65535));
     const auto* p4 = w.packed.as<const uint4>();
     if (w.scale_f16)
-      mma_dequant_kernel<true><<<blocks, 256, 0, s>>>(p4, params, w_bf16, w.N, w.K, w.group_size, w.G);
+      launch_pdl(mma_dequant_kernel<true>, dim3(blocks), dim3(256), 0, s, p4, params, w_bf16, w.N, w.K, w.group_size, w.G);
     else
-      mma_dequant_kernel<false><<<blocks, 256, 0, s>>>(p4, params, w_bf16, w.N, w.K, w.group_size, w.G);
+      launch_pdl(mma_dequant_kernel<false>, dim3(blocks), dim3(256), 0, s, p4, params, w_bf16, w.N, w.K, w.group_size, w.G);
     LLMQ_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -629,9 +635,9 @@ void w4a16_dequantize(const W4A16Weights& w, uint16_t* w_bf16, cudaStream_t s) {
   const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, 65535));
   const auto* packed = w.packed.as<const uint32_t>();
   if (w.scale_f16)
-    dequant_kernel<true><<<blocks, 256, 0, s>>>(packed, params, w_bf16, w.N, w.K, w.group_size / 8, w.G);
+    launch_pdl(dequant_kernel<true>, dim3(blocks), dim3(256), 0, s, packed, params, w_bf16, w.N, w.K, w.group_size / 8, w.G);
   else
-    dequant_kernel<false><<<blocks, 256, 0, s>>>(packed, params, w_bf16, w.N, w.K, w.group_size / 8, w.G);
+    launch_pdl(dequant_kernel<false>, dim3(blocks), dim3(256), 0, s, packed, params, w_bf16, w.N, w.K, w.group_size / 8, w.G);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,0 +1,42 @@
+// Programmatic dependent launch (sm_90+): a kernel launched with launch_pdl may be scheduled
+// while the kernel before it on the stream is still finishing, so a decode step's ~200 small
+// launches stop paying launch latency and block scheduling one after the other. Every kernel
+// launched this way calls pdl_wait() as its first statement: it returns once the previous grid
+// has completed and its writes are visible, so nothing is read or written before the data is
+// there; then it lets the next kernel's blocks be scheduled onto free SMs (they wait in turn,
+// and a grid's dependents launch only once all its blocks run, so waiting blocks never keep
+// it from finishing). Below sm_90 the launch attribute is ignored and pdl_wait compiles to
+// nothing; in a CUDA graph capture the dependency is kept as a programmatic edge.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "runner/cuda_check.h"
+
+namespace llmq::gpu {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+template <class... Params, class... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  LLMQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+}  // namespace llmq::gpu
