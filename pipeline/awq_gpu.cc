@@ -202,12 +202,14 @@ Expected<LayerResult> GpuAwq::run_layer(LayerWeights& w, LayerContext& ctx) {
       return sum / static_cast<double>(rows * hidden);
     };
     const AwqScaleSearch found = awq_search_scales(x_mean, awq_weight_mean(host_weights, cfg.group_size), cfg, loss_of);
+    const double search_s = seconds_since(t0);
     scale_notes.push_back({{"mapping", map.name},
                            {"best_ratio", found.best_ratio},
                            {"loss_rtn", found.loss_unscaled},
-                           {"loss_best", found.best_loss}});
+                           {"loss_best", found.best_loss},
+                           {"seconds", search_s}});
     chosen.emplace_back(&map, found.scales);
-    seconds_.quantize += seconds_since(t0);
+    seconds_.quantize += search_s;
   }
 
   // 3. Fold the scales; the clip rows of the scaled linears' inputs become x / s.
@@ -225,6 +227,7 @@ Expected<LayerResult> GpuAwq::run_layer(LayerWeights& w, LayerContext& ctx) {
     const auto t1 = Clock::now();
     std::optional<Tensor> max_val;
     if (awq_clips(slot, m)) {
+      const auto t_clip = Clock::now();
       const Tensor& wt = w.weight(slot);
       const int64_t out = wt.dim(0), in = wt.dim(1), G = in / cfg.group_size;
       const std::vector<float>& x = clip_x[static_cast<size_t>(input_of(slot))];
@@ -236,6 +239,7 @@ Expected<LayerResult> GpuAwq::run_layer(LayerWeights& w, LayerContext& ctx) {
       max_val = Tensor(DType::kF32, {out, G});
       LLMQ_CUDA_CHECK(cudaMemcpyAsync(max_val->raw(), best.as(), best.bytes(), cudaMemcpyDeviceToHost, stream));
       LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+      seconds_.clip += seconds_since(t_clip);
     }
     awq_finish_linear(w, slot, max_val ? &*max_val : nullptr, cfg, result, seconds_since(t1));
   }

@@ -31,10 +31,13 @@
 namespace llmq {
 
 // Seconds per stage of the GPU quantize path, summed over layers.
+// quantize includes AWQ's device clip search, which clip also counts on its own.
 struct GpuStageSeconds {
-  double upload = 0, forward = 0, stats = 0, quantize = 0;
+  double upload = 0, forward = 0, stats = 0, quantize = 0, clip = 0;
   nlohmann::ordered_json json() const {
-    return {{"upload_s", upload}, {"forward_s", forward}, {"stats_s", stats}, {"quantize_s", quantize}};
+    nlohmann::ordered_json j = {{"upload_s", upload}, {"forward_s", forward}, {"stats_s", stats}, {"quantize_s", quantize}};
+    if (clip > 0) j["of_which_clip_s"] = clip;
+    return j;
   }
 };
 
