@@ -158,6 +158,20 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
     }
   };
 
+  // Scores of key tile kt (in stage k_tile) for this thread's rows, e < 2: row g (pos_lo),
+  // else row g + 8 (pos_hi): s · scale rounded to f32 (__fmul_rn: no FMA contraction, as the
+  // reference and the per-row kernel round it) where the key is visible, -inf where masked.
+  const auto scaled_scores = [&](const bf16* k_tile, int kt, float (&s)[8][4]) {
+    qk_tile<HD>(qf, k_tile, lane, s);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = kt * kKeys + nt * 8 + 2 * t + (e & 1);
+        s[nt][e] = j <= (e < 2 ? pos_lo : pos_hi) ? __fmul_rn(s[nt][e], scale) : -INFINITY;
+      }
+  };
+
   // Pass 1: row maxima of the visible scores.
   float m_lo = -INFINITY, m_hi = -INFINITY;
   load(k_s, k_g, 0);
@@ -169,17 +183,13 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
     __syncthreads();
     if (kt * kKeys <= warp_max) {
       float s[8][4];
-      qk_tile<HD>(qf, k_s + (kt & 1) * St::kElems, lane, s);
+      scaled_scores(k_s + (kt & 1) * St::kElems, kt, s);
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int j = kt * kKeys + nt * 8 + 2 * t + (e & 1);
-          // __fmul_rn: s is rounded to f32 before it is compared or subtracted (no FMA
-          // contraction), as the reference and the per-row kernel round it.
-          const float x = j <= (e < 2 ? pos_lo : pos_hi) ? __fmul_rn(s[nt][e], scale) : -INFINITY;
-          if (e < 2) m_lo = fmaxf(m_lo, x);
-          else m_hi = fmaxf(m_hi, x);
+          if (e < 2) m_lo = fmaxf(m_lo, s[nt][e]);
+          else m_hi = fmaxf(m_hi, s[nt][e]);
         }
     }
     __syncthreads();  // the stage read here is the one the next iteration's prefetch overwrites
@@ -213,15 +223,14 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
     __syncthreads();
     if (kt * kKeys <= warp_max) {
       float s[8][4];
-      qk_tile<HD>(qf, k_s + (kt & 1) * St::kElems, lane, s);
+      scaled_scores(k_s + (kt & 1) * St::kElems, kt, s);
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int j = kt * kKeys + nt * 8 + 2 * t + (e & 1);
           const bool lo = e < 2;
           // Masked keys (and rows past the tile, m = -inf) select 0: never exp of garbage.
-          const float p = j <= (lo ? pos_lo : pos_hi) ? expf(__fmul_rn(s[nt][e], scale) - (lo ? m_lo : m_hi)) : 0.0f;
+          const float p = s[nt][e] == -INFINITY ? 0.0f : expf(s[nt][e] - (lo ? m_lo : m_hi));
           s[nt][e] = p;
           if (lo) l_lo += p;
           else l_hi += p;
