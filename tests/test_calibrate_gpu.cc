@@ -31,6 +31,7 @@
 #include "runner/device.h"
 #include "tests/runner_test_util.h"
 #include "tests/test_data.h"
+#include "tests/tinystories_suite.h"
 #include "tests/tinystories_ppl.h"
 
 namespace llmq {
@@ -86,20 +87,11 @@ double l2_diff(const float* a, const float* b, int64_t n) {
 
 // ---- the fixture: one CPU and one GPU calibration file, made once ------------------------------
 
-class CalibrateGpu : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    if (!fs::exists(testing::test_data_dir() + "/README.md")) return;
-    dir_ = new std::string(testing::scratch_dir("calibrate-gpu"));
-    model_ = new std::string(testing::test_data_dir() + "/models/tinystories-656k");
-  }
-  static void TearDownTestSuite() {
-    if (dir_) fs::remove_all(*dir_);
-    delete dir_;
-    delete model_;
-    dir_ = model_ = nullptr;
-  }
+class CalibrateGpu : public testing::TinyStoriesSuite<CalibrateGpu> {
+ public:
+  static constexpr const char* kScratchName = "calibrate-gpu";
 
+ protected:
   static CalibrateOptions options(const std::string& device, const std::string& out) {
     CalibrateOptions o;
     o.model_dir = *model_;
@@ -139,12 +131,8 @@ class CalibrateGpu : public ::testing::Test {
   }
 
 
-  static std::string* dir_;
-  static std::string* model_;
   static std::string cpu_file_, gpu_file_;
 };
-std::string* CalibrateGpu::dir_ = nullptr;
-std::string* CalibrateGpu::model_ = nullptr;
 std::string CalibrateGpu::cpu_file_;
 std::string CalibrateGpu::gpu_file_;
 

@@ -109,37 +109,29 @@ void overwrite_u32(const std::pair<std::string, uint64_t>& at, uint32_t value) {
 // ---- inspect: loaders ---------------------------------------------------------------------
 
 TEST_F(Compat, InspectNamesTheLoadersOfEachFormat) {
-  RunResult r = inspect(dir_ + "/fp8");
-  EXPECT_HAS(r.out, "loader       vLLM / SGLang compressed-tensors CompressedTensorsW8A8Fp8");
-  EXPECT_HAS(r.out, "loader       transformers + compressed-tensors");
-  EXPECT_HAS(r.out, "traps        none found");
+  const std::string kNoTraps = "traps        none found";
+  // The lines `inspect` must print for each quantized variant.
+  const std::vector<std::pair<std::string, std::vector<std::string>>> expected_lines = {
+      {"fp8",
+       {"loader       vLLM / SGLang compressed-tensors CompressedTensorsW8A8Fp8",
+        "loader       transformers + compressed-tensors", kNoTraps}},
+      {"int8", {"CompressedTensorsW8A8Int8", kNoTraps}},
+      {"ct4", {"CompressedTensorsWNA16 (Marlin)", kNoTraps}},
+      {"ct4-asym",  // the loader line's caveat and a note
+       {"asymmetric needs a vLLM with uint4 zero points", "note         asymmetric pack-quantized: transformers"}},
+      {"gptq",
+       {"loader       vLLM gptq_marlin (uint4b8)", "loader       AutoGPTQ / GPTQModel (v1 \"gptq\")",
+        "loader       transformers GPTQConfig", kNoTraps}},
+      {"awq", {"loader       vLLM awq_marlin", "loader       AutoAWQ WQLinear_GEMM", kNoTraps}},
+      {"fp8-sharded", {kNoTraps}},  // several shards, all indexed
+  };
+  for (const auto& [variant, lines] : expected_lines) {
+    SCOPED_TRACE(variant);
+    const RunResult r = inspect(dir_ + "/" + variant);
+    for (const std::string& line : lines) EXPECT_HAS(r.out, line);
+  }
 
-  r = inspect(dir_ + "/int8");
-  EXPECT_HAS(r.out, "CompressedTensorsW8A8Int8");
-  EXPECT_HAS(r.out, "traps        none found");
-
-  r = inspect(dir_ + "/ct4");
-  EXPECT_HAS(r.out, "CompressedTensorsWNA16 (Marlin)");
-  EXPECT_HAS(r.out, "traps        none found");
-  r = inspect(dir_ + "/ct4-asym");
-  EXPECT_HAS(r.out, "asymmetric needs a vLLM with uint4 zero points");
-  EXPECT_HAS(r.out, "note         asymmetric pack-quantized: transformers");
-
-  r = inspect(dir_ + "/gptq");
-  EXPECT_HAS(r.out, "loader       vLLM gptq_marlin (uint4b8)");
-  EXPECT_HAS(r.out, "loader       AutoGPTQ / GPTQModel (v1 \"gptq\")");
-  EXPECT_HAS(r.out, "loader       transformers GPTQConfig");
-  EXPECT_HAS(r.out, "traps        none found");
-
-  r = inspect(dir_ + "/awq");
-  EXPECT_HAS(r.out, "loader       vLLM awq_marlin");
-  EXPECT_HAS(r.out, "loader       AutoAWQ WQLinear_GEMM");
-  EXPECT_HAS(r.out, "traps        none found");
-
-  r = inspect(dir_ + "/fp8-sharded");  // several shards, all indexed
-  EXPECT_HAS(r.out, "traps        none found");
-
-  r = inspect(model_);  // a float checkpoint has no loader lines
+  const RunResult r = inspect(model_);  // a float checkpoint has no loader lines
   EXPECT_HAS(r.out, "quantization none");
   EXPECT_LACKS(r.out, "loader ");
   EXPECT_LACKS(r.out, "trap");

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -292,16 +293,32 @@ std::string slurp(const std::string& path) {
   return ss.str();
 }
 
-TEST(Gsm8kPrompt, RealSplitsMatchReferencePrompts) {
-  LLMQ_REQUIRE_TEST_DATA();
+// The real GSM8K splits: the test docs are scored, the train docs are the few-shot pool.
+struct Gsm8kSplits {
+  std::vector<Gsm8kDoc> test, train;
+};
+
+// Both splits from the test data; a split that does not load fails the test with its error
+// (and gives nullopt).
+std::optional<Gsm8kSplits> load_gsm8k_splits() {
   auto test = load_gsm8k_jsonl(data("gsm8k/test.jsonl"));
   auto train = load_gsm8k_jsonl(data("gsm8k/train.jsonl"));
-  ASSERT_TRUE(test) << test.status().message();
-  ASSERT_TRUE(train) << train.status().message();
-  ASSERT_EQ(test->size(), 1319u);
-  ASSERT_EQ(train->size(), 7473u);
+  EXPECT_TRUE(test) << test.status().message();
+  EXPECT_TRUE(train) << train.status().message();
+  if (!test || !train) return std::nullopt;
+  return Gsm8kSplits{std::move(*test), std::move(*train)};
+}
+
+TEST(Gsm8kPrompt, RealSplitsMatchReferencePrompts) {
+  LLMQ_REQUIRE_TEST_DATA();
+  const std::optional<Gsm8kSplits> splits = load_gsm8k_splits();
+  ASSERT_TRUE(splits);
+  const std::vector<Gsm8kDoc>& test = splits->test;
+  const std::vector<Gsm8kDoc>& train = splits->train;
+  ASSERT_EQ(test.size(), 1319u);
+  ASSERT_EQ(train.size(), 7473u);
   Gsm8kConfig c;  // defaults: 5-shot, seed 1234
-  auto req = build_gsm8k_requests(*test, *train, c);
+  auto req = build_gsm8k_requests(test, train, c);
   ASSERT_TRUE(req) << req.status().message();
   ASSERT_EQ(req->size(), 1319u);
   // scripts/gsm8k_reference.py prompts --test ... --train ... (seed 1234, 5-shot)
@@ -316,19 +333,19 @@ TEST(Gsm8kPrompt, RealSplitsMatchReferencePrompts) {
   // The hashed text is the concatenation the rules describe.
   std::string expect;
   for (int64_t i : (*req)[0].exemplars)
-    expect += "Question: " + (*train)[i].question + "\nAnswer: " + (*train)[i].answer + "\n\n";
-  expect += "Question: " + (*test)[0].question + "\nAnswer:";
+    expect += "Question: " + train[i].question + "\nAnswer: " + train[i].answer + "\n\n";
+  expect += "Question: " + test[0].question + "\nAnswer:";
   EXPECT_EQ((*req)[0].prompt, expect);
   // --limit takes the first N docs; their exemplars do not depend on N.
   c.limit = 2;
-  auto two = build_gsm8k_requests(*test, *train, c);
+  auto two = build_gsm8k_requests(test, train, c);
   ASSERT_TRUE(two);
   ASSERT_EQ(two->size(), 2u);
   EXPECT_EQ((*two)[1].prompt, (*req)[1].prompt);
   // Another seed and K: reference --seed 42 --fewshot 3.
   c.seed = 42;
   c.fewshot = 3;
-  auto s42 = build_gsm8k_requests(*test, *train, c);
+  auto s42 = build_gsm8k_requests(test, train, c);
   ASSERT_TRUE(s42);
   EXPECT_EQ((*s42)[0].exemplars, (std::vector<int64_t>{5238, 912, 204}));
   EXPECT_EQ(gsm8k_prompt_hash((*s42)[0].prompt), "3dfdbe4a5b68fb12");
@@ -338,13 +355,13 @@ TEST(Gsm8kPrompt, RealSplitsMatchReferencePrompts) {
   cot.style = Gsm8kStyle::kCotLlama;
   cot.limit = 2;
   cot.chat_template = ChatTemplateKind::kLlama3;
-  auto r3 = build_gsm8k_requests(*test, {}, cot);
+  auto r3 = build_gsm8k_requests(test, {}, cot);
   ASSERT_TRUE(r3);
   EXPECT_EQ(gsm8k_prompt_hash((*r3)[0].prompt), "176b88227dd2ddab");
   EXPECT_EQ(gsm8k_prompt_hash((*r3)[1].prompt), "3145b300a9a17e25");
   EXPECT_EQ((*r3)[0].target, "18");
   cot.chat_template = ChatTemplateKind::kLlama31;
-  auto r31 = build_gsm8k_requests(*test, {}, cot);
+  auto r31 = build_gsm8k_requests(test, {}, cot);
   ASSERT_TRUE(r31);
   EXPECT_EQ(gsm8k_prompt_hash((*r31)[0].prompt), "68b53f8c7db87a1d");
   EXPECT_EQ(gsm8k_prompt_hash((*r31)[1].prompt), "b5082ca55b29f46b");
@@ -456,6 +473,14 @@ Loaded load_stories() {
   return l;
 }
 
+// evaluate_gsm8k on the first `limit` test docs, without a progress bar in the test log.
+Gsm8kConfig first_docs_quietly(int64_t limit) {
+  Gsm8kConfig c;
+  c.limit = limit;
+  c.progress = false;
+  return c;
+}
+
 TEST(GenerateUntil, StopsAtAStringInTheGreedyText) {
   LLMQ_REQUIRE_TEST_DATA();
   Loaded l = load_stories();
@@ -490,15 +515,12 @@ TEST(Gsm8kPipeline, BatchedGenerationMatchesStopAwareGeneration) {
   LLMQ_REQUIRE_TEST_DATA();
   Loaded l = load_stories();
   ASSERT_TRUE(l.model);
-  auto test = load_gsm8k_jsonl(data("gsm8k/test.jsonl"));
-  auto train = load_gsm8k_jsonl(data("gsm8k/train.jsonl"));
-  ASSERT_TRUE(test && train);
-  Gsm8kConfig c;
-  c.limit = 5;
+  const std::optional<Gsm8kSplits> splits = load_gsm8k_splits();
+  ASSERT_TRUE(splits);
+  Gsm8kConfig c = first_docs_quietly(5);
   c.batch = 2;
   c.max_gen_toks = 64;
-  c.progress = false;
-  auto reference = evaluate_gsm8k(*l.model, *l.tokenizer, *test, *train, c);
+  auto reference = evaluate_gsm8k(*l.model, *l.tokenizer, splits->test, splits->train, c);
   ASSERT_TRUE(reference) << reference.status().message();
   int calls = 0;
   const BatchGreedyFn cpu_batches = [&](const std::vector<std::vector<int32_t>>& prompts, int64_t max_new)
@@ -514,8 +536,8 @@ TEST(Gsm8kPipeline, BatchedGenerationMatchesStopAwareGeneration) {
     }
     return out;
   };
-  auto batched = evaluate_gsm8k_batched(cpu_batches, l.model->config().max_position_embeddings, *l.tokenizer, *test,
-                                        *train, c);
+  auto batched = evaluate_gsm8k_batched(cpu_batches, l.model->config().max_position_embeddings, *l.tokenizer,
+                                        splits->test, splits->train, c);
   ASSERT_TRUE(batched) << batched.status().message();
   EXPECT_EQ(calls, 3);
   EXPECT_EQ(gsm8k_samples_jsonl(*batched), gsm8k_samples_jsonl(*reference));
@@ -555,17 +577,14 @@ TEST(Gsm8kPipeline, Stories260kMechanicsAndDeterminism) {
   LLMQ_REQUIRE_TEST_DATA();
   Loaded l = load_stories();
   ASSERT_TRUE(l.model);
-  auto test = load_gsm8k_jsonl(data("gsm8k/test.jsonl"));
-  auto train = load_gsm8k_jsonl(data("gsm8k/train.jsonl"));
-  ASSERT_TRUE(test && train);
-  Gsm8kConfig c;
-  c.limit = 3;
-  c.progress = false;
+  const std::optional<Gsm8kSplits> splits = load_gsm8k_splits();
+  ASSERT_TRUE(splits);
+  Gsm8kConfig c = first_docs_quietly(3);
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);
-  auto a = evaluate_gsm8k(*l.model, *l.tokenizer, *test, *train, c);
+  auto a = evaluate_gsm8k(*l.model, *l.tokenizer, splits->test, splits->train, c);
   omp_set_num_threads(std::max(2, threads));
-  auto b = evaluate_gsm8k(*l.model, *l.tokenizer, *test, *train, c);
+  auto b = evaluate_gsm8k(*l.model, *l.tokenizer, splits->test, splits->train, c);
   omp_set_num_threads(threads);
   ASSERT_TRUE(a) << a.status().message();
   ASSERT_TRUE(b) << b.status().message();
@@ -584,7 +603,7 @@ TEST(Gsm8kPipeline, Stories260kMechanicsAndDeterminism) {
       EXPECT_TRUE(s.contains(key)) << key << " missing in " << line;
     EXPECT_EQ(s["doc_id"], n);
     EXPECT_EQ(s["prompt_hash"], hashes[n]);
-    EXPECT_EQ(s["target"], (*test)[n].answer);
+    EXPECT_EQ(s["target"], splits->test[n].answer);
     // 5-shot prompts are ~800 tokens here: left-truncated to 512 - 256 as HFLM does.
     EXPECT_EQ(s["prompt_tokens"], 512 - 256);
     EXPECT_GT(s["truncated_tokens"].get<int>(), 0);
@@ -609,12 +628,12 @@ TEST(Gsm8kPipeline, Stories260kMechanicsAndDeterminism) {
 
   // cot-llama needs the Llama-3 chat tokens, which this tokenizer lacks.
   c.style = Gsm8kStyle::kCotLlama;
-  auto cot = evaluate_gsm8k(*l.model, *l.tokenizer, *test, *train, c);
+  auto cot = evaluate_gsm8k(*l.model, *l.tokenizer, splits->test, splits->train, c);
   ASSERT_FALSE(cot);
   EXPECT_NE(cot.status().message().find("<|begin_of_text|>"), std::string::npos) << cot.status().message();
   c.style = Gsm8kStyle::kGsm8k;
   c.max_gen_toks = 512;  // no room left for a prompt
-  EXPECT_FALSE(evaluate_gsm8k(*l.model, *l.tokenizer, *test, *train, c));
+  EXPECT_FALSE(evaluate_gsm8k(*l.model, *l.tokenizer, splits->test, splits->train, c));
 }
 
 // ---- the CLI ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@
 #include "pipeline/output_writer.h"
 #include "pipeline/quantize.h"
 #include "tests/test_data.h"
+#include "tests/tinystories_suite.h"
 
 namespace llmq {
 namespace {
@@ -105,12 +106,14 @@ struct EvalText {
 constexpr EvalText kTexts[] = {{"tinystories_val", "tinystories_val.txt", 60000},
                                {"wikitext2_test", "wikitext2_test.txt", 30000}};
 
-class TinyStoriesPipeline : public ::testing::Test {
+class TinyStoriesPipeline : public testing::TinyStoriesSuite<TinyStoriesPipeline> {
+ public:
+  static constexpr const char* kScratchName = "pipeline";
+
  protected:
   static void SetUpTestSuite() {
-    if (!fs::exists(testing::test_data_dir() + "/README.md")) return;
-    dir_ = new std::string(testing::scratch_dir("pipeline"));
-    model_ = new std::string(testing::test_data_dir() + "/models/tinystories-656k");
+    TinyStoriesSuite::SetUpTestSuite();
+    if (!dir_) return;
     // The quality bars use the usual calibration (128 x 512, as AutoAWQ and GPTQ do; at 32 x
     // 256 GPTQ no longer beats RTN on TinyStories); format and determinism checks a small one.
     for (const auto& [name, samples, seq_len] :
@@ -129,11 +132,8 @@ class TinyStoriesPipeline : public ::testing::Test {
     (*ppl_)["bf16"] = eval(*model_);
   }
   static void TearDownTestSuite() {
-    if (dir_) fs::remove_all(*dir_);
-    delete dir_;
-    delete model_;
+    TinyStoriesSuite::TearDownTestSuite();
     delete ppl_;
-    dir_ = model_ = nullptr;
     ppl_ = nullptr;
   }
 
@@ -182,12 +182,8 @@ class TinyStoriesPipeline : public ::testing::Test {
     return (*ppl_)[method];
   }
 
-  static std::string* dir_;
-  static std::string* model_;
   static std::map<std::string, std::map<std::string, double>>* ppl_;
 };
-std::string* TinyStoriesPipeline::dir_ = nullptr;
-std::string* TinyStoriesPipeline::model_ = nullptr;
 std::map<std::string, std::map<std::string, double>>* TinyStoriesPipeline::ppl_ = nullptr;
 
 TEST_F(TinyStoriesPipeline, Fp8WithinOnePercent) {

@@ -36,6 +36,7 @@
 #include "runner/layer.h"
 #include "tests/runner_test_util.h"
 #include "tests/test_data.h"
+#include "tests/tinystories_suite.h"
 #include "tests/tinystories_ppl.h"
 
 namespace llmq {
@@ -105,20 +106,11 @@ TEST(ColumnRangesGpu, MatchesReference) {
   EXPECT_EQ(ranges.abs_mean(), std::vector<float>(4, 0.0f));  // nothing added, no division by zero
 }
 
-class GpuPipeline : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    if (!fs::exists(testing::test_data_dir() + "/README.md")) return;
-    dir_ = new std::string(testing::scratch_dir("pipeline-gpu"));
-    model_ = new std::string(testing::test_data_dir() + "/models/tinystories-656k");
-  }
-  static void TearDownTestSuite() {
-    if (dir_) fs::remove_all(*dir_);
-    delete dir_;
-    delete model_;
-    dir_ = model_ = nullptr;
-  }
+class GpuPipeline : public testing::TinyStoriesSuite<GpuPipeline> {
+ public:
+  static constexpr const char* kScratchName = "pipeline-gpu";
 
+ protected:
   // The calibration for the quality bars is the usual 128 x 512 (test_pipeline's).
   static QuantizeOptions options(const std::string& method, const std::string& device) {
     QuantizeOptions o;
@@ -194,11 +186,7 @@ class GpuPipeline : public ::testing::Test {
     EXPECT_TRUE(t["stages"].contains("gpu"));
   }
 
-  static std::string* dir_;
-  static std::string* model_;
 };
-std::string* GpuPipeline::dir_ = nullptr;
-std::string* GpuPipeline::model_ = nullptr;
 
 TEST_F(GpuPipeline, Fp8SameBytesAsCpu) {
   LLMQ_REQUIRE_TEST_DATA();
