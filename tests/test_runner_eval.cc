@@ -66,6 +66,19 @@ constexpr double kRowMaxRel = 1.0 / 16;  // test_runner_engine.cc's per-row boun
 std::string data(const std::string& rel) { return testing::test_data_dir() + "/" + rel; }
 std::string model_dir(const std::string& name) { return data("models/" + name); }
 
+// A tiny model's CPU forward and tokenizer: the reference side of the comparisons below (the
+// model holds its own float copy of the weights, so the checkpoint need not stay open).
+struct CpuReference {
+  LlamaModel model;
+  std::unique_ptr<Tokenizer> tok;
+};
+Expected<CpuReference> load_cpu_reference(const std::string& dir) {
+  LLMQ_ASSIGN_OR_RETURN(HfCheckpoint ckpt, HfCheckpoint::open(dir));
+  LLMQ_ASSIGN_OR_RETURN(LlamaModel model, LlamaModel::load(ckpt));
+  LLMQ_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, load_tokenizer(dir));
+  return CpuReference{std::move(model), std::move(tok)};
+}
+
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
@@ -376,17 +389,16 @@ TEST(RunnerEval, PerplexityMatchesCpuBf16) {
   LLMQ_REQUIRE_TEST_DATA();
   for (const std::string name : {"stories260k", "tinystories-656k"}) {
     const std::string dir = model_dir(name);
-    auto ckpt = HfCheckpoint::open(dir);
-    ASSERT_TRUE(ckpt);
-    auto model = LlamaModel::load(*ckpt);
-    auto tok = load_tokenizer(dir);
-    ASSERT_TRUE(model && tok);
-    const GoldenPpl g = golden_ppl(name, **tok);
+    auto ref = load_cpu_reference(dir);
+    ASSERT_TRUE(ref) << ref.status().message();
+    const LlamaModel& model = ref->model;
+    const Tokenizer& tok = *ref->tok;
+    const GoldenPpl g = golden_ppl(name, tok);
     PerplexityConfig pc;
     pc.window = g.window;
     pc.stride = g.stride;
     pc.precision = Precision::kBFloat16;
-    auto cpu = perplexity(*model, g.ids, pc);
+    auto cpu = perplexity(model, g.ids, pc);
     auto gpu = perplexity_gpu(dir, g.ids, pc);
     ASSERT_TRUE(cpu) << cpu.status().message();
     ASSERT_TRUE(gpu) << gpu.status().message();
@@ -396,7 +408,7 @@ TEST(RunnerEval, PerplexityMatchesCpuBf16) {
     ASSERT_TRUE(std::isfinite(gpu->ppl) && gpu->ppl > 1.0) << name;
 
     // B = (2/N) Σ ‖δ_t‖∞ over the scored rows, and each row within the engine's bound.
-    auto plan = plan_perplexity(model->config(), g.ids, pc);
+    auto plan = plan_perplexity(model.config(), g.ids, pc);
     ASSERT_TRUE(plan);
     auto engine = load_engine(dir, static_cast<int>(plan->window));
     ASSERT_TRUE(engine);
@@ -404,8 +416,8 @@ TEST(RunnerEval, PerplexityMatchesCpuBf16) {
     int64_t rows_outside = 0;
     for (int64_t w = 0; w < plan->windows; ++w) {
       const std::vector<int32_t> win(g.ids.begin() + plan->begin(w), g.ids.begin() + plan->begin(w) + plan->window);
-      KvCache cache = model->make_cache(plan->window);
-      const Tensor zc = model->prefill(win, cache, LogitsFor::kAll, {Precision::kBFloat16, nullptr});
+      KvCache cache = model.make_cache(plan->window);
+      const Tensor zc = model.prefill(win, cache, LogitsFor::kAll, {Precision::kBFloat16, nullptr});
       auto zg = engine->prefill({win}, true);
       ASSERT_TRUE(zg) << zg.status().message();
       ASSERT_EQ(zg->shape(), zc.shape());
@@ -455,19 +467,18 @@ TEST(RunnerEval, Gsm8kMatchesCpuBf16) {
   ASSERT_TRUE(test && train);
   for (const std::string name : {"stories260k", "tinystories-656k"}) {
     const std::string dir = model_dir(name);
-    auto ckpt = HfCheckpoint::open(dir);
-    ASSERT_TRUE(ckpt);
-    auto model = LlamaModel::load(*ckpt);
-    auto tok = load_tokenizer(dir);
-    ASSERT_TRUE(model && tok);
+    auto ref = load_cpu_reference(dir);
+    ASSERT_TRUE(ref) << ref.status().message();
+    const LlamaModel& model = ref->model;
+    const Tokenizer& tok = *ref->tok;
     Gsm8kConfig c;
     c.limit = 6;
     c.batch = 4;
     c.max_gen_toks = 48;
     c.precision = Precision::kBFloat16;
     c.progress = false;
-    auto cpu = evaluate_gsm8k(*model, **tok, *test, *train, c);
-    auto gpu = evaluate_gsm8k_gpu(dir, **tok, *test, *train, c);
+    auto cpu = evaluate_gsm8k(model, tok, *test, *train, c);
+    auto gpu = evaluate_gsm8k_gpu(dir, tok, *test, *train, c);
     ASSERT_TRUE(cpu) << cpu.status().message();
     ASSERT_TRUE(gpu) << gpu.status().message();
     ASSERT_EQ(gpu->samples.size(), 6u);
@@ -493,11 +504,11 @@ TEST(RunnerEval, Gsm8kMatchesCpuBf16) {
       while (same < g.tokens.size() && same < r.tokens.size() && g.tokens[same] == r.tokens[same]) ++same;
       ASSERT_LT(same, std::min(g.tokens.size(), r.tokens.size()))
           << name << " doc " << i << ": one continuation is a prefix of the other (the stops differ)";
-      std::vector<int32_t> context = sample_prompt_ids(**tok, r);
+      std::vector<int32_t> context = sample_prompt_ids(tok, r);
       ASSERT_EQ(static_cast<int64_t>(context.size()), r.prompt_tokens);
       context.insert(context.end(), r.tokens.begin(), r.tokens.begin() + same);
-      KvCache kc = model->make_cache(static_cast<int64_t>(context.size()));
-      const Tensor l = model->prefill(context, kc, LogitsFor::kLast, {Precision::kBFloat16, nullptr});
+      KvCache kc = model.make_cache(static_cast<int64_t>(context.size()));
+      const Tensor l = model.prefill(context, kc, LogitsFor::kLast, {Precision::kBFloat16, nullptr});
       const float* z = l.data<float>();
       const int64_t V = l.dim(1);
       double scale = 0;

@@ -95,6 +95,14 @@ int count_mismatches(const json& cases, Encode encode, const std::string& what) 
   return bad;
 }
 
+// Every golden case encodes to its ids; the match count is printed for the log.
+template <class Encode>
+void expect_golden_ids(const json& cases, Encode encode, const std::string& what) {
+  const int bad = count_mismatches(cases, encode, what);
+  std::printf("%s: %d / %zu golden cases match\n", what.c_str(), static_cast<int>(cases.size()) - bad, cases.size());
+  EXPECT_EQ(bad, 0);
+}
+
 std::unique_ptr<Tokenizer> must(Expected<std::unique_ptr<Tokenizer>> t) {
   EXPECT_TRUE(t.has_value()) << t.status().message();
   return t.has_value() ? std::move(*t) : nullptr;
@@ -119,11 +127,7 @@ TEST(TokenizerLlama2, MatchesSentencepieceGolden) {
   EXPECT_TRUE(tok->adds_bos());
   const json& cases = golden.at("cases");
   ASSERT_GE(cases.size(), 250u);
-  const int bad = count_mismatches(cases, [&](const std::string& t) { return tok->encode_ordinary(t); },
-                                   "llama2");
-  std::printf("llama2 sentencepiece: %d / %zu golden cases match\n", static_cast<int>(cases.size()) - bad,
-              cases.size());
-  EXPECT_EQ(bad, 0);
+  expect_golden_ids(cases, [&](const std::string& t) { return tok->encode_ordinary(t); }, "llama2 sentencepiece");
 
   // decode inverts encode for all of these texts (sentencepiece keeps every byte: byte pieces).
   for (const json& c : cases) {
@@ -180,11 +184,7 @@ TEST(TokenizerLlama3, MatchesTiktokenGolden) {
   EXPECT_FALSE(tok->adds_bos());  // this file has no TemplateProcessing and no added tokens
   const json& cases = golden.at("cases");
   ASSERT_GE(cases.size(), 250u);
-  const int bad = count_mismatches(cases, [&](const std::string& t) { return tok->encode_ordinary(t); },
-                                   "llama3");
-  std::printf("llama3 byte-level BPE: %d / %zu golden cases match\n", static_cast<int>(cases.size()) - bad,
-              cases.size());
-  EXPECT_EQ(bad, 0);
+  expect_golden_ids(cases, [&](const std::string& t) { return tok->encode_ordinary(t); }, "llama3 byte-level BPE");
   for (const json& c : cases) {
     const std::string text = c.at("text").get<std::string>();
     EXPECT_EQ(tok->decode(c.at("ids").get<Ids>()), text) << "decode of " << show(text);
@@ -283,11 +283,8 @@ TEST(TokenizerTiny, MatchesTransformersGolden) {
     const json& cases = golden.at(name).at("cases");
     ASSERT_GE(cases.size(), 250u);
     // transformers recognises added tokens even with add_special_tokens=False.
-    const int bad = count_mismatches(cases, [&](const std::string& t) { return tok->encode_with_specials(t); },
-                                     name);
-    std::printf("%s tokenizer.json: %d / %zu golden cases match\n", name,
-                static_cast<int>(cases.size()) - bad, cases.size());
-    EXPECT_EQ(bad, 0);
+    expect_golden_ids(cases, [&](const std::string& t) { return tok->encode_with_specials(t); },
+                      std::string(name) + " tokenizer.json");
 
     // decode(encode(t)) == t except where transformers' own decode differs (see
     // expected_round_trip): texts that start with a space (all the WikiText lines) and, for
