@@ -6,6 +6,7 @@
 // plus one handcrafted bad file per failure kind, and BOS/EOS resolution from the config files.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -273,84 +274,85 @@ std::string expected_round_trip(const Tokenizer& tok, const std::string& text) {
   return !kept.empty() && text[0] == ' ' ? kept.substr(1) : kept;
 }
 
-TEST(TokenizerTiny, MatchesTransformersGolden) {
-  LLMQ_REQUIRE_TEST_DATA();
+// One test per tiny model, its tokenizer.json loaded by SetUp.
+class TokenizerTiny : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    LLMQ_REQUIRE_TEST_DATA();
+    tok_ = must(load_tokenizer(data(std::string("models/") + name())));
+    ASSERT_TRUE(tok_);
+  }
+  std::string name() const { return GetParam(); }
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+TEST_P(TokenizerTiny, MatchesTransformersGolden) {
   const json golden = read_json(data("golden/tok_tiny.json"));
-  for (const char* name : kTinyModels) {
-    SCOPED_TRACE(name);
-    auto tok = must(load_tokenizer(data(std::string("models/") + name)));
-    ASSERT_TRUE(tok);
-    const json& cases = golden.at(name).at("cases");
-    ASSERT_GE(cases.size(), 250u);
-    // transformers recognises added tokens even with add_special_tokens=False.
-    expect_golden_ids(cases, [&](const std::string& t) { return tok->encode_with_specials(t); },
-                      std::string(name) + " tokenizer.json");
+  const json& cases = golden.at(name()).at("cases");
+  ASSERT_GE(cases.size(), 250u);
+  // transformers recognises added tokens even with add_special_tokens=False.
+  expect_golden_ids(cases, [&](const std::string& t) { return tok_->encode_with_specials(t); },
+                    name() + " tokenizer.json");
 
-    // decode(encode(t)) == t except where transformers' own decode differs (see
-    // expected_round_trip): texts that start with a space (all the WikiText lines) and, for
-    // tinystories-656k, characters outside its vocab.
-    int same_ordinary = 0, round_trips = 0, leading_space = 0, other_exceptions = 0;
-    for (const json& c : cases) {
-      const std::string text = c.at("text").get<std::string>();
-      const Ids ids = c.at("ids").get<Ids>();
-      const bool has_special_text = text.find("<s>") != std::string::npos || text.find("</s>") != std::string::npos;
-      if (!has_special_text) {
-        EXPECT_EQ(tok->encode_ordinary(text), ids) << "ordinary encoding of " << show(text);
-        ++same_ordinary;
-      }
-      const std::string back = tok->decode(ids);
-      EXPECT_EQ(back, expected_round_trip(*tok, text)) << "decode of " << show(text);
-      if (back == text) {
-        ++round_trips;
-      } else if (!text.empty() && text[0] == ' ') {
-        ++leading_space;
-      } else {
-        ++other_exceptions;
-      }
+  // decode(encode(t)) == t except where transformers' own decode differs (see
+  // expected_round_trip): texts that start with a space (all the WikiText lines) and, for
+  // tinystories-656k, characters outside its vocab.
+  int same_ordinary = 0, round_trips = 0, leading_space = 0, other_exceptions = 0;
+  for (const json& c : cases) {
+    const std::string text = c.at("text").get<std::string>();
+    const Ids ids = c.at("ids").get<Ids>();
+    const bool has_special_text = text.find("<s>") != std::string::npos || text.find("</s>") != std::string::npos;
+    if (!has_special_text) {
+      EXPECT_EQ(tok_->encode_ordinary(text), ids) << "ordinary encoding of " << show(text);
+      ++same_ordinary;
     }
-    std::printf("%s: ordinary encoding checked on %d texts; decode(encode(t)) == t for %d, "
-                "not for %d starting with a space and %d with characters outside the vocab\n",
-                name, same_ordinary, round_trips, leading_space, other_exceptions);
-    EXPECT_GT(round_trips, 120);
-    // stories260k has all 256 byte tokens: every text without a leading space round-trips.
-    if (std::string(name) == "stories260k") {
-      EXPECT_EQ(other_exceptions, 0);
+    const std::string back = tok_->decode(ids);
+    EXPECT_EQ(back, expected_round_trip(*tok_, text)) << "decode of " << show(text);
+    if (back == text) {
+      ++round_trips;
+    } else if (!text.empty() && text[0] == ' ') {
+      ++leading_space;
+    } else {
+      ++other_exceptions;
     }
+  }
+  std::printf("%s: ordinary encoding checked on %d texts; decode(encode(t)) == t for %d, "
+              "not for %d starting with a space and %d with characters outside the vocab\n",
+              name().c_str(), same_ordinary, round_trips, leading_space, other_exceptions);
+  EXPECT_GT(round_trips, 120);
+  // stories260k has all 256 byte tokens: every text without a leading space round-trips.
+  if (name() == "stories260k") {
+    EXPECT_EQ(other_exceptions, 0);
   }
 }
 
-TEST(TokenizerTiny, PromptsWithBosMatchModelsGolden) {
-  LLMQ_REQUIRE_TEST_DATA();
+TEST_P(TokenizerTiny, PromptsWithBosMatchModelsGolden) {
   const json golden = read_json(data("golden/models.json"));
-  for (const char* name : kTinyModels) {
-    SCOPED_TRACE(name);
-    auto tok = must(load_tokenizer(data(std::string("models/") + name)));
-    ASSERT_TRUE(tok);
-    EXPECT_EQ(tok->bos_id(), std::optional<int32_t>(1));
-    EXPECT_EQ(tok->eos_ids(), Ids{2});
-    EXPECT_EQ(tok->adds_bos(), golden.at(name).at("tokenizer_adds_bos").get<bool>());
-    const json& prompts = golden.at(name).at("float32").at("prompts");
-    ASSERT_EQ(prompts.size(), 3u);
-    const int bad = count_mismatches(prompts, [&](const std::string& t) { return tok->encode(t); }, name);
-    EXPECT_EQ(bad, 0);
-  }
+  EXPECT_EQ(tok_->bos_id(), std::optional<int32_t>(1));
+  EXPECT_EQ(tok_->eos_ids(), Ids{2});
+  EXPECT_EQ(tok_->adds_bos(), golden.at(name()).at("tokenizer_adds_bos").get<bool>());
+  const json& prompts = golden.at(name()).at("float32").at("prompts");
+  ASSERT_EQ(prompts.size(), 3u);
+  const int bad = count_mismatches(prompts, [&](const std::string& t) { return tok_->encode(t); }, name());
+  EXPECT_EQ(bad, 0);
 }
 
-TEST(TokenizerTiny, PerplexityTextTokenCount) {
-  LLMQ_REQUIRE_TEST_DATA();
+TEST_P(TokenizerTiny, PerplexityTextTokenCount) {
   const json golden = read_json(data("golden/models.json"));
   const std::string story = read_text(data("text/tinystories_val.txt"));
-  for (const char* name : kTinyModels) {
-    SCOPED_TRACE(name);
-    const json& ppl = golden.at(name).at("float32").at("ppl_tinystories");
-    auto tok = must(load_tokenizer(data(std::string("models/") + name)));
-    ASSERT_TRUE(tok);
-    const Ids ids = tok->encode(first_chars(story, ppl.at("chars").get<size_t>()));
-    EXPECT_EQ(static_cast<int64_t>(ids.size()), ppl.at("tokens").get<int64_t>());
-    ASSERT_FALSE(ids.empty());
-    EXPECT_EQ(ids[0], 1);
-  }
+  const json& ppl = golden.at(name()).at("float32").at("ppl_tinystories");
+  const Ids ids = tok_->encode(first_chars(story, ppl.at("chars").get<size_t>()));
+  EXPECT_EQ(static_cast<int64_t>(ids.size()), ppl.at("tokens").get<int64_t>());
+  ASSERT_FALSE(ids.empty());
+  EXPECT_EQ(ids[0], 1);
 }
+
+INSTANTIATE_TEST_SUITE_P(Models, TokenizerTiny, ::testing::ValuesIn(kTinyModels),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           std::string id = info.param;  // test names allow letters, digits and '_'
+                           std::replace(id.begin(), id.end(), '-', '_');
+                           return id;
+                         });
 
 // ---------------------------------------------------------------------------------------------
 // Handcrafted tokenizers
