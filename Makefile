@@ -32,13 +32,18 @@ fuzz: setup
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # ---- pipelines ---------------------------------------------------------------------------
-# make pipeline MODEL=DIR CALIB=FILE [PPL=FILE] [GSM8K=FILE] [OUT=DIR] [METHODS="fp8 int8-sq awq gptq"] [BENCH=1]
+# make pipeline MODEL=DIR CALIB=FILE [PPL=FILE] [GSM8K=FILE] [OUT=DIR] [METHODS="fp8 int8-sq awq gptq"] [BENCH=1] [LEAN=1]
 # calibrates once, quantizes with each method, evaluates the BF16 model and every output, and
 # compares them in $(OUT)/report.md (`llmq report`). BENCH=1 (a GPU machine) adds the runner's
 # benchmark to every eval (BENCH_FLAGS="--bench --batches 1,8,32" etc. to choose); evals already
 # made are kept, so delete the *.eval.json files (or use make -B) after changing it.
 # Every step is a file target: re-running redoes only what is missing or out of date, and
 # `make -j` runs the quantizers side by side (each writes only its own directory).
+# LEAN=1, for a box with little scratch disk (an 8B model: 16 GB, its calibration file with
+# Hessians 33 GB, each checkpoint 5-9 GB, so all four outputs do not fit 64 GB): each method is
+# quantized, evaluated and its checkpoint deleted in one step, one method at a time, so the disk
+# holds the model, the calibration file and one checkpoint; the eval records and the
+# quantizer's llmq_report.json (as METHOD.quantize.json) stay, and the report needs no more.
 MODEL ?=
 CALIB ?=
 PPL ?= $(CALIB)
@@ -51,6 +56,7 @@ SEQ_LEN ?= 512
 EVAL_SEQ_LEN ?= 512
 BENCH ?=
 BENCH_FLAGS ?= --bench
+LEAN ?=
 EVAL_FLAGS = --ppl $(PPL) --seq-len $(EVAL_SEQ_LEN) $(if $(GSM8K),--gsm8k $(GSM8K) --limit $(GSM8K_LIMIT)) \
   $(if $(filter 1,$(BENCH)),$(BENCH_FLAGS))
 EVALS = $(OUT)/bf16.eval.json $(foreach m,$(METHODS),$(OUT)/$(m).eval.json)
@@ -74,8 +80,18 @@ $(OUT)/bf16.eval.json: $(MODEL)/config.json $(PPL)
 	@mkdir -p $(OUT)
 	$(LLMQ) eval --model $(MODEL) $(EVAL_FLAGS) --json $@ --force
 
+ifeq ($(LEAN),1)
+.NOTPARALLEL:
+$(OUT)/%.eval.json: $(OUT)/calib.safetensors $(MODEL)/config.json $(PPL)
+	$(LLMQ) quantize --model $(MODEL) --method $* --calib $< --out $(OUT)/$* --force
+	$(LLMQ) eval --model $(OUT)/$* $(EVAL_FLAGS) --json $@.tmp --force
+	cp $(OUT)/$*/llmq_report.json $(OUT)/$*.quantize.json
+	rm -rf $(OUT)/$*
+	mv $@.tmp $@
+else
 $(OUT)/%.eval.json: $(OUT)/%/config.json $(PPL)
 	$(LLMQ) eval --model $(OUT)/$* $(EVAL_FLAGS) --json $@ --force
+endif
 
 .PRECIOUS: $(OUT)/calib.safetensors $(OUT)/%/config.json
 
