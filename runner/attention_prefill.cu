@@ -172,28 +172,39 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
       }
   };
 
+  // Streams key tiles 0..key_tiles-1 (K, and V when with_v) through the two stages and calls
+  // body(kt, k_tile, v_tile) for those at or before the warp's last row; the next tile's copy
+  // is in flight while body runs.
+  const auto stream_key_tiles = [&](auto with_v, auto&& body) {  // with_v: std::bool_constant
+    load(k_s, k_g, 0);
+    if constexpr (decltype(with_v)::value) load(v_s, v_g, 0);
+    cp_async_commit();
+    for (int kt = 0; kt < key_tiles; ++kt) {
+      if (kt + 1 < key_tiles) {
+        load(k_s + ((kt + 1) & 1) * St::kElems, k_g, kt + 1);
+        if constexpr (decltype(with_v)::value) load(v_s + ((kt + 1) & 1) * St::kElems, v_g, kt + 1);
+      }
+      cp_async_commit();
+      cp_async_wait(1);  // the prefetch of the next tile may stay in flight
+      __syncthreads();
+      if (kt * kKeys <= warp_max) body(kt, k_s + (kt & 1) * St::kElems, v_s + (kt & 1) * St::kElems);
+      __syncthreads();  // the stage read here is the one the next iteration's prefetch overwrites
+    }
+  };
+
   // Pass 1: row maxima of the visible scores.
   float m_lo = -INFINITY, m_hi = -INFINITY;
-  load(k_s, k_g, 0);
-  cp_async_commit();
-  for (int kt = 0; kt < key_tiles; ++kt) {
-    if (kt + 1 < key_tiles) load(k_s + ((kt + 1) & 1) * St::kElems, k_g, kt + 1);
-    cp_async_commit();
-    cp_async_wait(1);  // the prefetch of the next tile may stay in flight
-    __syncthreads();
-    if (kt * kKeys <= warp_max) {
-      float s[8][4];
-      scaled_scores(k_s + (kt & 1) * St::kElems, kt, s);
+  stream_key_tiles(std::false_type{}, [&](int kt, const bf16* k_tile, const bf16*) {
+    float s[8][4];
+    scaled_scores(k_tile, kt, s);
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
+    for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (e < 2) m_lo = fmaxf(m_lo, s[nt][e]);
-          else m_hi = fmaxf(m_hi, s[nt][e]);
-        }
-    }
-    __syncthreads();  // the stage read here is the one the next iteration's prefetch overwrites
-  }
+      for (int e = 0; e < 4; ++e) {
+        if (e < 2) m_lo = fmaxf(m_lo, s[nt][e]);
+        else m_hi = fmaxf(m_hi, s[nt][e]);
+      }
+  });
   for (int o = 1; o <= 2; o <<= 1) {  // the 4 lanes of a quad hold the same two rows
     m_lo = fmaxf(m_lo, __shfl_xor_sync(0xffffffffu, m_lo, o));
     m_hi = fmaxf(m_hi, __shfl_xor_sync(0xffffffffu, m_hi, o));
@@ -210,52 +221,39 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
   // (keys +8, dims +8) -> B of dim tiles 2p, 2p + 1 for 16 keys.
   const int mi = lane / 8;
   const int v_off = (lane % 8 + (mi & 1) * 8) * kStride + (mi & 2) * 4;
-  load(k_s, k_g, 0);
-  load(v_s, v_g, 0);
-  cp_async_commit();
-  for (int kt = 0; kt < key_tiles; ++kt) {
-    if (kt + 1 < key_tiles) {
-      load(k_s + ((kt + 1) & 1) * St::kElems, k_g, kt + 1);
-      load(v_s + ((kt + 1) & 1) * St::kElems, v_g, kt + 1);
-    }
-    cp_async_commit();
-    cp_async_wait(1);  // the prefetch of the next tile may stay in flight
-    __syncthreads();
-    if (kt * kKeys <= warp_max) {
-      float s[8][4];
-      scaled_scores(k_s + (kt & 1) * St::kElems, kt, s);
+  stream_key_tiles(std::true_type{}, [&](int kt, const bf16* k_tile, const bf16* v_stage) {
+    float s[8][4];
+    scaled_scores(k_tile, kt, s);
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
+    for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const bool lo = e < 2;
-          // Masked keys (and rows past the tile, m = -inf) select 0: never exp of garbage.
-          const float p = s[nt][e] == -INFINITY ? 0.0f : expf(s[nt][e] - (lo ? m_lo : m_hi));
-          s[nt][e] = p;
-          if (lo) l_lo += p;
-          else l_hi += p;
-        }
-      uint32_t pa[4][4];  // A fragments of bf16(p): keys 16k..16k+15
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        pa[k][0] = pack_bf16x2(s[2 * k][0], s[2 * k][1]);
-        pa[k][1] = pack_bf16x2(s[2 * k][2], s[2 * k][3]);
-        pa[k][2] = pack_bf16x2(s[2 * k + 1][0], s[2 * k + 1][1]);
-        pa[k][3] = pack_bf16x2(s[2 * k + 1][2], s[2 * k + 1][3]);
+      for (int e = 0; e < 4; ++e) {
+        const bool lo = e < 2;
+        // Masked keys (and rows past the tile, m = -inf) select 0: never exp of garbage.
+        const float p = s[nt][e] == -INFINITY ? 0.0f : expf(s[nt][e] - (lo ? m_lo : m_hi));
+        s[nt][e] = p;
+        if (lo) l_lo += p;
+        else l_hi += p;
       }
-      const bf16* v_tile = v_s + (kt & 1) * St::kElems + v_off;
+    uint32_t pa[4][4];  // A fragments of bf16(p): keys 16k..16k+15
 #pragma unroll
-      for (int k = 0; k < 4; ++k)
-#pragma unroll
-        for (int p = 0; p < HD / 16; ++p) {
-          uint32_t b[4];
-          ldmatrix_x4_trans(b, smem_addr(v_tile + k * 16 * kStride + p * 16));
-          mma_bf16(acc[2 * p], pa[k], b[0], b[1]);
-          mma_bf16(acc[2 * p + 1], pa[k], b[2], b[3]);
-        }
+    for (int k = 0; k < 4; ++k) {
+      pa[k][0] = pack_bf16x2(s[2 * k][0], s[2 * k][1]);
+      pa[k][1] = pack_bf16x2(s[2 * k][2], s[2 * k][3]);
+      pa[k][2] = pack_bf16x2(s[2 * k + 1][0], s[2 * k + 1][1]);
+      pa[k][3] = pack_bf16x2(s[2 * k + 1][2], s[2 * k + 1][3]);
     }
-    __syncthreads();
-  }
+    const bf16* v_tile = v_stage + v_off;
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+      for (int p = 0; p < HD / 16; ++p) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, smem_addr(v_tile + k * 16 * kStride + p * 16));
+        mma_bf16(acc[2 * p], pa[k], b[0], b[1]);
+        mma_bf16(acc[2 * p + 1], pa[k], b[2], b[3]);
+      }
+  });
   for (int o = 1; o <= 2; o <<= 1) {
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, o);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, o);
