@@ -41,9 +41,10 @@ fuzz: setup
 # `make -j` runs the quantizers side by side (each writes only its own directory).
 # LEAN=1, for a box with little scratch disk (an 8B model: 16 GB, its calibration file with
 # Hessians 33 GB, each checkpoint 5-9 GB, so all four outputs do not fit 64 GB): each method is
-# quantized, evaluated and its checkpoint deleted in one step, one method at a time, so the disk
-# holds the model, the calibration file and one checkpoint; the eval records and the
-# quantizer's llmq_report.json (as METHOD.quantize.json) stay, and the report needs no more.
+# quantized, evaluated and its checkpoint deleted in one step, one method at a time, and the
+# calibration file has no Hessians, so the disk holds the model, a small calibration file and
+# one checkpoint; the eval records and the quantizer's llmq_report.json (as
+# METHOD.quantize.json) stay, and the report needs no more.
 MODEL ?=
 CALIB ?=
 PPL ?= $(CALIB)
@@ -57,6 +58,10 @@ EVAL_SEQ_LEN ?= 512
 BENCH ?=
 BENCH_FLAGS ?= --bench
 LEAN ?=
+# Extra `llmq calibrate` flags. LEAN=1 adds --no-hessian: none of the pipeline's methods reads
+# the file's Hessians (sequential GPTQ accumulates its own; only --no-sequential and the RTN
+# methods' output-error report do), and at 8B they are 33 GB of the file.
+CALIB_FLAGS ?= $(if $(filter 1,$(LEAN)),--no-hessian)
 EVAL_FLAGS = --ppl $(PPL) --seq-len $(EVAL_SEQ_LEN) $(if $(GSM8K),--gsm8k $(GSM8K) --limit $(GSM8K_LIMIT)) \
   $(if $(filter 1,$(BENCH)),$(BENCH_FLAGS))
 EVALS = $(OUT)/bf16.eval.json $(foreach m,$(METHODS),$(OUT)/$(m).eval.json)
@@ -70,7 +75,8 @@ $(OUT)/report.md: $(EVALS)
 
 $(OUT)/calib.safetensors: $(MODEL)/config.json $(CALIB)
 	@mkdir -p $(OUT)
-	$(LLMQ) calibrate --model $(MODEL) --dataset $(CALIB) --samples $(SAMPLES) --seq-len $(SEQ_LEN) --out $@ --force
+	$(LLMQ) calibrate --model $(MODEL) --dataset $(CALIB) --samples $(SAMPLES) --seq-len $(SEQ_LEN) $(CALIB_FLAGS) \
+	  --out $@ --force
 
 # A quantized checkpoint appears complete or not at all, so its config.json marks it done.
 $(OUT)/%/config.json: $(OUT)/calib.safetensors $(MODEL)/config.json
