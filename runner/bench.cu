@@ -122,6 +122,7 @@ Expected<BenchResult> run_bench(const BenchOptions& o) {
       for (int i = 0; i < 2; ++i) {
         LLMQ_ASSIGN_OR_RETURN(row.step_profile, engine->profile_decode_step(next));
       }
+      LLMQ_ASSIGN_OR_RETURN(row.prefill_profile, engine->profile_prefill(prompts));
     }
     row.batch = B;
     row.prefill_ms = prefill_ms;

@@ -38,6 +38,9 @@ struct BenchRow {
   // With BenchOptions::profile: ms per op kind of one eager decode step (no CUDA graph, so
   // launch gaps count), summed over layers, in forward order.
   std::vector<std::pair<std::string, double>> step_profile;
+  // With BenchOptions::profile: ms per op kind of one prefill of the batch's prompts (eager, as
+  // every prefill), summed over layers and row chunks, in forward order.
+  std::vector<std::pair<std::string, double>> prefill_profile;
 };
 
 struct BenchResult {

@@ -4,7 +4,7 @@
 //   llmq_runner_bench --synth llama-3.1-8b DIR     write a random-weight checkpoint
 //   llmq_runner_bench --model DIR [--batches 1,16,64] [--in 512] [--out 128] [--json FILE]
 //                     [--rtn fp8|int8|w4a16]   quantize a BF16 checkpoint in memory first
-//                     [--profile 1]            and time one eager decode step per op kind
+//                     [--profile 1]            and time one eager decode step and one prefill per op kind
 //   llmq_runner_bench --kernels                   linear kernels on Llama-3.1-8B shapes, then the
 //                                                 decode GEMVs (runner/gemv.h) against cuBLASLt
 #include <algorithm>

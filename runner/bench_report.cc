@@ -25,17 +25,21 @@ std::string bench_table(const BenchResult& r) {
                   b.prefill_ms, b.decode_ms_per_step, b.tokens_per_s, b.floor_ms, b.floor_ratio);
     o << line;
   }
-  for (const BenchRow& b : r.rows) {
-    if (b.step_profile.empty()) continue;
+  const auto profile_line = [&](const std::vector<std::pair<std::string, double>>& profile, const char* what, int batch) {
+    if (profile.empty()) return;
     double total = 0;
-    for (const auto& [op, ms] : b.step_profile) total += ms;
-    std::snprintf(line, sizeof line, "eager decode step, batch %d: %.3f ms =", b.batch, total);
+    for (const auto& [op, ms] : profile) total += ms;
+    std::snprintf(line, sizeof line, "%s, batch %d: %.3f ms =", what, batch, total);
     o << line;
-    for (const auto& [op, ms] : b.step_profile) {
+    for (const auto& [op, ms] : profile) {
       std::snprintf(line, sizeof line, " %s %.3f (%.0f%%)", op.c_str(), ms, 100.0 * ms / total);
       o << line;
     }
     o << "\n";
+  };
+  for (const BenchRow& b : r.rows) {
+    profile_line(b.step_profile, "eager decode step", b.batch);
+    profile_line(b.prefill_profile, "prefill", b.batch);
   }
   return o.str();
 }
@@ -59,8 +63,10 @@ std::string bench_json(const BenchResult& r) {
                             {"tokens_per_s", b.tokens_per_s},
                             {"floor_ms", b.floor_ms},
                             {"decode_floor_ratio", b.floor_ratio}});
-  for (size_t i = 0; i < r.rows.size(); ++i)
+  for (size_t i = 0; i < r.rows.size(); ++i) {
     for (const auto& [op, ms] : r.rows[i].step_profile) j["batches"][i]["eager_step_profile_ms"][op] = ms;
+    for (const auto& [op, ms] : r.rows[i].prefill_profile) j["batches"][i]["prefill_profile_ms"][op] = ms;
+  }
   return j.dump(2);
 }
 

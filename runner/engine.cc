@@ -321,6 +321,7 @@ Expected<Tensor> Engine::prefill(const std::vector<std::vector<int32_t>>& prompt
     const int M = std::min(e.opt.max_rows, total - r0);
     e.copy_rows_in({ids.begin() + r0, ids.begin() + r0 + M}, {pos.begin() + r0, pos.begin() + r0 + M},
                    {seq.begin() + r0, seq.begin() + r0 + M});
+    e.mark("rows_in");
     e.spans = gpu::row_spans(pos.data() + r0, seq.data() + r0, M);
     e.forward_rows(M);
     e.spans.clear();
@@ -332,6 +333,7 @@ Expected<Tensor> Engine::prefill(const std::vector<std::vector<int32_t>>& prompt
       LLMQ_CUDA_CHECK(cudaMemcpyAsync(e.sel.as(), want.data() + w0, S * 4, cudaMemcpyHostToDevice, e.stream));
       e.head(e.sel.as<const int32_t>(), S);
       e.logits_to_host(S, out);
+      e.mark("logits_out");
     }
   }
   const int64_t n = all_logits ? total : B;
@@ -373,20 +375,13 @@ Expected<std::vector<int32_t>> Engine::decode_greedy(const std::vector<int32_t>&
   return next;
 }
 
-Expected<std::vector<std::pair<std::string, double>>> Engine::profile_decode_step(const std::vector<int32_t>& tokens) {
-  Impl& e = *impl_;
-  LLMQ_RETURN_IF_ERROR(e.begin_decode(tokens));
-  const int B = static_cast<int>(tokens.size());
-  std::vector<std::pair<const char*, cudaEvent_t>> marks;
-  e.marks = &marks;
-  e.mark("start");
-  e.forward_rows(B);
-  e.head(e.decode_sel.as<const int32_t>(), B);
-  gpu::argmax_rows(e.logits.as<const bf16>(), e.next.as<int32_t>(), B, static_cast<int>(e.c.vocab_size), e.argmax_ws.as(), e.stream);
-  e.mark("argmax");
-  e.marks = nullptr;
-  LLMQ_CUDA_CHECK(cudaStreamSynchronize(e.stream));
-  std::vector<std::pair<std::string, double>> per_op;  // first-seen order
+namespace {
+using OpEvents = std::vector<std::pair<const char*, cudaEvent_t>>;
+
+// Milliseconds between consecutive events, each interval given to the later event's op,
+// summed per op in first-seen order; destroys the events.
+std::vector<std::pair<std::string, double>> per_op_ms(OpEvents& marks) {
+  std::vector<std::pair<std::string, double>> per_op;
   for (size_t i = 1; i < marks.size(); ++i) {
     float ms = 0;
     LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms, marks[i - 1].second, marks[i].second));
@@ -395,7 +390,40 @@ Expected<std::vector<std::pair<std::string, double>>> Engine::profile_decode_ste
     else it->second += ms;
   }
   for (auto& [op, ev] : marks) cudaEventDestroy(ev);
+  marks.clear();
   return per_op;
+}
+}  // namespace
+
+Expected<std::vector<std::pair<std::string, double>>> Engine::profile_decode_step(const std::vector<int32_t>& tokens) {
+  Impl& e = *impl_;
+  LLMQ_RETURN_IF_ERROR(e.begin_decode(tokens));
+  const int B = static_cast<int>(tokens.size());
+  OpEvents marks;
+  e.marks = &marks;
+  e.mark("start");
+  e.forward_rows(B);
+  e.head(e.decode_sel.as<const int32_t>(), B);
+  gpu::argmax_rows(e.logits.as<const bf16>(), e.next.as<int32_t>(), B, static_cast<int>(e.c.vocab_size), e.argmax_ws.as(), e.stream);
+  e.mark("argmax");
+  e.marks = nullptr;
+  LLMQ_CUDA_CHECK(cudaStreamSynchronize(e.stream));
+  return per_op_ms(marks);
+}
+
+Expected<std::vector<std::pair<std::string, double>>> Engine::profile_prefill(const std::vector<std::vector<int32_t>>& prompts) {
+  Impl& e = *impl_;
+  OpEvents marks;
+  e.marks = &marks;
+  e.mark("start");
+  const Expected<Tensor> logits = prefill(prompts);
+  e.marks = nullptr;
+  LLMQ_CUDA_CHECK(cudaStreamSynchronize(e.stream));
+  if (!logits) {
+    for (auto& [op, ev] : marks) cudaEventDestroy(ev);
+    return logits.status();
+  }
+  return per_op_ms(marks);
 }
 
 Expected<Tensor> Engine::decode(const std::vector<int32_t>& tokens) {

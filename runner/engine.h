@@ -72,6 +72,9 @@ class Engine {
   // One decode step like decode_greedy, run eagerly with an event after every op: GPU
   // milliseconds per op kind (summed over layers), in forward order. For the benchmark.
   Expected<std::vector<std::pair<std::string, double>>> profile_decode_step(const std::vector<int32_t>& tokens);
+  // prefill(prompts) with the same per-op events: GPU milliseconds per op kind over the whole
+  // prefill (all row chunks), plus "rows_in" and "logits_out" for the host copies around them.
+  Expected<std::vector<std::pair<std::string, double>>> profile_prefill(const std::vector<std::vector<int32_t>>& prompts);
   // Batched greedy generation with per-sequence stops (EOS ids or max_new tokens).
   Expected<GreedyResult> generate_greedy(const std::vector<std::vector<int32_t>>& prompts, int max_new,
                                          const std::vector<int32_t>& eos_ids);

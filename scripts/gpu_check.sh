@@ -3,7 +3,7 @@
 # are built (TESTS), the kernel benchmarks, and (STAGE=bench) the end-to-end benchmark of every
 # format on a synthetic Llama-3.1-8B beside the PyTorch peer. Logs go to $OUT (default out/gpu).
 # Test data: LLMQ_TEST_DATA (default .testdata, a copy of ../shared/data's models and goldens).
-# KERNEL_BENCH=0 skips the kernel benchmarks after the tests. Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step), PEER=path.
+# KERNEL_BENCH=0 skips the kernel benchmarks after the tests. Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step and of one prefill per batch size), PEER=path.
 # STAGE=quantize: `llmq quantize --device gpu` of the synthetic 8B with each of METHODS (default
 # "fp8 int8-sq gptq"; calibration SAMPLES x SEQ_LEN of calib_mixed.txt, default 128 x 2048),
 # printing wall time, max RSS and the report's stage timings and memory peaks; CALIBRATE=1 first

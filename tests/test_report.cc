@@ -133,6 +133,32 @@ class ReportFiles : public ::testing::Test {
 
 // ---- the tables ----------------------------------------------------------------------------
 
+// The benchmark's profiles (--profile): one line per batch and kind in the table, with each
+// op's share, and per-op objects in the JSON.
+TEST(BenchReport, ProfilesInTableAndJson) {
+  BenchResult r;
+  r.model_dir = "/m";
+  r.format = "bf16";
+  BenchRow row;
+  row.batch = 16;
+  row.step_profile = {{"qkv_proj", 1.0}, {"attention", 3.0}};
+  row.prefill_profile = {{"rows_in", 0.5}, {"gate_up_proj", 1.5}};
+  r.rows.push_back(row);
+  const std::string table = llmq::bench_table(r);
+  EXPECT_NE(table.find("eager decode step, batch 16: 4.000 ms = qkv_proj 1.000 (25%) attention 3.000 (75%)"),
+            std::string::npos) << table;
+  EXPECT_NE(table.find("prefill, batch 16: 2.000 ms = rows_in 0.500 (25%) gate_up_proj 1.500 (75%)"),
+            std::string::npos) << table;
+  const ordered_json j = ordered_json::parse(llmq::bench_json(r));
+  EXPECT_EQ(j["batches"][0]["eager_step_profile_ms"]["attention"], 3.0);
+  EXPECT_EQ(j["batches"][0]["prefill_profile_ms"]["gate_up_proj"], 1.5);
+  BenchResult plain = r;
+  plain.rows[0].step_profile.clear();
+  plain.rows[0].prefill_profile.clear();
+  EXPECT_EQ(llmq::bench_table(plain).find("ms ="), std::string::npos);  // no profile, no line
+  EXPECT_FALSE(ordered_json::parse(llmq::bench_json(plain))["batches"][0].contains("prefill_profile_ms"));
+}
+
 TEST(Report, TableValuesDeltaAndCrossover) {
   const Report r = report_of(eight_b_records());
   ASSERT_EQ(r.rows.size(), 5u);
