@@ -19,8 +19,10 @@
 // The measured values are printed.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -273,6 +275,43 @@ TEST(RunnerEngine, PipelineCheckpointsMatchCpuReference) {
     check_against_cpu(o.out, std::string("tinystories-656k ") + k.label, kTolBf16);
   }
   std::filesystem::remove_all(scratch);
+}
+
+// The benchmark's per-op profiles: a profiled prefill (chunked: max_rows below the prompts)
+// and decode step name the forward's ops, and leave the same logits as unprofiled calls.
+TEST(RunnerEngine, ProfilesNameTheOpsAndChangeNothing) {
+  LLMQ_REQUIRE_GPU();
+  LLMQ_REQUIRE_TEST_DATA();
+  EngineOptions opt;
+  opt.max_batch = 2;
+  opt.capacity = 64;
+  opt.max_rows = 24;
+  auto e = Engine::load(model_dir("stories260k"), opt);
+  ASSERT_TRUE(e.has_value()) << e.status().message();
+  Engine& engine = **e;
+  const std::vector<std::vector<int32_t>> prompts = {prompt_ids(20, 512, 3), prompt_ids(13, 512, 4)};
+  auto plain = engine.prefill(prompts);
+  ASSERT_TRUE(plain.has_value()) << plain.status().message();
+  auto prefill = engine.profile_prefill(prompts);
+  ASSERT_TRUE(prefill.has_value()) << prefill.status().message();
+  auto again = engine.prefill(prompts);  // the profiled prefill left the cache as a plain one
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(std::memcmp(again->raw(), plain->raw(), plain->nbytes()), 0);
+  auto step = engine.profile_decode_step({1, 2});
+  ASSERT_TRUE(step.has_value()) << step.status().message();
+  const auto names = [](const std::vector<std::pair<std::string, double>>& ops) {
+    std::vector<std::string> n;
+    for (const auto& [op, ms] : ops) {
+      EXPECT_GE(ms, 0.0) << op;
+      n.push_back(op);
+    }
+    return n;
+  };
+  const std::vector<std::string> p = names(*prefill), d = names(*step);
+  for (const char* op : {"rows_in", "embed", "qkv_proj", "attention", "o_proj", "down_proj", "lm_head", "logits_out"})
+    EXPECT_NE(std::find(p.begin(), p.end(), op), p.end()) << "prefill profile lacks " << op;
+  for (const char* op : {"embed", "qkv_proj", "attention", "down_proj", "lm_head", "argmax"})
+    EXPECT_NE(std::find(d.begin(), d.end(), op), d.end()) << "decode profile lacks " << op;
 }
 
 TEST(RunnerEngine, ClearErrors) {
