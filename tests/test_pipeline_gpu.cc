@@ -170,7 +170,9 @@ class GpuPipeline : public testing::TinyStoriesSuite<GpuPipeline> {
   // ratios tie within 0.4% of loss), and on this 2-layer model one flip moves perplexity by more
   // than 0.5%: the CPU path itself moves by -0.48% / -0.71% when --damp changes from 0.01 to
   // 0.0101 / 0.0099 (37.3634 -> 37.1829 / 37.0966). The bound for them is that sensitivity, twice:
-  // measured on the H200, gptq -1.00% and awq +1.14%.
+  // measured on the H200, gptq -1.00% and awq +1.14%. For AWQ the flip is the forward's alone:
+  // the CPU pass with its calibration forward in bf16 (a private experiment) makes the GPU's
+  // choice (layer 0 gate/up at ratio 0.20) and lands at 37.9846, 0.03% from the GPU's 37.9959.
   static constexpr double kMaxPplRel = 0.005;
   static constexpr double kMaxPplRelDiscrete = 2 * 0.0071;
   static void check(const std::string& method, bool bytes_identical, double max_rel = kMaxPplRel) {
