@@ -173,6 +173,8 @@ class GpuPipeline : public testing::TinyStoriesSuite<GpuPipeline> {
   // measured on the H200, gptq -1.00% and awq +1.14%. For AWQ the flip is the forward's alone:
   // the CPU pass with its calibration forward in bf16 (a private experiment) makes the GPU's
   // choice (layer 0 gate/up at ratio 0.20) and lands at 37.9846, 0.03% from the GPU's 37.9959.
+  // CPU GPTQ spans 37.02-37.80 under bf16-level choices in its sequential forwards (bf16 stream,
+  // ops or dequantized weights; private experiments); the GPU's 36.99 is 0.08% below that span.
   static constexpr double kMaxPplRel = 0.005;
   static constexpr double kMaxPplRelDiscrete = 2 * 0.0071;
   static void check(const std::string& method, bool bytes_identical, double max_rel = kMaxPplRel) {
