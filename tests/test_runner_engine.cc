@@ -55,6 +55,9 @@ std::vector<int32_t> prompt_ids(int n, int64_t vocab, uint32_t seed) {
   return ids;
 }
 
+// Sequences in the widest batch check_against_cpu runs: more decode rows than a GEMV takes.
+constexpr int kWideBatch = 12;
+
 struct Tolerance {
   double max_rel, mean_rel;  // of max|ref| per row
 };
@@ -107,7 +110,7 @@ void check_against_cpu(const std::string& dir, const std::string& label, const T
   auto model = LlamaModel::load(*ckpt);
   ASSERT_TRUE(model.has_value()) << model.status().message();
   EngineOptions opt;
-  opt.max_batch = 3;
+  opt.max_batch = kWideBatch;
   opt.capacity = 128;
   opt.max_rows = 40;  // smaller than the batched prefill: exercises chunking across sequences
   auto engine = Engine::load(dir, opt);
@@ -184,6 +187,31 @@ void check_against_cpu(const std::string& dir, const std::string& label, const T
       EXPECT_EQ(g, r) << label << " greedy continuation of prompt " << b;
     }
     std::printf("[ greedy   ] %s prompt %d: %zu of %zu tokens identical\n", label.c_str(), b, same, r.size());
+  }
+
+  // Twelve sequences: decode rows beyond the GEMVs' 8 (cuBLASLt with its separate residual add
+  // and SwiGLU, or W4A16's tensor-core kernels); two steps, the second replayed from the graph.
+  std::vector<std::vector<int32_t>> wide;
+  for (int b = 0; b < kWideBatch; ++b) wide.push_back(prompt_ids(3 + 2 * b, V, 20 + b));
+  auto wide_prefill = e.prefill(wide);
+  ASSERT_TRUE(wide_prefill.has_value()) << wide_prefill.status().message();
+  std::vector<KvCache> wide_caches;
+  std::vector<int32_t> wide_next(kWideBatch);
+  const auto argmax_of = [&](const float* l) { return static_cast<int32_t>(std::max_element(l, l + V) - l); };
+  for (int b = 0; b < kWideBatch; ++b) {
+    wide_caches.push_back(model->make_cache(128));
+    wide_next[b] = argmax_of(model->prefill(wide[b], wide_caches.back(), LogitsFor::kLast, fo).data<float>());
+  }
+  for (int step = 0; step < 2; ++step) {
+    auto gpu_wide = e.decode(wide_next);
+    ASSERT_TRUE(gpu_wide.has_value()) << gpu_wide.status().message();
+    Tensor cpu_wide(DType::kF32, {kWideBatch, V});
+    for (int b = 0; b < kWideBatch; ++b) {
+      const Tensor l = model->decode_step(wide_next[b], wide_caches[b], fo);
+      std::copy(l.data<float>(), l.data<float>() + V, cpu_wide.data<float>() + b * V);
+      wide_next[b] = argmax_of(l.data<float>());
+    }
+    compare_logits(*gpu_wide, cpu_wide, tol, (label + " decode of 12, step " + std::to_string(step)).c_str());
   }
   std::printf("[ engine   ] %s: %s, %.1f KiB of weights\n", label.c_str(), e.format_name().c_str(), e.weight_bytes() / 1024.0);
 }
