@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/numeric.h"
+#include "core/stopwatch.h"
 #include "pipeline/awq_layer.h"
 #include "pipeline/column_stats_gpu.h"
 #include "pipeline/float_layer_gpu.h"
@@ -19,8 +20,6 @@
 namespace llmq {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // Copies one linear input of every chunk, in row order, into a [Σ T_s, cols] buffer; the
 // forward stops there.

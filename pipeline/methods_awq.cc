@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "core/stopwatch.h"
 #include "pipeline/activations.h"
 #include "pipeline/awq_layer.h"
 
@@ -197,7 +198,7 @@ Expected<LayerResult> quantize_layer_awq(LayerWeights& w, LayerContext& ctx) {
       max_val = awq_search_clip(w.weight(slot), x.view(), cfg);
     }
     awq_finish_linear(w, slot, max_val ? &*max_val : nullptr, cfg, result,
-                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                      seconds_since(t0));
   }
   result.notes["scales"] = std::move(scale_notes);
   result.notes["clip"] = m.awq_clip;

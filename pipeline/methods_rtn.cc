@@ -1,6 +1,7 @@
 // fp8, rtn-int4, rtn-int8: each linear on its own, from the weight alone.
 #include <chrono>
 
+#include "core/stopwatch.h"
 #include "pipeline/layer.h"
 #include "quantizers/fp8.h"
 #include "quantizers/rtn.h"
@@ -38,7 +39,7 @@ Expected<LayerResult> quantize_layer_rtn(LayerWeights& w, LayerContext& ctx) {
     const Tensor* hessian = nullptr;
     if (ctx.calib && ctx.calib->has_hessian()) hessian = &ctx.calib->stats(w.index, input_of(slot)).hessian;
     measure_error(weight, q, hessian, report);
-    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    report.seconds = seconds_since(t0);
     result.quantized[static_cast<size_t>(s)] = std::move(q);
   }
   return result;

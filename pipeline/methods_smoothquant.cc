@@ -3,6 +3,7 @@
 // weights (RTN; activations are quantized per token at run time).
 #include <chrono>
 
+#include "core/stopwatch.h"
 #include "pipeline/activations.h"
 #include "pipeline/layer.h"
 #include "quantizers/rtn.h"
@@ -81,7 +82,7 @@ Expected<LayerResult> quantize_layer_smoothquant_with_stats(LayerWeights& w, Lay
     QuantizedLinear q = quantize_rtn_int8(w.weight(slot).view(), Int8Config{m.scale_dtype});
     QuantReport& report = result.reports[static_cast<size_t>(s)];
     measure_error(w.weight(slot), q, nullptr, report);
-    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    report.seconds = seconds_since(t0);
     result.quantized[static_cast<size_t>(s)] = std::move(q);
   }
   result.notes["alpha"] = m.alpha;

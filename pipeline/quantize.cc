@@ -10,6 +10,7 @@
 
 #include "calibration/calibrate.h"
 #include "core/progress.h"
+#include "core/stopwatch.h"
 #include "formats/tokenizer.h"
 #include "pipeline/output_writer.h"
 #include "pipeline/quantize_gpu.h"
@@ -18,8 +19,6 @@
 namespace llmq {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // Peak resident set of this process so far (Linux reports ru_maxrss in KiB).
 uint64_t peak_rss_bytes() {

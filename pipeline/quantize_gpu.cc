@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "calibration/stats.h"
+#include "core/stopwatch.h"
 #include "pipeline/awq_gpu.h"
 #include "pipeline/column_stats_gpu.h"
 #include "pipeline/float_layer_gpu.h"
@@ -20,8 +21,6 @@
 namespace llmq {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // The four groups of linears that share an input, with the slots of each (execution order).
 struct SlotGroup {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/numeric.h"
+#include "core/stopwatch.h"
 #include "quantizers/awq.h"
 #include "quantizers/gpu/awq_gpu.h"
 #include "runner/cuda_check.h"
@@ -24,9 +25,11 @@
 
 namespace {
 
+using llmq::Clock;
+using llmq::seconds_since;
+
 using llmq::DType;
 using llmq::Tensor;
-using Clock = std::chrono::steady_clock;
 
 // Normal(0, std) values with log-normal column scales when col_sigma > 0 (activations).
 Tensor random_matrix(int64_t rows, int64_t cols, unsigned seed, float std_dev, float col_sigma) {
@@ -159,7 +162,7 @@ int main(int argc, char** argv) {
     const Tensor w = random_matrix(out, in, 10 + out, 0.02f, 0.0f);
     const auto t0 = Clock::now();
     const Tensor ref = llmq::awq_search_clip_rows(w, x4096.view(), cfg);
-    const double sc = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double sc = seconds_since(t0);
     const llmq::DeviceBuffer wd = upload(w);
     llmq::DeviceBuffer best(static_cast<size_t>(out * G) * sizeof(float));  // [out, G]
     llmq::gpu::awq_search_clip(wd.as<float>(), out, in, x4096_d.as<float>(), T, cfg, best.as<float>(), nullptr);

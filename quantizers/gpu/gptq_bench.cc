@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/numeric.h"
+#include "core/stopwatch.h"
 #include "quantizers/gpu/gptq_gpu.h"
 #include "quantizers/gpu/hessian_gpu.h"
 #include "runner/cuda_check.h"
@@ -28,12 +29,13 @@
 
 namespace {
 
+using llmq::Clock;
+using llmq::seconds_since;
+
 using llmq::DType;
 using llmq::Tensor;
 using llmq::TensorView;
-using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // Fast deterministic normals (xorshift64* + Box-Muller): the 14336-wide inputs need ~10^8.
 struct Normal {

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "core/stopwatch.h"
 #include "quantizers/gpu/device_util.h"
 #include "quantizers/gpu/warp_reduce.cuh"
 #include "quantizers/int_grid.h"
@@ -54,8 +55,6 @@ constexpr int kThreads = 256;         // element-wise and per-row reduction kern
 constexpr int64_t kMaxGridY = 65535;  // kernels with one matrix column per grid row
 constexpr int64_t kTraceChunkElems = int64_t{32} << 20;  // [rows, in] f32 scratch of the traces: 128 MB
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 struct SweepParams {
   Int4Range range;
