@@ -349,6 +349,15 @@ TEST(FloatLayerGpu, F32RowsToBf16MatchesTheHostRounding) {
       }
 }
 
+// A float layer uploaded the host way: its linears rounded to bf16 on the host, then fused and
+// interleaved by make_gpu_layer.
+Expected<GpuLayer> host_gpu_layer(const LayerWeights& w) {
+  std::array<HostLinear, kNumLinearSlots> linears;
+  for (int s = 0; s < kNumLinearSlots; ++s) linears[s] = dense_host_linear(w.linears[s].view());
+  return make_gpu_layer(std::move(linears), w.input_layernorm.view(), w.post_attention_layernorm.view(),
+                        /*fp8_supported=*/false, "layer " + std::to_string(w.index));
+}
+
 // upload_float_layer (device rounding into the fused, interleaved layout) gives the bytes of
 // make_gpu_layer over host bf16 linears, on both layers of tinystories-656k.
 TEST(FloatLayerGpu, SameBytesAsTheHostUpload) {
@@ -360,10 +369,7 @@ TEST(FloatLayerGpu, SameBytesAsTheHostUpload) {
     SCOPED_TRACE(::testing::Message() << "layer " << l);
     auto w = load_layer_weights(*ckpt, l);
     ASSERT_TRUE(w.has_value()) << w.status().message();
-    std::array<HostLinear, kNumLinearSlots> linears;
-    for (int s = 0; s < kNumLinearSlots; ++s) linears[s] = dense_host_linear(w->linears[s].view());
-    auto host = make_gpu_layer(std::move(linears), w->input_layernorm.view(), w->post_attention_layernorm.view(),
-                               /*fp8_supported=*/false, "layer " + std::to_string(l));
+    auto host = host_gpu_layer(*w);
     ASSERT_TRUE(host.has_value()) << host.status().message();
     auto dev = upload_float_layer(*w, nullptr);
     ASSERT_TRUE(dev.has_value()) << dev.status().message();
@@ -397,10 +403,7 @@ TEST(DeviceSamples, Float32StreamMatchesComposedReference) {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     auto w = load_layer_weights(*ckpt, l);
     ASSERT_TRUE(w.has_value()) << w.status().message();
-    std::array<HostLinear, kNumLinearSlots> linears;
-    for (int s = 0; s < kNumLinearSlots; ++s) linears[s] = dense_host_linear(w->linears[s].view());
-    auto g = make_gpu_layer(std::move(linears), w->input_layernorm.view(), w->post_attention_layernorm.view(),
-                            /*fp8_supported=*/false, "layer " + std::to_string(l));
+    auto g = host_gpu_layer(*w);
     ASSERT_TRUE(g.has_value()) << g.status().message();
     layers.push_back(std::move(*g));
     weights.push_back(std::move(*w));
