@@ -146,6 +146,10 @@ __global__ void dequant_kernel(const uint32_t* __restrict__ packed, const uint32
 // splits in the fixed order 0, 1, ... (deterministic whatever the arrival order).
 
 constexpr int kMmaWarps = 8;         // = tiles per block (one 16-row tile per warp)
+// mma_direct: warps per block, splitting one tile's K. The small linears (o, down: N = 4096,
+// 256 tiles) give under two blocks per SM, so the warps of a tile are what keeps loads in
+// flight: 16 warps x 32 lanes x 4 chunks x 16 bytes = 32 KiB per block.
+constexpr int kDirectWarps = 16;
 constexpr int kBlockRows = 16 * kMmaWarps;
 constexpr int kStageChunks = 4;      // 64-column chunks per pipeline stage
 constexpr int kXStride = kStageChunks * 64 + 8;  // bf16 per staged x row: +16 bytes so the 8
@@ -205,13 +209,13 @@ __device__ void store_block(At at, int M, int n0, int N, uint16_t* y, const Gemv
 // (H200, Llama-3.1-8B shapes: per layer 78 vs 90 us), whose shared-memory pipeline pays off
 // only once x is reused across many tokens.
 template <bool kF16>
-__global__ void __launch_bounds__(kMmaWarps * 32) mma_direct_kernel(const uint4* __restrict__ packed,
+__global__ void __launch_bounds__(kDirectWarps * 32) mma_direct_kernel(const uint4* __restrict__ packed,
                                                                     const uint32_t* __restrict__ params,
                                                                     const uint16_t* __restrict__ x,
                                                                     uint16_t* __restrict__ y, int M, int N, int K,
                                                                     int group_size, int G, GemvEpilogue epi) {
   pdl_wait();
-  __shared__ float partial[kMmaWarps][32][4];
+  __shared__ float partial[kDirectWarps][32][4];
   __shared__ float out[8][16];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int tile = blockIdx.x;
@@ -221,7 +225,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_direct_kernel(const uint4*
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   const int tok = lane / 4;
   const uint32_t* x_tok = reinterpret_cast<const uint32_t*>(x + static_cast<int64_t>(min(tok, M - 1)) * K);
-  for (int c0 = warp; c0 < chunks; c0 += 4 * kMmaWarps) {
+  for (int c0 = warp; c0 < chunks; c0 += 4 * kDirectWarps) {
     // The four chunks' weights and group parameters are loaded before any arithmetic, with
     // predicates rather than an early exit, so none of them waits behind it: at M = 1 a warp
     // has only a few iterations, and each dependent HBM or L2 round trip is one more latency
@@ -231,7 +235,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_direct_kernel(const uint4*
     uint32_t pa[4], pb[4];
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const int c = min(c0 + u * kMmaWarps, chunks - 1);  // past the end: a valid address, not summed
+      const int c = min(c0 + u * kDirectWarps, chunks - 1);  // past the end: a valid address, not summed
       wv[u] = __ldg(base + static_cast<int64_t>(c) * 32);
       const int grp = c * 64 / group_size;
       pa[u] = __ldg(params + static_cast<int64_t>(ra) * G + grp);
@@ -239,7 +243,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_direct_kernel(const uint4*
     }
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const int c = c0 + u * kMmaWarps;
+      const int c = c0 + u * kDirectWarps;
       if (c >= chunks) break;
       const uint32_t za = zero_pair(pa[u]), zb = zero_pair(pb[u]);
       float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -271,7 +275,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_direct_kernel(const uint4*
     const int l = e / 4, i = e % 4;
     float sum = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kMmaWarps; ++w) sum += partial[w][l][i];
+    for (int w = 0; w < kDirectWarps; ++w) sum += partial[w][l][i];
     out[2 * (l % 4) + (i % 2)][l / 4 + (i >= 2 ? 8 : 0)] = sum;
   }
   __syncthreads();
@@ -281,7 +285,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_direct_kernel(const uint4*
 template <bool kF16>
 void launch_mma_direct(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi,
                        cudaStream_t s) {
-  launch_pdl(mma_direct_kernel<kF16>, dim3((w.N + 15) / 16), dim3(kMmaWarps * 32), 0, s, w.packed.as<const uint4>(), w.params.as<const uint32_t>(), x, y, M, w.N, w.K, w.group_size, w.G, epi);
+  launch_pdl(mma_direct_kernel<kF16>, dim3((w.N + 15) / 16), dim3(kDirectWarps * 32), 0, s, w.packed.as<const uint4>(), w.params.as<const uint32_t>(), x, y, M, w.N, w.K, w.group_size, w.G, epi);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
