@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -219,30 +220,45 @@ Expected<LayerResult> GpuAwq::run_layer(LayerWeights& w, LayerContext& ctx) {
     awq_divide_columns(x.data(), static_cast<int64_t>(x.size() / s.size()), s);
   }
 
-  // 4-5. Clip on the device, then quantize on the host.
+  // 4. Clip on the device.
+  // Shared: std::function (LayerResult::deferred) needs a copyable target, and Tensor moves only.
+  const auto max_vals = std::make_shared<std::array<std::optional<Tensor>, kNumLinearSlots>>();
+  std::array<double, kNumLinearSlots> clip_seconds{};
   for (int si = 0; si < kNumLinearSlots; ++si) {
     const LinearSlot slot = static_cast<LinearSlot>(si);
-    if (!ctx.plan.quantizes(w.index, slot)) continue;
-    const auto t1 = Clock::now();
-    std::optional<Tensor> max_val;
-    if (awq_clips(slot, m)) {
-      const auto t_clip = Clock::now();
-      const Tensor& wt = w.weight(slot);
-      const int64_t out = wt.dim(0), in = wt.dim(1), G = in / cfg.group_size;
-      const std::vector<float>& x = clip_x[static_cast<size_t>(input_of(slot))];
-      const DeviceBuffer w_dev = DeviceBuffer::from_host(wt.data<float>(), static_cast<size_t>(wt.numel()));
-      const DeviceBuffer x_dev = DeviceBuffer::from_host(x);
-      DeviceBuffer best(size_t(out) * G * sizeof(float));
-      gpu::awq_search_clip(w_dev.as<const float>(), out, in, x_dev.as<const float>(), clip_rows.count, cfg,
-                           best.as<float>(), stream);
-      max_val = Tensor(DType::kF32, {out, G});
-      LLMQ_CUDA_CHECK(cudaMemcpyAsync(max_val->raw(), best.as(), best.bytes(), cudaMemcpyDeviceToHost, stream));
-      LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));
-      seconds_.clip += seconds_since(t_clip);
-    }
-    awq_finish_linear(w, slot, max_val ? &*max_val : nullptr, cfg, result, seconds_since(t1));
+    if (!ctx.plan.quantizes(w.index, slot) || !awq_clips(slot, m)) continue;
+    const auto t_clip = Clock::now();
+    const Tensor& wt = w.weight(slot);
+    const int64_t out = wt.dim(0), in = wt.dim(1), G = in / cfg.group_size;
+    const std::vector<float>& x = clip_x[static_cast<size_t>(input_of(slot))];
+    const DeviceBuffer w_dev = DeviceBuffer::from_host(wt.data<float>(), static_cast<size_t>(wt.numel()));
+    const DeviceBuffer x_dev = DeviceBuffer::from_host(x);
+    DeviceBuffer best(size_t(out) * G * sizeof(float));
+    gpu::awq_search_clip(w_dev.as<const float>(), out, in, x_dev.as<const float>(), clip_rows.count, cfg,
+                         best.as<float>(), stream);
+    Tensor& max_val = (*max_vals)[static_cast<size_t>(si)].emplace(DType::kF32, Shape{out, G});
+    LLMQ_CUDA_CHECK(cudaMemcpyAsync(max_val.raw(), best.as(), best.bytes(), cudaMemcpyDeviceToHost, stream));
+    LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+    clip_seconds[static_cast<size_t>(si)] = seconds_since(t_clip);
+    seconds_.clip += clip_seconds[static_cast<size_t>(si)];
   }
   seconds_.quantize += seconds_since(t0);
+
+  // 5. Quantize on the host, deferred to the layer loop's write worker: it needs nothing of the
+  //    next layer, whose device work it then overlaps (at 8B the quantize stage beyond the
+  //    searches and clips was 48 s, about 1.5 s per layer).
+  const ModulePlan& plan = ctx.plan;
+  const int64_t index = w.index;
+  result.deferred = [&plan, index, cfg, max_vals, clip_seconds](LayerWeights& lw, LayerResult& r) {
+    for (int si = 0; si < kNumLinearSlots; ++si) {
+      const LinearSlot slot = static_cast<LinearSlot>(si);
+      if (!plan.quantizes(index, slot)) continue;
+      const auto t1 = Clock::now();
+      const std::optional<Tensor>& max_val = (*max_vals)[static_cast<size_t>(si)];
+      awq_finish_linear(lw, slot, max_val ? &*max_val : nullptr, cfg, r,
+                        clip_seconds[static_cast<size_t>(si)] + seconds_since(t1));
+    }
+  };
 
   // The next layer's input: the float layer's output.
   t0 = Clock::now();

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <array>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <vector>
@@ -69,6 +70,10 @@ struct LayerResult {
   QuantizedSlots quantized;                              // the slots the plan quantizes
   std::array<QuantReport, kNumLinearSlots> reports;      // per quantized slot
   nlohmann::ordered_json notes = nlohmann::ordered_json::object();  // method-specific record
+  // Host work left to finish the layer that needs nothing of later layers (the GPU AWQ's final
+  // clip and quantization): the layer loop runs it on its write worker, behind the next
+  // layer's device work. It fills `quantized` and `reports` from w.
+  std::function<void(LayerWeights& w, LayerResult& r)> deferred;
 };
 
 // Fills report.weight_rel_error = ||W - deq(Q)||_F / ||W||_F (W: the float weight quantized) and,
