@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <sstream>
 
@@ -106,6 +107,9 @@ struct Engine::Impl {
     LLMQ_CUDA_CHECK(cudaMemcpyAsync(pos.as(), p.data(), bytes, cudaMemcpyHostToDevice, stream));
     LLMQ_CUDA_CHECK(cudaMemcpyAsync(seq.as(), s.data(), bytes, cudaMemcpyHostToDevice, stream));
   }
+
+  Status prefill_rows(const std::vector<std::vector<int32_t>>& prompts, bool all_logits,
+                      const std::function<void(int S)>& on_logits);
 
   // Appends S rows of logits (bf16 on the device) to out as float32.
   void logits_to_host(int S, std::vector<float>& out) {
@@ -293,53 +297,78 @@ Expected<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Eng
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
-Expected<Tensor> Engine::prefill(const std::vector<std::vector<int32_t>>& prompts, bool all_logits) {
-  Impl& e = *impl_;
+// Prefills prompts[i] into slot i in row chunks; after each chunk, the logits of its rows that
+// are wanted (every row with all_logits, else each prompt's last) are computed in groups of at
+// most logit_rows and handed to on_logits(S) in e.logits, in row order.
+Status Engine::Impl::prefill_rows(const std::vector<std::vector<int32_t>>& prompts, bool all_logits,
+                                  const std::function<void(int S)>& on_logits) {
   const int B = static_cast<int>(prompts.size());
-  if (B < 1 || B > e.opt.max_batch)
-    return Status::error("prefill: " + std::to_string(B) + " prompts for " + std::to_string(e.opt.max_batch) + " slots");
+  if (B < 1 || B > opt.max_batch)
+    return Status::error("prefill: " + std::to_string(B) + " prompts for " + std::to_string(opt.max_batch) + " slots");
   std::vector<int32_t> ids, pos, seq;  // all rows, slot by slot
   std::vector<int> last_row(B);
   for (int b = 0; b < B; ++b) {
     const auto& p = prompts[b];
-    if (p.empty() || static_cast<int>(p.size()) > e.capacity)
+    if (p.empty() || static_cast<int>(p.size()) > capacity)
       return Status::error("prefill: prompt " + std::to_string(b) + " has " + std::to_string(p.size()) +
-                           " tokens (1.." + std::to_string(e.capacity) + " allowed)");
+                           " tokens (1.." + std::to_string(capacity) + " allowed)");
     for (size_t t = 0; t < p.size(); ++t) {
-      if (p[t] < 0 || p[t] >= e.c.vocab_size) return Status::error("prefill: token id " + std::to_string(p[t]) + " out of range");
+      if (p[t] < 0 || p[t] >= c.vocab_size) return Status::error("prefill: token id " + std::to_string(p[t]) + " out of range");
       ids.push_back(p[t]);
       pos.push_back(static_cast<int32_t>(t));
       seq.push_back(b);
     }
     last_row[b] = static_cast<int>(ids.size()) - 1;
   }
-  for (int b = 0; b < B; ++b) e.length[b] = static_cast<int>(prompts[b].size());
+  for (int b = 0; b < B; ++b) length[b] = static_cast<int>(prompts[b].size());
   const int total = static_cast<int>(ids.size());
-  std::vector<float> out;
-  out.reserve(size_t(all_logits ? total : B) * e.c.vocab_size);
-  for (int r0 = 0; r0 < total; r0 += e.opt.max_rows) {
-    const int M = std::min(e.opt.max_rows, total - r0);
-    e.copy_rows_in({ids.begin() + r0, ids.begin() + r0 + M}, {pos.begin() + r0, pos.begin() + r0 + M},
-                   {seq.begin() + r0, seq.begin() + r0 + M});
-    e.mark("rows_in");
-    e.spans = gpu::row_spans(pos.data() + r0, seq.data() + r0, M);
-    e.forward_rows(M);
-    e.spans.clear();
-    std::vector<int32_t> want;  // rows of this chunk whose logits are returned, chunk-relative
+  for (int r0 = 0; r0 < total; r0 += opt.max_rows) {
+    const int M = std::min(opt.max_rows, total - r0);
+    copy_rows_in({ids.begin() + r0, ids.begin() + r0 + M}, {pos.begin() + r0, pos.begin() + r0 + M},
+                 {seq.begin() + r0, seq.begin() + r0 + M});
+    mark("rows_in");
+    spans = gpu::row_spans(pos.data() + r0, seq.data() + r0, M);
+    forward_rows(M);
+    spans.clear();
+    std::vector<int32_t> want;  // rows of this chunk whose logits are wanted, chunk-relative
     for (int r = r0; r < r0 + M; ++r)
       if (all_logits || std::find(last_row.begin(), last_row.end(), r) != last_row.end()) want.push_back(r - r0);
-    for (size_t w0 = 0; w0 < want.size(); w0 += e.logit_rows) {
-      const int S = static_cast<int>(std::min<size_t>(e.logit_rows, want.size() - w0));
-      LLMQ_CUDA_CHECK(cudaMemcpyAsync(e.sel.as(), want.data() + w0, S * 4, cudaMemcpyHostToDevice, e.stream));
-      e.head(e.sel.as<const int32_t>(), S);
-      e.logits_to_host(S, out);
-      e.mark("logits_out");
+    for (size_t w0 = 0; w0 < want.size(); w0 += logit_rows) {
+      const int S = static_cast<int>(std::min<size_t>(logit_rows, want.size() - w0));
+      LLMQ_CUDA_CHECK(cudaMemcpyAsync(sel.as(), want.data() + w0, S * 4, cudaMemcpyHostToDevice, stream));
+      head(sel.as<const int32_t>(), S);
+      on_logits(S);
     }
   }
-  const int64_t n = all_logits ? total : B;
+  return Status::ok();
+}
+
+Expected<Tensor> Engine::prefill(const std::vector<std::vector<int32_t>>& prompts, bool all_logits) {
+  Impl& e = *impl_;
+  std::vector<float> out;
+  LLMQ_RETURN_IF_ERROR(e.prefill_rows(prompts, all_logits, [&](int S) {
+    e.logits_to_host(S, out);
+    e.mark("logits_out");
+  }));
+  const int64_t n = static_cast<int64_t>(out.size()) / e.c.vocab_size;
   Tensor t(DType::kF32, {n, e.c.vocab_size});
   std::memcpy(t.raw(), out.data(), out.size() * sizeof(float));
   return t;
+}
+
+Expected<std::vector<int32_t>> Engine::prefill_greedy(const std::vector<std::vector<int32_t>>& prompts) {
+  Impl& e = *impl_;
+  int done = 0;  // prompts whose next token is in e.next
+  LLMQ_RETURN_IF_ERROR(e.prefill_rows(prompts, /*all_logits=*/false, [&](int S) {
+    gpu::argmax_rows(e.logits.as<const bf16>(), e.next.as<int32_t>() + done, S, static_cast<int>(e.c.vocab_size),
+                     e.argmax_ws.as(), e.stream);
+    e.mark("argmax");
+    done += S;
+  }));
+  std::vector<int32_t> next(prompts.size());
+  LLMQ_CUDA_CHECK(cudaMemcpyAsync(next.data(), e.next.as(), next.size() * 4, cudaMemcpyDeviceToHost, e.stream));
+  LLMQ_CUDA_CHECK(cudaStreamSynchronize(e.stream));
+  return next;
 }
 
 namespace {
@@ -416,12 +445,12 @@ Expected<std::vector<std::pair<std::string, double>>> Engine::profile_prefill(co
   OpEvents marks;
   e.marks = &marks;
   e.mark("start");
-  const Expected<Tensor> logits = prefill(prompts);
+  const Expected<std::vector<int32_t>> next = prefill_greedy(prompts);
   e.marks = nullptr;
   LLMQ_CUDA_CHECK(cudaStreamSynchronize(e.stream));
-  if (!logits) {
+  if (!next) {
     for (auto& [op, ev] : marks) cudaEventDestroy(ev);
-    return logits.status();
+    return next.status();
   }
   return per_op_ms(marks);
 }
@@ -443,16 +472,10 @@ Expected<GreedyResult> Engine::generate_greedy(const std::vector<std::vector<int
     if (static_cast<int>(p.size()) + max_new > e.capacity)
       return Status::error("generate: prompt of " + std::to_string(p.size()) + " + " + std::to_string(max_new) +
                            " new tokens exceeds the cache capacity " + std::to_string(e.capacity));
-  LLMQ_ASSIGN_OR_RETURN(Tensor logits, prefill(prompts));
+  LLMQ_ASSIGN_OR_RETURN(std::vector<int32_t> next, prefill_greedy(prompts));
   const int B = static_cast<int>(prompts.size());
-  const int64_t V = e.c.vocab_size;
   GreedyResult r;
   r.tokens.resize(B);
-  std::vector<int32_t> next(B);
-  for (int b = 0; b < B; ++b) {
-    const float* l = logits.data<float>() + b * V;
-    next[b] = static_cast<int32_t>(std::max_element(l, l + V) - l);  // first maximum, as torch.argmax
-  }
   std::vector<bool> done(B, max_new <= 0);
   const auto is_eos = [&](int32_t t) { return std::find(eos_ids.begin(), eos_ids.end(), t) != eos_ids.end(); };
   for (int step = 0; step < max_new; ++step) {

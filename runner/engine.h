@@ -65,6 +65,9 @@ class Engine {
   // Prefill prompts[i] into slot i (the cache of those slots is replaced); returns the
   // float32 logits [B, vocab] of each prompt's last token, or [Σ T_i, vocab] with all_logits.
   Expected<Tensor> prefill(const std::vector<std::vector<int32_t>>& prompts, bool all_logits = false);
+  // prefill, returning each prompt's greedy next token (the argmax of its last logits, taken on
+  // the device: the logits never cross to the host). Generation's and the benchmark's prefill.
+  Expected<std::vector<int32_t>> prefill_greedy(const std::vector<std::vector<int32_t>>& prompts);
   // One token per slot 0..B-1 after what prefill/decode put there; logits [B, vocab].
   Expected<Tensor> decode(const std::vector<int32_t>& tokens);
   // The argmax of decode's logits without copying them to the host (the benchmark's step).
@@ -72,8 +75,8 @@ class Engine {
   // One decode step like decode_greedy, run eagerly with an event after every op: GPU
   // milliseconds per op kind (summed over layers), in forward order. For the benchmark.
   Expected<std::vector<std::pair<std::string, double>>> profile_decode_step(const std::vector<int32_t>& tokens);
-  // prefill(prompts) with the same per-op events: GPU milliseconds per op kind over the whole
-  // prefill (all row chunks), plus "rows_in" and "logits_out" for the host copies around them.
+  // prefill_greedy(prompts) with the same per-op events: GPU milliseconds per op kind over the
+  // whole prefill (all row chunks), plus "rows_in" for the host copy before each chunk.
   Expected<std::vector<std::pair<std::string, double>>> profile_prefill(const std::vector<std::vector<int32_t>>& prompts);
   // Batched greedy generation with per-sequence stops (EOS ids or max_new tokens).
   Expected<GreedyResult> generate_greedy(const std::vector<std::vector<int32_t>>& prompts, int max_new,

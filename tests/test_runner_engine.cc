@@ -305,8 +305,9 @@ TEST(RunnerEngine, PipelineCheckpointsMatchCpuReference) {
   std::filesystem::remove_all(scratch);
 }
 
-// The benchmark's per-op profiles: a profiled prefill (chunked: max_rows below the prompts)
-// and decode step name the forward's ops, and leave the same logits as unprofiled calls.
+// The benchmark's prefill_greedy and per-op profiles: a profiled prefill (chunked: max_rows
+// below the prompts) and decode step name the forward's ops, and leave the same logits as
+// unprofiled calls.
 TEST(RunnerEngine, ProfilesNameTheOpsAndChangeNothing) {
   LLMQ_REQUIRE_GPU();
   LLMQ_REQUIRE_TEST_DATA();
@@ -320,6 +321,15 @@ TEST(RunnerEngine, ProfilesNameTheOpsAndChangeNothing) {
   const std::vector<std::vector<int32_t>> prompts = {prompt_ids(20, 512, 3), prompt_ids(13, 512, 4)};
   auto plain = engine.prefill(prompts);
   ASSERT_TRUE(plain.has_value()) << plain.status().message();
+  // prefill_greedy's device argmax (the two last rows fall in different chunks) is the first
+  // maximum of prefill's logits.
+  auto greedy = engine.prefill_greedy(prompts);
+  ASSERT_TRUE(greedy.has_value()) << greedy.status().message();
+  const int64_t vocab = plain->dim(1);
+  for (size_t b = 0; b < prompts.size(); ++b) {
+    const float* l = plain->data<float>() + b * vocab;
+    EXPECT_EQ((*greedy)[b], std::max_element(l, l + vocab) - l) << "prompt " << b;
+  }
   auto prefill = engine.profile_prefill(prompts);
   ASSERT_TRUE(prefill.has_value()) << prefill.status().message();
   auto again = engine.prefill(prompts);  // the profiled prefill left the cache as a plain one
@@ -336,7 +346,7 @@ TEST(RunnerEngine, ProfilesNameTheOpsAndChangeNothing) {
     return n;
   };
   const std::vector<std::string> p = names(*prefill), d = names(*step);
-  for (const char* op : {"rows_in", "embed", "qkv_proj", "attention", "o_proj", "down_proj", "lm_head", "logits_out"})
+  for (const char* op : {"rows_in", "embed", "qkv_proj", "attention", "o_proj", "down_proj", "lm_head", "argmax"})
     EXPECT_NE(std::find(p.begin(), p.end(), op), p.end()) << "prefill profile lacks " << op;
   for (const char* op : {"embed", "qkv_proj", "attention", "down_proj", "lm_head", "argmax"})
     EXPECT_NE(std::find(d.begin(), d.end(), op), d.end()) << "decode profile lacks " << op;
