@@ -4,18 +4,41 @@
 // multiply-adds. Layout of the work:
 //   - a block owns R consecutive output rows and all of K; its kWarps warps split K by
 //     16-byte chunks (chunk c goes to thread c % kThreads), so a warp reads 512 contiguous
-//     bytes of each row per step and N = 1024 still gives 128-256 blocks;
-//   - each thread keeps kLoadsInFlight 16-byte weight loads (R rows x 8 / R chunks) in
-//     flight, streamed past L1 (ld.global.nc.L1::no_allocate: read once, never reused);
-//   - activation chunks (M rows, a few KiB) come through L1 and each one serves R weight
-//     rows, so converting them costs 1/R per multiply-add: R = 4 for M <= 2, R = 8 for
-//     larger M, where the conversions would otherwise outweigh the M multiply-adds;
+//     bytes of each row per step;
+//   - a step of a thread is kStepLoads 16-byte weight chunks (R rows x 8 / R chunks) and the
+//     activation chunks they meet. FP8 and INT8 (the ring path) copy them with cp.async into
+//     the thread's own slots of a two-stage shared-memory ring: step s + 1 is in flight while
+//     step s is summed, so each thread keeps 8-16 weight copies in flight (64-192 KiB per SM)
+//     at any M, and they hold no registers. Weights go to L2 only (.cg, read once),
+//     activations through L1 (.ca: every block of the SM reads them). Each thread reads only
+//     the slots it filled, so the pipeline needs no block barrier. (With loads into
+//     registers, ptxas issued only 2-5 of a step's 8 loads before the arithmetic that waits
+//     for them and the rest after it: at M = 1, 2 and some larger M a step cost two to five
+//     dependent HBM round trips.);
+//   - BF16 (the register path) loads a step's weights into registers instead, streamed past
+//     L1 (ld.global.nc.L1::no_allocate), all issued before any use, and activations with
+//     __ldg; no dynamic shared memory. On an H200 (synthetic Llama-3.1-8B, batch-1 decode
+//     ms/step) the ring took fp8 3.644 -> 3.402 and int8 3.014 -> 2.960 but bf16 4.418 ->
+//     4.491, so BF16 keeps this path with its R as measured: 4 for M <= 2, else 8;
+//   - each activation chunk serves R weight rows, so converting it costs 1/R per multiply-add.
+//     On the ring path R = 8, except at M <= 2 while N / 4 blocks still fit in one wave of
+//     resident blocks (small N: more blocks to spread over the SMs, e.g. N = 1024 gives 256).
+//     Past one wave, R = 4 would leave a partial second wave of blocks that start late and
+//     end the kernel with few copies in flight (qkv 6144 x 4096 at M = 1: 1536 blocks for
+//     660 slots);
+//   - on the ring path the epilogue's global reads (W8A8 scales, the residual) are issued at
+//     the start, next to the first copies, so they add no dependent memory round trip after
+//     the sum; the register path issues them after the sum (at the start, BF16 M = 1 spilled);
 //   - per-thread partial sums are reduced over the warp with V - 1 shuffles for V values
 //     (halves traded between partners), then over the warps in shared memory in a fixed
-//     order (deterministic), and one thread per output applies the scale and the epilogue.
+//     order (deterministic), and one thread per output (per swiglu pair) applies the scale
+//     and the epilogue and stores.
+// Thread t sums chunks t, t + kThreads, ... of a row in order, on either path and for either
+// R; only the shuffle tree depends on R (any summation order keeps the f32 bound of gemv.h).
 // FP8 avoids cvt (quarter-rate): codes become f32 with shifts and masks (gemv.h's trick,
-// value · 2^-120; activations are then multiplied back to value · 2^12 so every product is
-// an exact normal f32), INT8 uses dp4a on exact int32 sums, BF16 is a shift to f32.
+// value · 2^-120; about 2.75 instructions per code); activations are multiplied back to their
+// value (one exact FMUL), so products are value products · 2^-120 (see Fp8Format for why
+// that is exact); INT8 uses dp4a on exact int32 sums, BF16 is a shift or a mask to f32.
 #include <cuda_runtime.h>
 
 #include "core/numeric.h"
@@ -28,10 +51,8 @@ namespace {
 
 constexpr int kWarps = 4;    // warps per block, splitting K
 constexpr int kThreads = kWarps * 32;
-constexpr int kLoadsInFlight = 8;  // 16-byte weight loads per thread per step
-
-// Output rows per block (even: a swiglu pair stays in one block).
-__host__ __device__ constexpr int rows_per_block(int M) { return M <= 2 ? 4 : 8; }
+constexpr int kStepLoads = 8;  // 16-byte weight copies per thread per step (R rows x 8 / R chunks)
+constexpr int kStages = 2;     // steps in the shared-memory ring: step s + 1 is in flight during step s
 
 struct GemvArgs {
   const void* x;          // [M, row_bytes] activations
@@ -45,7 +66,28 @@ struct GemvArgs {
   int row_bytes;          // a multiple of 16
 };
 
-// Weights are read exactly once: keep them out of L1 and ask L2 for whole 256-byte sectors.
+// cp.async of 16 bytes into shared memory (the pipeline at the top of the file); ptxas keeps
+// the copies ahead of the wait that precedes their use.
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// Weights are read exactly once: L2 only (.cg), whole 256-byte sectors requested.
+__device__ __forceinline__ void copy_streaming(uint4* dst, const uint4* src) {
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(smem_address(dst)), "l"(src) : "memory");
+}
+// Activations: every block of the SM reads them, so they are kept in L1 too (.ca).
+__device__ __forceinline__ void copy_cached(uint4* dst, const uint4* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(smem_address(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Waits until at most `pending` of this thread's committed groups are still in flight; their
+// data is then visible to this thread (only this thread reads its slots: no barrier).
+template <int pending>
+__device__ __forceinline__ void copy_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(pending) : "memory");
+}
+
+// The register path's weight load: L1 bypassed, whole 256-byte L2 sectors requested.
 __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
   uint4 v;
   asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -58,7 +100,10 @@ __device__ __forceinline__ uint32_t word(const uint4& u, int j) { return j == 0 
 
 // ---- formats: how one 32-bit word of weights meets one word of activations -------------------
 
+// kRing: the main loop streams through the cp.async ring (else registers; top of the file).
 struct Bf16Format {
+  static constexpr bool kScaled = false;  // no sx, sw
+  static constexpr bool kRing = false;    // the ring was slower for BF16
   using Acc = float;
   struct Pair { float lo, hi; };
   using XWord = Pair;
@@ -71,21 +116,31 @@ struct Bf16Format {
     acc = fmaf(w.lo, x.lo, acc);
     acc = fmaf(w.hi, x.hi, acc);
   }
-  __device__ static float output(Acc acc, const GemvArgs&, int, int) { return acc; }
+  __device__ static float output(Acc acc, float, float) { return acc; }
 };
 
 struct Fp8Format {
+  static constexpr bool kScaled = true;
+  static constexpr bool kRing = true;
   using Acc = float;
   struct Quad { float v[4]; };
   using XWord = Quad;
   using WWord = Quad;
-  // Activations back to value · 2^12 (two exact power-of-two products; 2^132 is no f32): the
-  // smallest product, 2^-9 · 2^-9 · 2^12 · 2^-120 = 2^-126, is then still a normal f32.
-  static constexpr float kXUp1 = 0x1p120f, kXUp2 = 0x1p12f;
-  static constexpr double kAccToValue = 0x1p108;  // acc = Σ value products · 2^(12 - 120)
+  // Weights stay value · 2^-120 (gemv.h's trick); activations are multiplied back to their
+  // value (2^120 is an f32, the product is exact and normal: |value| >= 2^-9). Each product
+  // is then value(x) · value(w) · 2^-120, exact in the FMA: E4M3 values are multiples of 2^-9,
+  // so products and every partial sum are multiples of 2^-138, and f32 holds each such
+  // multiple below 2^-114 exactly (its spacing there is at most 2^-138, subnormals included);
+  // from 2^-114 up the numbers are normal and round as at any other power-of-two scale. So the
+  // sums are the f32 sums of the exact products, bit for bit those of the former value · 2^12
+  // scaling, with one FMUL per activation code instead of two. This needs f32 subnormals kept
+  // (no -ftz / --use_fast_math), as the trick does for subnormal codes; the tests check both.
+  static constexpr float kXUp = 0x1p120f;
+  static constexpr double kAccToValue = 0x1p120;  // acc = Σ value products · 2^-120
+  static_assert(kFp8TrickExponent == -120, "kXUp and kAccToValue undo the trick's 2^-120");
   __device__ static XWord x_word(uint32_t u) {
     Quad q = w_word(u);
-    for (int i = 0; i < 4; ++i) q.v[i] = q.v[i] * kXUp1 * kXUp2;
+    for (int i = 0; i < 4; ++i) q.v[i] *= kXUp;
     return q;
   }
   __device__ static WWord w_word(uint32_t u) {
@@ -96,12 +151,14 @@ struct Fp8Format {
   __device__ static void mac(Acc& acc, const WWord& w, const XWord& x) {
     for (int i = 0; i < 4; ++i) acc = fmaf(w.v[i], x.v[i], acc);
   }
-  __device__ static float output(Acc acc, const GemvArgs& a, int m, int n) {
-    return static_cast<float>(static_cast<double>(acc) * kAccToValue * a.sx[m] * static_cast<double>(a.sw[n]));
+  __device__ static float output(Acc acc, float sx, float sw) {
+    return static_cast<float>(static_cast<double>(acc) * kAccToValue * sx * static_cast<double>(sw));
   }
 };
 
 struct Int8Format {
+  static constexpr bool kScaled = true;
+  static constexpr bool kRing = true;
   using Acc = int;
   using XWord = int;
   using WWord = int;
@@ -109,8 +166,8 @@ struct Int8Format {
   __device__ static WWord w_word(uint32_t u) { return static_cast<int>(u); }
   __device__ static void mac(Acc& acc, WWord w, XWord x) { acc = __dp4a(w, x, acc); }
   // The order of scale_rows_cols_i32, so the result is bit-equal to cuBLAS + scaling.
-  __device__ static float output(Acc acc, const GemvArgs& a, int m, int n) {
-    return static_cast<float>(static_cast<double>(acc) * a.sx[m] * static_cast<double>(a.sw[n]));
+  __device__ static float output(Acc acc, float sx, float sw) {
+    return static_cast<float>(static_cast<double>(acc) * sx * static_cast<double>(sw));
   }
 };
 
@@ -141,61 +198,111 @@ __device__ __forceinline__ void warp_sum_spread(T (&v)[V], int lane, int off) {
 
 __device__ __forceinline__ float bf16_value(float v) { return bf16_to_f32(f32_to_bf16(v)); }
 
-// Writes the block's M x R outputs o[m][r] (already bf16-rounded values, in shared memory)
-// with the epilogue; all threads of the block call it.
+// What the thread that finishes an output (plain, residual) or a swiglu pair reads from
+// global memory for it, loaded at the start of the kernel.
+struct EpilogueIn {
+  float sx = 1.0f, sw0 = 1.0f, sw1 = 1.0f;  // W8A8: sx[m], sw[n] (sw[n + 1]: the pair's up row)
+  bf16 residual = 0;                         // residual[m, n]
+};
+
+// Thread t finishes output t = (m, r) of the block's M x R, or with swiglu pair t = (m, p),
+// rows (2p, 2p + 1); threads past those, and outputs past N, do nothing.
 template <int M, int kRows>
-__device__ void store_outputs(const float (&o)[M * kRows], const GemvArgs& a, int n0) {
+__device__ __forceinline__ bool finisher(const GemvArgs& a, int n0, int& m, int& n) {
   const int t = threadIdx.x;
   if (a.swiglu) {
     constexpr int kPairs = kRows / 2;
-    if (t >= M * kPairs) return;
-    const int m = t / kPairs, p = t % kPairs, n = n0 + 2 * p;  // N even: n < N means n + 1 < N
-    if (n >= a.N) return;
-    const float g = o[m * kRows + 2 * p], u = o[m * kRows + 2 * p + 1];
+    if (t >= M * kPairs) return false;
+    m = t / kPairs, n = n0 + 2 * (t % kPairs);  // N even: n < N means n + 1 < N
+  } else {
+    if (t >= M * kRows) return false;
+    m = t / kRows, n = n0 + t % kRows;
+  }
+  return n < a.N;
+}
+
+template <class F, int M, int kRows>
+__device__ __forceinline__ EpilogueIn epilogue_inputs(const GemvArgs& a, int n0) {
+  EpilogueIn in;
+  int m = 0, n = 0;
+  if (!finisher<M, kRows>(a, n0, m, n)) return in;
+  if constexpr (F::kScaled) {
+    in.sx = a.sx[m];
+    in.sw0 = a.sw[n];
+    if (a.swiglu) in.sw1 = a.sw[n + 1];
+  }
+  // A plain load: y may alias residual, and this thread is the one that later writes y[m, n].
+  if (a.residual) in.residual = a.residual[static_cast<int64_t>(m) * a.N + n];
+  return in;
+}
+
+// Σ over the warps of value i, in warp order.
+template <class Acc, int kValues>
+__device__ __forceinline__ Acc block_total(const Acc (&sums)[kWarps][kValues], int i) {
+  Acc total = sums[0][i];
+#pragma unroll
+  for (int k = 1; k < kWarps; ++k) total += sums[k][i];
+  return total;
+}
+
+// Scales, rounds and stores the block's outputs with the epilogue (values m * R + r of sums).
+template <class F, int M, int kRows, class Acc, int kValues>
+__device__ __forceinline__ void finish(const Acc (&sums)[kWarps][kValues], const EpilogueIn& in, const GemvArgs& a,
+                                       int n0) {
+  int m = 0, n = 0;
+  if (!finisher<M, kRows>(a, n0, m, n)) return;
+  const int v = m * kRows + (n - n0);
+  if (a.swiglu) {
+    const float g = bf16_value(F::output(block_total(sums, v), in.sx, in.sw0));
+    const float u = bf16_value(F::output(block_total(sums, v + 1), in.sx, in.sw1));
     const float silu = bf16_value(g / (1.0f + expf(-g)));
     a.y[static_cast<int64_t>(m) * (a.N / 2) + n / 2] = f32_to_bf16(silu * u);
     return;
   }
-  if (t >= M * kRows) return;
-  const int m = t / kRows, n = n0 + t % kRows;
-  if (n >= a.N) return;
-  const int64_t i = static_cast<int64_t>(m) * a.N + n;
-  const float v = o[t];
-  // Read before the write of the same element: y may alias residual.
-  a.y[i] = f32_to_bf16(a.residual ? bf16_to_f32(a.residual[i]) + v : v);
+  const float o = bf16_value(F::output(block_total(sums, v), in.sx, in.sw0));
+  a.y[static_cast<int64_t>(m) * a.N + n] = f32_to_bf16(a.residual ? bf16_to_f32(in.residual) + o : o);
 }
 
 // ---- the kernel ------------------------------------------------------------------------------
 
-template <class F, int M>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
-  pdl_wait();
-  using Acc = typename F::Acc;
-  constexpr int kRows = rows_per_block(M), kUnroll = kLoadsInFlight / kRows;
-  static_assert(kRows % 2 == 0 && kUnroll >= 1, "swiglu pairs (2i, 2i+1) must fall in one block");
-  // Values to sum over the warp, in groups of at most 32 (one per lane after the sum).
-  constexpr int kValues = pow2_at_least(M * kRows);
-  constexpr int kGroups = kValues > 32 ? kValues / 32 : 1, kPerGroup = kValues / kGroups;
-  __shared__ Acc warp_sums[kWarps][kValues];
-  __shared__ float outputs[M * kRows];
+// 16-byte shared-memory slots per thread and stage: kStepLoads weight chunks (u, r), then
+// the M x kUnroll activation chunks (u, m) they meet.
+template <int M, int kRows>
+__host__ __device__ constexpr int stage_slots() {
+  return kStepLoads + M * (kStepLoads / kRows);
+}
+template <int M, int kRows>
+__host__ __device__ constexpr int smem_bytes() {
+  return kStages * stage_slots<M, kRows>() * kThreads * static_cast<int>(sizeof(uint4));
+}
 
-  const int n0 = blockIdx.x * kRows, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int chunks = a.row_bytes / 16;
-  const uint4* w_rows[kRows];
+// The register path's rows per block (see the top of the file).
+constexpr int register_rows(int M) { return M <= 2 ? 4 : 8; }
+
+// Adds one chunk's products into acc: activation chunks xv[m] with weight chunks wv[r].
+template <class F, int M, int kRows>
+__device__ __forceinline__ void mac_chunk(typename F::Acc (&acc)[M][kRows], const uint4 (&xv)[M],
+                                          const uint4 (&wv)[kRows]) {
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    const int n = min(n0 + r, a.N - 1);  // rows past N re-read row N - 1 and are not stored
-    w_rows[r] = reinterpret_cast<const uint4*>(static_cast<const char*>(a.w) + static_cast<int64_t>(n) * a.row_bytes);
+  for (int j = 0; j < 4; ++j) {
+    typename F::XWord xw[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) xw[m] = F::x_word(word(xv[m], j));
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const typename F::WWord ww = F::w_word(word(wv[r], j));
+#pragma unroll
+      for (int m = 0; m < M; ++m) F::mac(acc[m][r], ww, xw[m]);
+    }
   }
-  const uint4* x_rows = static_cast<const uint4*>(a.x);  // row m starts at chunk m * chunks
+}
 
-  Acc acc[M][kRows];
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) acc[m][r] = Acc(0);
-
-  for (int c0 = threadIdx.x; c0 < chunks; c0 += kThreads * kUnroll) {
+// The register path's main loop (BF16; top of the file).
+template <class F, int M, int kRows>
+__device__ __forceinline__ void sum_registers(typename F::Acc (&acc)[M][kRows], const uint4* const (&w_rows)[kRows],
+                                              const uint4* x_rows, int chunks) {
+  constexpr int kUnroll = kStepLoads / kRows, kStepChunks = kThreads * kUnroll;
+  for (int c0 = threadIdx.x; c0 < chunks; c0 += kStepChunks) {
     uint4 wv[kUnroll][kRows];  // all of this step's weight loads are issued before any use
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
@@ -211,19 +318,92 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
       uint4 xv[M];
 #pragma unroll
       for (int m = 0; m < M; ++m) xv[m] = __ldg(x_rows + static_cast<int64_t>(m) * chunks + c);
+      mac_chunk<F>(acc, xv, wv[u]);
+    }
+  }
+}
+
+template <class F, int M, int kRows>
+__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
+  pdl_wait();
+  using Acc = typename F::Acc;
+  static_assert(kRows % 2 == 0 && kStepLoads % kRows == 0, "swiglu pairs (2i, 2i+1) must fall in one block");
+  // Values to sum over the warp, in groups of at most 32 (one per lane after the sum).
+  constexpr int kValues = pow2_at_least(M * kRows);
+  constexpr int kGroups = kValues > 32 ? kValues / 32 : 1, kPerGroup = kValues / kGroups;
+  __shared__ Acc warp_sums[kWarps][kValues];
+
+  const int t = threadIdx.x, n0 = blockIdx.x * kRows, lane = t % 32, warp = t / 32;
+  EpilogueIn in;  // loaded here on the ring path, after the sum on the register path (top of the file)
+  if constexpr (F::kRing) in = epilogue_inputs<F, M, kRows>(a, n0);
+  const int chunks = a.row_bytes / 16;
+  const uint4* w_rows[kRows];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        typename F::XWord xw[M];
+  for (int r = 0; r < kRows; ++r) {
+    const int n = min(n0 + r, a.N - 1);  // rows past N re-read row N - 1 and are not stored
+    w_rows[r] = reinterpret_cast<const uint4*>(static_cast<const char*>(a.w) + static_cast<int64_t>(n) * a.row_bytes);
+  }
+  const uint4* x_rows = static_cast<const uint4*>(a.x);  // row m starts at chunk m * chunks
+
+  Acc acc[M][kRows];
 #pragma unroll
-        for (int m = 0; m < M; ++m) xw[m] = F::x_word(word(xv[m], j));
+  for (int m = 0; m < M; ++m)
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          const typename F::WWord ww = F::w_word(word(wv[u][r], j));
+    for (int r = 0; r < kRows; ++r) acc[m][r] = Acc(0);
+
+  // On either path step s of this thread covers chunks t + s * kStepChunks + u * kThreads
+  // (u < kUnroll) of each row, so each thread sums its chunks in the same order.
+  if constexpr (F::kRing) {
+    // The ring path, in the kernel body: moved into a helper function, its PTX differed only
+    // in register numbering, yet ptxas allocated it differently (Fp8 M = 8: 184 registers, not 178).
+    constexpr int kUnroll = kStepLoads / kRows, kSlots = stage_slots<M, kRows>();
+    constexpr int kStepChunks = kThreads * kUnroll;
+    // [kStages][kSlots][kThreads]: thread t's slot i of stage g is ring[(g * kSlots + i) * kThreads + t]
+    // (a warp's 32 slots are 512 contiguous bytes: no bank conflicts).
+    extern __shared__ uint4 ring[];
+    const int steps = t < chunks ? (chunks - 1 - t) / kStepChunks + 1 : 0;
+    const auto issue = [&](int step) {  // copies of `step` into stage step % kStages
+      uint4* slot = ring + (step % kStages) * kSlots * kThreads + t;
 #pragma unroll
-          for (int m = 0; m < M; ++m) F::mac(acc[m][r], ww, xw[m]);
-        }
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c = t + step * kStepChunks + u * kThreads;
+        if (c >= chunks) break;
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) copy_streaming(slot + (u * kRows + r) * kThreads, w_rows[r] + c);
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+          copy_cached(slot + (kStepLoads + u * M + m) * kThreads, x_rows + static_cast<int64_t>(m) * chunks + c);
+      }
+    };
+
+    // One commit group per step (empty past the end), so wait<kStages - 1> always means
+    // "this step's copies have landed" while the next kStages - 1 steps stay in flight.
+#pragma unroll
+    for (int p = 0; p < kStages - 1; ++p) {
+      if (p < steps) issue(p);
+      copy_commit();
+    }
+    for (int step = 0; step < steps; ++step) {
+      // Refills the stage that step - 1 read: its values were consumed by the multiply-adds
+      // before this point in program order.
+      if (step + kStages - 1 < steps) issue(step + kStages - 1);
+      copy_commit();
+      copy_wait<kStages - 1>();
+      const uint4* slot = ring + (step % kStages) * kSlots * kThreads + t;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c = t + step * kStepChunks + u * kThreads;
+        if (c >= chunks) break;
+        uint4 xv[M], wv[kRows];
+#pragma unroll
+        for (int m = 0; m < M; ++m) xv[m] = slot[(kStepLoads + u * M + m) * kThreads];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) wv[r] = slot[(u * kRows + r) * kThreads];
+        mac_chunk<F>(acc, xv, wv);
       }
     }
+  } else {
+    sum_registers<F>(acc, w_rows, x_rows, chunks);
   }
 
   Acc v[kGroups][kPerGroup];
@@ -234,26 +414,86 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
     warp_sum_spread<kPerGroup / 2>(v[g], lane, 16);
     if (lane % (32 / kPerGroup) == 0) warp_sums[warp][g * kPerGroup + lane / (32 / kPerGroup)] = v[g][0];
   }
+  if constexpr (!F::kRing) in = epilogue_inputs<F, M, kRows>(a, n0);
   __syncthreads();
-  if (threadIdx.x < M * kRows) {
-    Acc total = warp_sums[0][threadIdx.x];
-#pragma unroll
-    for (int k = 1; k < kWarps; ++k) total += warp_sums[k][threadIdx.x];
-    const int m = threadIdx.x / kRows, n = min(n0 + static_cast<int>(threadIdx.x) % kRows, a.N - 1);
-    outputs[threadIdx.x] = bf16_value(F::output(total, a, m, n));
+  finish<F, M, kRows>(warp_sums, in, a, n0);
+}
+
+// Ring path: set up once per format and M, at the first call, for the device current then
+// (the engine's single device; its eager first step makes that call outside graph capture):
+// the dynamic shared memory attribute (past the default 48 KiB from M = 5 on), the largest
+// shared-memory carveout (so the occupancy below is what launches get: the kernel needs no L1
+// beyond the activations), and the blocks resident at once on the whole device.
+struct KernelSetup {
+  int smem = 0;      // bytes of dynamic shared memory per block
+  int resident = 0;  // blocks resident at once on the device
+};
+
+template <class F, int M, int kRows>
+KernelSetup set_up_kernel() {
+  KernelSetup k;
+  k.smem = smem_bytes<M, kRows>();
+  int dev = 0, sms = 0, optin = 0, per_sm = 0;
+  LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
+  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  LLMQ_CHECK(k.smem <= optin, "decode GEMV (M " << M << ") needs " << k.smem
+                                                << " bytes of shared memory per block, the device has " << optin);
+  const auto kernel = gemv_kernel<F, M, kRows>;
+  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem));
+  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                       cudaSharedmemCarveoutMaxShared));
+  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, k.smem));
+  LLMQ_CHECK(per_sm > 0, "decode GEMV (M " << M << ") cannot be resident");
+  k.resident = sms * per_sm;
+  return k;
+}
+
+struct LaunchSetup {
+  KernelSetup rows4, rows8;  // rows4 only for M <= 2
+};
+
+template <class F, int M>
+const LaunchSetup& launch_setup() {
+  static const LaunchSetup setup = [] {
+    LaunchSetup l;
+    if constexpr (M <= 2) l.rows4 = set_up_kernel<F, M, 4>();
+    l.rows8 = set_up_kernel<F, M, 8>();
+    return l;
+  }();
+  return setup;
+}
+
+// R = 4 rows per block at M <= 2 while ceil(N / 4) blocks fit in one wave, else R = 8 (see
+// the top of the file).
+template <class F, int M>
+void launch_ring(const GemvArgs& a, cudaStream_t s) {
+  const LaunchSetup& l = launch_setup<F, M>();
+  if constexpr (M <= 2) {
+    if ((a.N + 3) / 4 <= l.rows4.resident) {
+      launch_pdl(gemv_kernel<F, M, 4>, dim3((a.N + 3) / 4), dim3(kThreads), l.rows4.smem, s, a);
+      return;
+    }
   }
-  __syncthreads();
-  store_outputs<M, kRows>(outputs, a, n0);
+  launch_pdl(gemv_kernel<F, M, 8>, dim3((a.N + 7) / 8), dim3(kThreads), l.rows8.smem, s, a);
+}
+
+// The register path needs no setup: no dynamic shared memory, R = register_rows(M).
+template <class F, int M>
+void launch(const GemvArgs& a, cudaStream_t s) {
+  if constexpr (F::kRing) {
+    launch_ring<F, M>(a, s);
+  } else {
+    constexpr int kRows = register_rows(M);
+    launch_pdl(gemv_kernel<F, M, kRows>, dim3((a.N + kRows - 1) / kRows), dim3(kThreads), 0, s, a);
+  }
 }
 
 template <class F>
-using KernelPtr = void (*)(GemvArgs);
-
-template <class F>
 void run(const GemvArgs& a, int M, cudaStream_t s, const char* name) {
-  static const KernelPtr<F> kernels[kGemvMaxM] = {gemv_kernel<F, 1>, gemv_kernel<F, 2>, gemv_kernel<F, 3>,
-                                                  gemv_kernel<F, 4>, gemv_kernel<F, 5>, gemv_kernel<F, 6>,
-                                                  gemv_kernel<F, 7>, gemv_kernel<F, 8>};
+  using Launch = void (*)(const GemvArgs&, cudaStream_t);
+  static const Launch launches[kGemvMaxM] = {launch<F, 1>, launch<F, 2>, launch<F, 3>, launch<F, 4>,
+                                             launch<F, 5>, launch<F, 6>, launch<F, 7>, launch<F, 8>};
   // Messages name the entry point (LLMQ_CHECK's message must start with a literal).
   LLMQ_CHECK(M >= 1 && M <= kGemvMaxM, "" << name << ": M " << M << " outside 1.." << kGemvMaxM);
   LLMQ_CHECK(a.N >= 1, "" << name << ": N " << a.N);
@@ -263,8 +503,7 @@ void run(const GemvArgs& a, int M, cudaStream_t s, const char* name) {
              "" << name << ": x and w must be 16-byte aligned");
   LLMQ_CHECK(!(a.swiglu && a.residual), "" << name << ": the swiglu and residual epilogues are exclusive");
   LLMQ_CHECK(!a.swiglu || a.N % 2 == 0, "" << name << ": swiglu needs interleaved row pairs, N " << a.N << " is odd");
-  const int rows = rows_per_block(M);
-  launch_pdl(kernels[M - 1], dim3((a.N + rows - 1) / rows), dim3(kThreads), 0, s, a);
+  launches[M - 1](a, s);  // after the checks: they run without a GPU
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 

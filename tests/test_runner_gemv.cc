@@ -1,9 +1,10 @@
 // The decode GEMVs (runner/gemv.h) against their CPU references (runner/gemv_ref.h) on
 // awkward shapes: M = 1, 2, 3, 7, 8 token rows; N = 1, 17, 118, 4098, 16386 (not multiples of
 // the kernel's 4 or 8 rows per block; at M <= 2 the small N take the 4-row blocks, 16386 on
-// any GPU and 4098 on an H200 the 8-row ones); K from one 16-byte chunk to Llama's 14336,
-// with W8A8 rows padded to 16 codes, so threads run 0, 1 or many steps of the shared-memory
-// pipeline. Every epilogue (residual in place and not, swiglu) is checked; INT8 bit for bit,
+// any GPU and 4098 on an H200 the 8-row ones, except BF16, always 4-row there); K from one
+// 16-byte chunk to Llama's 14336, with W8A8 rows padded to 16 codes, so threads run 0, 1 or
+// many steps of the main loop (FP8 and INT8: the shared-memory pipeline; BF16: loads into
+// registers). Every epilogue (residual in place and not, swiglu) is checked; INT8 bit for bit,
 // BF16 and FP8 within the derived f32-summation bound. The GPU cases skip without a GPU; the
 // FP8 conversion trick, the references and the argument checks run everywhere.
 #include <gtest/gtest.h>
@@ -31,9 +32,11 @@ using testing::random_bf16;
 
 constexpr int kMs[] = {1, 2, 3, 7, 8};
 constexpr int kSmallNs[] = {1, 17, 118};
-// 1025 four-row blocks, more than an H200 holds at once at M <= 2 (4-5 per SM): 8-row blocks.
+// 1025 four-row blocks, more than an H200 holds at once at M <= 2 (4-5 per SM): 8-row blocks
+// for FP8 and INT8.
 constexpr int kLargeN = 4096 + 2;
-// 4097 four-row blocks, more than any GPU under 256 SMs holds (at most 16 per SM): 8-row blocks.
+// 4097 four-row blocks, more than any GPU under 256 SMs holds (at most 16 per SM): 8-row
+// blocks for FP8 and INT8.
 constexpr int kLargerN = 16384 + 2;
 constexpr uint32_t kSeed = 20261201;
 
