@@ -203,38 +203,37 @@ __global__ void embed_kernel(const bf16* table, const int32_t* ids, bf16* out, i
   for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
 }
 
-// Block r takes fused qkv row r; its threads stride over the row's (head, i < hd/2) pairs: q
-// and k heads rotate the pair (i, i + hd/2) in place (k also into the cache), v heads copy
-// the pair to the cache. (A block per (row, head) of hd/2 threads made prefill launch 48
-// blocks of 64 threads per row at 8B: 7% of a batch-64 prefill, several times its bytes' worth.)
+// Block (r, y) takes pairs y * 256 .. y * 256 + 255 of fused qkv row r's (head, i < hd/2)
+// pairs, one per thread: q and k heads rotate the pair (i, i + hd/2) in place (k also into the
+// cache), v heads copy the pair to the cache. (A block per (row, head) of hd/2 threads made
+// prefill launch 48 blocks of 64 threads per row at 8B: 61 ms, 7% of a batch-64 prefill,
+// several times its bytes' worth. A block per row looping over its 3072 pairs halved that but
+// cost decode 0.15 ms per step, one block per token doing the work of 48.)
 __global__ void __launch_bounds__(kRowThreads) rope_cache_kernel(RopeCacheArgs a) {
   pdl_wait();
   const int r = blockIdx.x, half = a.hd / 2, heads = a.n_q + 2 * a.n_kv;
-  bf16* row = a.qkv + static_cast<int64_t>(r) * heads * a.hd;
+  const int j = blockIdx.y * blockDim.x + threadIdx.x;
+  if (j >= heads * half) return;
+  const int h = j / half, i = j % half;
+  bf16* v = a.qkv + static_cast<int64_t>(r) * heads * a.hd + static_cast<int64_t>(h) * a.hd;
   const int kv_dim = a.n_kv * a.hd;
   const int64_t slot = (static_cast<int64_t>(a.seq[r]) * a.capacity + a.pos[r]) * kv_dim;
-  const float* cos_r = a.cos + static_cast<int64_t>(a.pos[r]) * half;
-  const float* sin_r = a.sin + static_cast<int64_t>(a.pos[r]) * half;
-  for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
-    const int h = j / half, i = j % half;
-    bf16* v = row + h * a.hd;
-    if (h >= a.n_q + a.n_kv) {  // v head
-      bf16* dst = a.v_cache + slot + (h - a.n_q - a.n_kv) * a.hd;
-      dst[i] = v[i];
-      dst[i + half] = v[i + half];
-      continue;
-    }
-    const float c = cos_r[i], s = sin_r[i];
-    const float x1 = f(v[i]), x2 = f(v[i + half]);
-    const bf16 y1 = b(round_bf16(x1 * c) + round_bf16(-x2 * s));
-    const bf16 y2 = b(round_bf16(x2 * c) + round_bf16(x1 * s));
-    v[i] = y1;
-    v[i + half] = y2;
-    if (h >= a.n_q) {  // k head
-      bf16* dst = a.k_cache + slot + (h - a.n_q) * a.hd;
-      dst[i] = y1;
-      dst[i + half] = y2;
-    }
+  if (h >= a.n_q + a.n_kv) {  // v head
+    bf16* dst = a.v_cache + slot + (h - a.n_q - a.n_kv) * a.hd;
+    dst[i] = v[i];
+    dst[i + half] = v[i + half];
+    return;
+  }
+  const float c = a.cos[static_cast<int64_t>(a.pos[r]) * half + i], s = a.sin[static_cast<int64_t>(a.pos[r]) * half + i];
+  const float x1 = f(v[i]), x2 = f(v[i + half]);
+  const bf16 y1 = b(round_bf16(x1 * c) + round_bf16(-x2 * s));
+  const bf16 y2 = b(round_bf16(x2 * c) + round_bf16(x1 * s));
+  v[i] = y1;
+  v[i + half] = y2;
+  if (h >= a.n_q) {  // k head
+    bf16* dst = a.k_cache + slot + (h - a.n_q) * a.hd;
+    dst[i] = y1;
+    dst[i + half] = y2;
   }
 }
 
@@ -371,7 +370,8 @@ void embed(const bf16* table, const int32_t* ids, bf16* out, int rows, int n, cu
 void rope_and_cache(const RopeCacheArgs& a, cudaStream_t s) {
   if (a.rows == 0) return;
   LLMQ_CHECK(a.hd % 2 == 0, "head_dim " << a.hd);
-  launch_pdl(rope_cache_kernel, dim3(a.rows), dim3(kRowThreads), 0, s, a);
+  const int pairs = (a.n_q + 2 * a.n_kv) * (a.hd / 2);
+  launch_pdl(rope_cache_kernel, dim3(a.rows, (pairs + kRowThreads - 1) / kRowThreads), dim3(kRowThreads), 0, s, a);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
