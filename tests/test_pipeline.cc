@@ -293,6 +293,15 @@ TEST_F(TinyStoriesPipeline, ReportAndRefusals) {
   EXPECT_GT(t["peak_host_rss_bytes"].get<uint64_t>(), 0u);
   EXPECT_GT(t["peak_host_anon_bytes"].get<uint64_t>(), 0u);
   EXPECT_LE(t["peak_host_anon_bytes"].get<uint64_t>(), t["peak_host_rss_bytes"].get<uint64_t>());
+  // Stage times of the overlapped layer loop, and the layer records (written by its write
+  // worker) in layer order.
+  for (const char* stage : {"load_s", "write_s", "deferred_s", "io_wait_s"}) {
+    ASSERT_TRUE(t["stages"].contains(stage)) << stage;
+    EXPECT_GE(t["stages"][stage].get<double>(), 0.0) << stage;
+  }
+  EXPECT_GT(t["stages"]["load_s"].get<double>(), 0.0);
+  EXPECT_GT(t["stages"]["write_s"].get<double>(), 0.0);
+  for (size_t l = 0; l < report["layers"].size(); ++l) EXPECT_EQ(report["layers"][l]["layer"], l);
   for (const auto& e : fs::directory_iterator(out))
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
 
