@@ -4,12 +4,14 @@
 # format on a synthetic Llama-3.1-8B beside the PyTorch peer. Logs go to $OUT (default out/gpu).
 # Test data: LLMQ_TEST_DATA (default .testdata, a copy of ../shared/data's models and goldens).
 # KERNEL_BENCH=0 skips the kernel benchmarks after the tests. Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step and of one prefill per batch size), PEER=path.
+# STAGE=ab: the benchmark of each of FORMATS (default bs 1, BATCHES) with each of VARIANTS, bench
+# binaries packed by `ALT=... scripts/pack_carry.sh` (main: this build's own).
 # STAGE=quantize: `llmq quantize --device gpu` of the synthetic 8B with each of METHODS (default
-# "fp8 int8-sq gptq"; calibration SAMPLES x SEQ_LEN of calib_mixed.txt, default 128 x 2048),
+# "fp8 int8-sq gptq"; calibration SAMPLES x SEQ_LEN tokens, default 128 x 2048, of the text below),
 # printing wall time, max RSS and the report's stage timings and memory peaks; CALIBRATE=1 first
-# times `llmq calibrate --device gpu` on the same samples. CALIB_TEXT replaces calib_mixed.txt:
-# under the synthetic checkpoint's byte-level tokenizer it holds only 98 windows of 2048 tokens,
-# so 128 full windows need a longer text (e.g. calib_mixed.txt followed by wikitext2_test.txt).
+# times `llmq calibrate --device gpu` on the same samples. The text is calib_mixed.txt followed
+# by wikitext2_test.txt (when LLMQ_TEST_DATA has it): under the synthetic checkpoint's byte-level
+# tokenizer calib_mixed.txt alone holds only 98 windows of 2048 tokens. CALIB_TEXT replaces it.
 set -uo pipefail
 BIN=${BIN:-build}
 OUT=${OUT:-out/gpu}
@@ -44,9 +46,25 @@ if [ "$STAGE" = bench ]; then
   [ -n "${PEER:-}" ] && timeout 400 python3 "$PEER" --batches ${BATCHES:-1,16,64} 2>&1 | tee "$OUT/peer.txt"
 fi
 
+if [ "$STAGE" = ab ]; then  # A/B of bench binaries in one run: VARIANTS (main = $BIN/bin, NAME = $BIN/alt/NAME)
+  M=${SYNTH_DIR:-/tmp/synth-8b}
+  [ -f "$M/config.json" ] || timeout 300 "$BIN/bin/llmq_runner_bench" --synth llama-3.1-8b "$M" > "$OUT/synth.log" 2>&1
+  for f in ${FORMATS:-bf16 fp8 int8 w4a16}; do
+    rtn=(); [ "$f" = bf16 ] || rtn=(--rtn "$f")
+    for v in ${VARIANTS:-main}; do
+      bin=$BIN/bin/llmq_runner_bench; [ "$v" = main ] || bin=$BIN/alt/$v
+      timeout 150 "$bin" --model "$M" "${rtn[@]}" --batches ${BATCHES:-1} ${PROFILE:+--profile 1} > "$OUT/ab-$f-$v.txt" 2>&1
+      echo "== $f $v: exit $?"; grep -A4 ' batch ' "$OUT/ab-$f-$v.txt" | tail -n +2
+    done
+  done
+fi
+
 if [ "$STAGE" = quantize ]; then
   M=${SYNTH_DIR:-/tmp/synth-8b}
-  CALIB_TEXT=${CALIB_TEXT:-$LLMQ_TEST_DATA/text/calib_mixed.txt}
+  if [ -z "${CALIB_TEXT:-}" ]; then  # 128 full windows: calib_mixed.txt, then WikiText-2 test when there
+    CALIB_TEXT=/tmp/calib_long.txt
+    cat "$LLMQ_TEST_DATA/text/calib_mixed.txt" $(ls "$LLMQ_TEST_DATA/text/wikitext2_test.txt" 2>/dev/null) > "$CALIB_TEXT"
+  fi
   [ -f "$M/config.json" ] || timeout 300 "$BIN/bin/llmq_runner_bench" --synth llama-3.1-8b "$M" > "$OUT/synth.log" 2>&1
   if [ "${CALIBRATE:-0}" = 1 ]; then  # llmq calibrate --device gpu, Hessians included
     /usr/bin/time -f "calibrate: wall %e s, max RSS %M KB" timeout 580 "$BIN/bin/llmq" calibrate --model "$M" \
@@ -62,6 +80,8 @@ if [ "$STAGE" = quantize ]; then
     tail -2 "$OUT/quantize-$m.log"
     python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['timings']; t.pop('layers_s', None); print(sys.argv[2], json.dumps(t))" \
       "/tmp/q8b-$m/llmq_report.json" "$m" 2>&1 | tee -a "$OUT/quantize.txt"
+    grep -h "windows available" "$OUT/quantize-$m.log"  # fewer windows than SAMPLES
+    [ "$m" = awq ] && python3 scripts/awq_notes.py "/tmp/q8b-$m/llmq_report.json" | tail -1
     rm -rf "/tmp/q8b-$m"  # 64 GB of scratch: keep one output at a time
   done
 fi

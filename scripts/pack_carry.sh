@@ -14,4 +14,12 @@ for t in test_runner_kernels test_runner_gemv test_runner_attention test_runner_
 done
 strip build-carry/bin/* build-carry/tests/*
 tar -czf build-carry/carry.tar.gz -C build-carry bin tests && rm -rf build-carry/bin build-carry/tests
+# ALT="name=path ...": other builds' binaries (an experiment branch's llmq_runner_bench) for
+# STAGE=ab, as build-carry/alt/NAME once `tar -xzf build-carry/alt.tar.gz -C build-carry` ran.
+if [ -n "${ALT:-}" ]; then
+  mkdir -p build-carry/alt
+  for a in $ALT; do cp "${a#*=}" "build-carry/alt/${a%%=*}"; done
+  strip build-carry/alt/*
+  tar -czf build-carry/alt.tar.gz -C build-carry alt && rm -rf build-carry/alt
+fi
 du -sh build-carry
