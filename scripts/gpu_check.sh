@@ -2,7 +2,7 @@
 # On a GPU machine, with binaries built for its arch (BIN, default build): the GPU tests that
 # are built (TESTS), the kernel benchmarks, and (STAGE=bench) the end-to-end benchmark of every
 # format on a synthetic Llama-3.1-8B beside the PyTorch peer. Logs go to $OUT (default out/gpu).
-# Test data: LLMQ_TEST_DATA (default .testdata, a copy of ../shared/data's models and goldens).
+# Test data: LLMQ_TEST_DATA (default .testdata, made by scripts/make_testdata.sh from ../shared/data).
 # KERNEL_BENCH=0 skips the kernel benchmarks after the tests. Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step and of one prefill per batch size), PEER=path.
 # STAGE=ab: the benchmark of each of FORMATS (default bs 1, BATCHES) with each of VARIANTS, bench
 # binaries packed by `ALT=... scripts/pack_carry.sh` (main: this build's own).

@@ -2,8 +2,8 @@
 # Copies the GPU-relevant binaries of a CUDA build (default build-cuda, built for the device's arch)
 # into build-carry/{bin,tests}, stripped, for a GPU machine that cannot build (no PCRE2 headers).
 # The device takes 64 MiB of carried files, so they travel as build-carry/carry.tar.gz: carry
-# ["build-carry", ".testdata"], run `tar -xzf build-carry/carry.tar.gz -C build-carry` there, then
-# BIN=build-carry scripts/gpu_check.sh.
+# ["build-carry", ".testdata"], then run scripts/device_run.sh there (it unpacks and calls
+# scripts/gpu_check.sh with BIN=build-carry).
 set -euo pipefail
 SRC=${1:-build-cuda}
 rm -rf build-carry && mkdir -p build-carry/bin build-carry/tests

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the checkout's root: unpacks what scripts/pack_carry.sh packed
+# (carry ["build-carry", ".testdata"]), links the paths the tests were built with (their
+# LLMQ_SOURCE_DIR / LLMQ_BINARY_DIR: SRC, default /work/main, and SRC/build-cuda), then runs
+# scripts/gpu_check.sh for each of STAGES (default "tests") with logs in $OUT/STAGE. Other
+# gpu_check.sh knobs (FORMATS, VARIANTS, METHODS, ...) pass through the environment.
+set -u
+tar -xzf build-carry/carry.tar.gz -C build-carry
+[ -f build-carry/alt.tar.gz ] && tar -xzf build-carry/alt.tar.gz -C build-carry
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+SRC=${SRC:-/work/main}
+if [ "$(pwd -P)" != "$SRC" ]; then
+  mkdir -p "$SRC"
+  ln -sfn "$PWD/build-carry" "$SRC/build-cuda"
+  ln -sfn "$PWD/.testdata" "$SRC/.testdata"
+fi
+for stage in ${STAGES:-tests}; do
+  echo "=== $stage"
+  STAGE=$stage BIN=build-carry OUT=${OUT:-out/gpu}/$stage scripts/gpu_check.sh
+done
