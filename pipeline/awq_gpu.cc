@@ -2,7 +2,6 @@
 #include "pipeline/awq_gpu.h"
 
 #include <algorithm>
-#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,7 +19,6 @@
 
 namespace llmq {
 namespace {
-
 
 // Copies one linear input of every chunk, in row order, into a [Σ T_s, cols] buffer; the
 // forward stops there.

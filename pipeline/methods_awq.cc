@@ -9,7 +9,6 @@
 //   3. fold the scales (previous op / s, linears * s, recorded inputs / s);
 //   4. clip search on the scaled weights and inputs (not q, k), clamp;
 //   5. asymmetric INT4 with AutoAWQ's grid.
-#include <chrono>
 #include <cmath>
 
 #include "core/stopwatch.h"
@@ -191,7 +190,7 @@ Expected<LayerResult> quantize_layer_awq(LayerWeights& w, LayerContext& ctx) {
   for (int si = 0; si < kNumLinearSlots; ++si) {
     const LinearSlot slot = static_cast<LinearSlot>(si);
     if (!ctx.plan.quantizes(w.index, slot)) continue;
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = Clock::now();
     std::optional<Tensor> max_val;
     if (awq_clips(slot, m)) {
       const Tensor x = concat_rows(inputs[static_cast<size_t>(input_of(slot))]);

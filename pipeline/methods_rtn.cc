@@ -1,5 +1,4 @@
 // fp8, rtn-int4, rtn-int8: each linear on its own, from the weight alone.
-#include <chrono>
 
 #include "core/stopwatch.h"
 #include "pipeline/layer.h"
@@ -18,7 +17,7 @@ Expected<LayerResult> quantize_layer_rtn(LayerWeights& w, LayerContext& ctx) {
   for (int s = 0; s < kNumLinearSlots; ++s) {
     const LinearSlot slot = static_cast<LinearSlot>(s);
     if (!ctx.plan.quantizes(w.index, slot)) continue;
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = Clock::now();
     const Tensor& weight = w.weight(slot);
     QuantizedLinear q;
     switch (m.method) {

@@ -1,7 +1,6 @@
 // int8-sq: SmoothQuant factors from the float model's activation statistics, folded into
 // input_layernorm (q, k, v) and post_attention_layernorm (gate, up), then INT8 per-channel
 // weights (RTN; activations are quantized per token at run time).
-#include <chrono>
 
 #include "core/stopwatch.h"
 #include "pipeline/activations.h"
@@ -78,7 +77,7 @@ Expected<LayerResult> quantize_layer_smoothquant_with_stats(LayerWeights& w, Lay
   for (int s = 0; s < kNumLinearSlots; ++s) {
     const LinearSlot slot = static_cast<LinearSlot>(s);
     if (!ctx.plan.quantizes(w.index, slot)) continue;
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = Clock::now();
     QuantizedLinear q = quantize_rtn_int8(w.weight(slot).view(), Int8Config{m.scale_dtype});
     QuantReport& report = result.reports[static_cast<size_t>(s)];
     measure_error(w.weight(slot), q, nullptr, report);

@@ -3,7 +3,6 @@
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <future>
@@ -19,7 +18,6 @@
 
 namespace llmq {
 namespace {
-
 
 // Peak resident set of this process so far (Linux reports ru_maxrss in KiB).
 uint64_t peak_rss_bytes() {

@@ -4,7 +4,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <chrono>
 
 #include "calibration/stats.h"
 #include "core/stopwatch.h"

@@ -1,7 +1,7 @@
 // run_bench (runner/bench.h) and the HBM read-bandwidth probe.
 #include <algorithm>
-#include <chrono>
 
+#include "core/stopwatch.h"
 #include "runner/bench.h"
 #include "runner/cuda_check.h"
 #include "runner/device.h"
@@ -23,8 +23,7 @@ __global__ void read_kernel(const uint4* __restrict__ p, size_t n, uint32_t* sin
   if (acc == 0x9E3779B9u) *sink = acc;
 }
 
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+double ms_since(Clock::time_point t) { return 1e3 * seconds_since(t); }
 
 size_t used_bytes() {
   size_t free_b = 0, total_b = 0;

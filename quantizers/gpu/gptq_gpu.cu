@@ -24,7 +24,6 @@
 #include <cusolverDn.h>
 
 #include <algorithm>
-#include <chrono>
 #include <climits>
 #include <cmath>
 #include <limits>
