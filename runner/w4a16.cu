@@ -9,8 +9,8 @@
 #include "runner/gemv.h"
 #include "runner/kernels.h"
 #include "runner/mma.cuh"
-#include "runner/w4a16.h"
 #include "runner/pdl.cuh"
+#include "runner/w4a16.h"
 
 namespace llmq::gpu {
 namespace {
