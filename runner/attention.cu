@@ -192,16 +192,17 @@ void launch(const AttentionArgs& a, cudaStream_t s) {
 // the chunk size, which the host picks from the grid (rows, n_kv, capacity), never from timing.
 //
 // Both kernels stream K or V with 4 loads of 16 bytes in flight per thread before any
-// arithmetic (the old loop had one), which is what decode needs to approach HBM bandwidth.
+// arithmetic (the old loop had one), and the next step's 4 in flight while a step computes:
+// what decode needs to approach HBM bandwidth. Both buffers need registers: at most 2 blocks
+// of 256 threads per SM (3 held the registers to 80, and the compiler then issued each step's
+// loads after the previous step's arithmetic: 69.6 against 64.9 us per call at 64 x 640).
 constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kChunkMin = 64;     // the workspace has room for capacity / kChunkMin chunks
 constexpr int kChunkMax = 1024;
-// Default chunk: the smallest giving at most this many blocks per SM. Measured on an H200
-// (Llama-3.1-8B heads, llmq_attention_bench --mode decode): 4 picks the fastest or near-fastest
-// chunk at batch 1, 16, 64 x 640 and 8 x 2048 (16 chose 64-position chunks at batch 16: 34 us
-// per call against 24 us with 256).
-constexpr int kBlocksPerSm = 4;
+// Blocks of the split kernels one SM holds (their registers are bounded for it). The default
+// chunk fills one wave of them (see split_chunk).
+constexpr int kSplitBlocksPerSm = 2;
 constexpr int kMaxRowGroups = 8;  // calls of up to 8 * workspace_rows rows take the split path in groups
 
 constexpr int cmin(int x, int y) { return x < y ? x : y; }
@@ -237,6 +238,23 @@ __device__ __forceinline__ void load_step(uint4 (&raw)[Lay::kRows][Lay::kPieces]
       raw[u][k] = jj < n ? __ldg(reinterpret_cast<const uint4*>(rows + static_cast<int64_t>(jj) * kv_dim +
                                                                 (c + k * Lay::kLanes) * 8))
                          : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// Calls step(raw, j0) for the steps j0 = 0, kStep, .. < n of `rows` in order, the next step's
+// loads in flight while one computes: two register buffers, swapped by running two steps per
+// iteration (an indexed buffer would live in local memory). `first` holds step 0's loads,
+// already issued. Loads past n are not issued, so the step after the last costs nothing.
+template <class Lay, class Step>
+__device__ __forceinline__ void stream_steps(uint4 (&first)[Lay::kRows][Lay::kPieces], const bf16* rows, int kv_dim,
+                                             int n, int c, int slot, Step step) {
+  uint4 second[Lay::kRows][Lay::kPieces];
+  for (int j0 = 0; j0 < n; j0 += 2 * Lay::kStep) {
+    load_step<Lay>(second, rows, kv_dim, j0 + Lay::kStep, n, c, slot);
+    step(first, j0);
+    if (j0 + Lay::kStep >= n) break;
+    load_step<Lay>(first, rows, kv_dim, j0 + 2 * Lay::kStep, n, c, slot);
+    step(second, j0 + Lay::kStep);
   }
 }
 
@@ -296,7 +314,7 @@ struct SplitWorkspace {
 // Block (chunk, kv head, row): the chunk's scores for the G heads (via shared memory `tile`
 // [G, chunk], then written out coalesced) and each head's maximum over the chunk.
 template <int G, int HD>
-__global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_scores_kernel(AttentionArgs a, SplitWorkspace w) {
+__global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_scores_kernel(AttentionArgs a, SplitWorkspace w) {
   pdl_wait();
   using Lay = RowLayout<G, HD>;
   extern __shared__ float tile[];
@@ -328,8 +346,8 @@ __global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_scores_kernel(
 #pragma unroll
       for (int i = 0; i < 8; ++i) q[g][k][i] = bf16_to_f32(q_row[g * HD + (c + k * Lay::kLanes) * 8 + i]);
 
-  for (int j0 = 0; j0 < n; j0 += Lay::kStep) {
-    if (j0 > 0) load_step<Lay>(raw, k_rows, kv_dim, j0, n, c, slot);
+  using Raw = uint4[Lay::kRows][Lay::kPieces];
+  stream_steps<Lay>(raw, k_rows, kv_dim, n, c, slot, [&](const Raw& raw, int j0) {
     constexpr int V = Lay::kRows * G;
     float dot[V];  // [row u, head g]: this lane's part of q_g · K[row]
 #pragma unroll
@@ -350,7 +368,7 @@ __global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_scores_kernel(
       const int jj = j0 + (idx / G) * Lay::kSlots + slot;
       if (jj < n) tile[(idx % G) * w.chunk + jj] = sum * scale;
     });
-  }
+  });
   __syncthreads();
 
   const int64_t rh0 = static_cast<int64_t>(r) * a.n_q + kvh * G;
@@ -368,7 +386,7 @@ __global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_scores_kernel(
 // sum of the unrounded exp and its P·V; the last block of (row, kv head) to arrive adds up the
 // chunks. Dynamic shared memory: e, p [G, chunk], then (reused) partial sums [kWarps, G, HD].
 template <int G, int HD>
-__global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_pv_kernel(AttentionArgs a, SplitWorkspace w) {
+__global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(AttentionArgs a, SplitWorkspace w) {
   pdl_wait();
   using Lay = RowLayout<G, HD>;
   extern __shared__ float smem[];
@@ -433,8 +451,8 @@ __global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_pv_kernel(Atte
   float acc[A];  // [head g, piece k, element i]
 #pragma unroll
   for (int i = 0; i < A; ++i) acc[i] = 0.0f;
-  for (int j0 = 0; j0 < n; j0 += Lay::kStep) {
-    if (j0 > 0) load_step<Lay>(raw, v_rows, kv_dim, j0, n, c, slot);
+  using Raw = uint4[Lay::kRows][Lay::kPieces];
+  stream_steps<Lay>(raw, v_rows, kv_dim, n, c, slot, [&](const Raw& raw, int j0) {
 #pragma unroll
     for (int u = 0; u < Lay::kRows; ++u) {
       const int jj = j0 + u * Lay::kSlots + slot;
@@ -451,7 +469,7 @@ __global__ void __launch_bounds__(kThreads, G == 8 ? 2 : 3) split_pv_kernel(Atte
           for (int i = 0; i < 8; ++i) acc[(g * Lay::kPieces + k) * 8 + i] += pg[g] * v8[i];
       }
     }
-  }
+  });
   // The kLanes-apart lanes of a warp hold the same elements: reduce them in registers, then
   // the warps' partials meet in shared memory (e and p are dead) and are added in warp order.
   constexpr int kSameLanes = 32 / Lay::kLanes;
@@ -507,15 +525,21 @@ int sm_count() {
   return sms;
 }
 
-// The smallest chunk (a power-of-two multiple of kChunkMin) whose grid has at most
-// kBlocksPerSm blocks per SM: a few waves of short blocks at large batches, every SM busy at
-// small ones. Chunks past a row's position are empty blocks that return at once.
+// As many chunks per (row, kv head) as one wave of blocks has room for, at least one, each
+// the smallest multiple of kChunkMin that covers the capacity with them (at most kChunkMax):
+// every SM busy at small batches, and no second wave of a few blocks at large ones. Chunks
+// past a row's position are empty blocks that return at once. Measured on an H200 (Llama-3.1-8B
+// heads, llmq_attention_bench --mode decode, capacity 640 or 2048): within 3% of the best forced
+// chunk at batch x length 1 x 512/640, 16 x 640, 64 x 512/640 and 8 x 2048, 5% at 1 x 2048, 10%
+// at 16 x 512 (where 256 fits the lengths better than 320 fits the capacity). Against the old
+// rule (at most 4 blocks per SM, power-of-two chunks) and single-buffered steps: 64 x 640 74.8
+// -> 65.0 us, 16 x 640 23.3 -> 21.1, 8 x 2048 36.2 -> 28.6, batch 1 unchanged.
 int split_chunk(const AttentionArgs& a) {
   if (a.split_chunk > 0) return a.split_chunk;
-  const int64_t target = static_cast<int64_t>(kBlocksPerSm) * sm_count();
-  int c = kChunkMin;
-  while (c < kChunkMax && static_cast<int64_t>(a.rows) * a.n_kv * ((a.capacity + c - 1) / c) > target) c *= 2;
-  return c;
+  const int64_t pairs = static_cast<int64_t>(a.rows) * a.n_kv;
+  const int64_t chunks = std::max<int64_t>(1, static_cast<int64_t>(kSplitBlocksPerSm) * sm_count() / pairs);
+  const int64_t c = (a.capacity + chunks - 1) / chunks;
+  return static_cast<int>(std::clamp<int64_t>((c + kChunkMin - 1) / kChunkMin * kChunkMin, kChunkMin, kChunkMax));
 }
 
 template <int G, int HD>

@@ -179,7 +179,7 @@ void bench_decode(const DecodeCase& c, int iters, double hbm_gbps) {
   };
   run("one-block", nullptr, 0);
   run("split", ws.as<float>(), 0);
-  for (int chunk : {64, 128, 256, 512, 1024}) {
+  for (int chunk : {64, 128, 192, 256, 320, 512, 640, 1024}) {
     if (chunk > 2 * c.capacity) break;
     run(("split/" + std::to_string(chunk)).c_str(), ws.as<float>(), chunk);
   }

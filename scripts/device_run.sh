@@ -9,11 +9,11 @@ tar -xzf build-carry/carry.tar.gz -C build-carry
 [ -f build-carry/alt.tar.gz ] && tar -xzf build-carry/alt.tar.gz -C build-carry
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 SRC=${SRC:-/work/main}
-if [ "$(pwd -P)" != "$SRC" ]; then
-  mkdir -p "$SRC"
-  ln -sfn "$PWD/build-carry" "$SRC/build-cuda"
-  ln -sfn "$PWD/.testdata" "$SRC/.testdata"
-fi
+# The checkout may itself sit at SRC, where build-cuda (ignored, not carried) is absent.
+mkdir -p "$SRC"
+[ -x "$SRC/build-cuda/bin/llmq" ] || ln -sfn "$PWD/build-carry" "$SRC/build-cuda"
+[ -d "$SRC/.testdata" ] || ln -sfn "$PWD/.testdata" "$SRC/.testdata"
+echo "checkout $(pwd -P); tests' binary dir $SRC/build-cuda -> $(readlink -f "$SRC/build-cuda")"
 for stage in ${STAGES:-tests}; do
   echo "=== $stage"
   STAGE=$stage BIN=build-carry OUT=${OUT:-out/gpu}/$stage scripts/gpu_check.sh
