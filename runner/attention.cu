@@ -1,7 +1,8 @@
 // Causal GQA attention over the BF16 KV cache (kernels.h), two ways:
 //  - split (decode; a workspace is given and the call has at most 8 * workspace_rows rows):
-//    flash-decoding over position chunks, two kernels per group of rows (see "split over
-//    position chunks" below); made to stream K and V at HBM bandwidth.
+//    flash-decoding over position chunks, two kernels per group of rows, or one when a chunk
+//    covers the capacity (see "split over position chunks" below); made to stream K and V at
+//    HBM bandwidth.
 //  - one block per (token row, kv head), for calls without a workspace or with more rows:
 //    prefill-shaped calls the tensor-core kernel (attention_prefill.h) does not take (tiny
 //    head dims, short spans).
@@ -188,6 +189,8 @@ void launch(const AttentionArgs& a, cudaStream_t s) {
 //                 chunk's rowsum of the unrounded exp and its P·V -> workspace; the last block
 //                 of a (row, kv head) to finish (atomic counter) sums the chunks in chunk order
 //                 and writes the bf16 output.
+// When one chunk covers the capacity (large batches), whole_row does both in one block per
+// (kv head, row), the scores kept in shared memory.
 // Every sum runs in a fixed order, so a second call gives the same bits; the order depends on
 // the chunk size, which the host picks from the grid (rows, n_kv, capacity), never from timing.
 //
@@ -311,23 +314,12 @@ struct SplitWorkspace {
   int stride;         // max_chunks(capacity)
 };
 
-// Block (chunk, kv head, row): the chunk's scores for the G heads (via shared memory `tile`
-// [G, chunk], then written out coalesced) and each head's maximum over the chunk.
+// The scaled scores of the G heads of kv head kvh against positions j_begin .. j_begin + n - 1
+// of row r (slot row slot_row of the cache): tile[g * ld + j] for j < n.
 template <int G, int HD>
-__global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_scores_kernel(AttentionArgs a, SplitWorkspace w) {
-  pdl_wait();
+__device__ __forceinline__ void chunk_scores(const AttentionArgs& a, int r, int kvh, int64_t slot_row, int j_begin,
+                                             int n, float* tile, int ld) {
   using Lay = RowLayout<G, HD>;
-  extern __shared__ float tile[];
-  const int chunk = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
-  const int L = a.pos[r] + 1, j_begin = chunk * w.chunk;
-  const int seq = a.seq[r];
-  // seq < 0 never holds; testing it makes the compiler load seq[r] alongside pos[r] instead of
-  // after the branch (one L2 round trip less before the first K/V load).
-  if (j_begin >= L || seq < 0) return;
-  const int64_t slot_row = static_cast<int64_t>(seq) * a.capacity;
-  const int n = min(L - j_begin, w.chunk);
-  // The counter split_pv counts on starts from zero here, so the caller never clears it.
-  if (chunk == 0 && threadIdx.x == 0) w.arrived[r * a.n_kv + kvh] = 0;
   const int kv_dim = a.n_kv * HD;
   // head_dim**-0.5 rounded once from double, as the reference's pow(hd, -0.5).
   const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(HD)));
@@ -366,20 +358,130 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_scores_kern
     reduce_scatter<V, Lay::kLanes, 1>(dot, lane);
     owned_sums<V, Lay::kLanes>(dot, c, [&](int idx, float sum) {
       const int jj = j0 + (idx / G) * Lay::kSlots + slot;
-      if (jj < n) tile[(idx % G) * w.chunk + jj] = sum * scale;
+      if (jj < n) tile[(idx % G) * ld + jj] = sum * scale;
     });
   });
+}
+
+// Each head's maximum of tile [G, ld] over positions 0..n-1, to put(g, max) (one warp per head).
+template <int G, class Put>
+__device__ __forceinline__ void head_maxima(const float* tile, int ld, int n, Put put) {
+  const int lane = threadIdx.x % 32;
+  for (int g = threadIdx.x / 32; g < G; g += kWarps) {
+    float m = -FLT_MAX;
+    for (int jj = lane; jj < n; jj += 32) m = fmaxf(m, tile[g * ld + jj]);
+    m = warp_max(m);
+    if (lane == 0) put(g, m);
+  }
+}
+
+constexpr int kBatch = 8;  // loads in flight per thread of the L2-resident scores / partial sums
+
+// The softmax numerators of positions 0..n-1: e[g * ld + j] = exp(score(g, j) - row_max[g])
+// and p the same rounded to bf16 (e may be the scores' own storage: each element is read
+// before it is written, by the same thread); then put(g, l) with l each head's sum of e.
+template <int G, class Score, class Put>
+__device__ __forceinline__ void numerators(int n, int ld, const float* row_max, Score score, float* e, float* p,
+                                           Put put) {
+  for (int i0 = threadIdx.x; i0 < G * n; i0 += kBatch * kThreads) {
+    float sv[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = i0 + u * kThreads;
+      sv[u] = i < G * n ? score(i / n, i % n) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = i0 + u * kThreads, g = i / n, jj = i % n;
+      if (i < G * n) {
+        const float x = expf(sv[u] - row_max[g]);
+        e[g * ld + jj] = x;
+        p[g * ld + jj] = round_bf16(x);
+      }
+    }
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int g = warp; g < G; g += kWarps) {
+    float l = 0.0f;
+    for (int jj = lane; jj < n; jj += 32) l += e[g * ld + jj];
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(kFull, l, o);
+    if (lane == 0) put(g, l);
+  }
+}
+
+// P·V of positions 0..n-1 of v_rows (rows kv_dim apart; `raw` holds step 0's loads, already
+// issued) weighted by p [G, ld]; store(i, o) gets element i = g * HD + d. Uses `partial`
+// [kWarps, G, HD] of shared memory, which may overlap p: a barrier comes first.
+template <int G, int HD, class Store>
+__device__ __forceinline__ void chunk_pv(uint4 (&raw)[RowLayout<G, HD>::kRows][RowLayout<G, HD>::kPieces],
+                                         const bf16* v_rows, int kv_dim, int n, const float* p, int ld,
+                                         float* partial, Store store) {
+  using Lay = RowLayout<G, HD>;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes;
+  constexpr int A = G * Lay::kPieces * 8;
+  float acc[A];  // [head g, piece k, element i]
+#pragma unroll
+  for (int i = 0; i < A; ++i) acc[i] = 0.0f;
+  using Raw = uint4[Lay::kRows][Lay::kPieces];
+  stream_steps<Lay>(raw, v_rows, kv_dim, n, c, slot, [&](const Raw& raw, int j0) {
+#pragma unroll
+    for (int u = 0; u < Lay::kRows; ++u) {
+      const int jj = j0 + u * Lay::kSlots + slot;
+      float pg[G];  // rows past the chunk add 0 * 0 (their V is never loaded: it may be NaN)
+#pragma unroll
+      for (int g = 0; g < G; ++g) pg[g] = jj < n ? p[g * ld + jj] : 0.0f;
+#pragma unroll
+      for (int k = 0; k < Lay::kPieces; ++k) {
+        float v8[8];
+        unpack8(raw[u][k], v8);
+#pragma unroll
+        for (int g = 0; g < G; ++g)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[(g * Lay::kPieces + k) * 8 + i] += pg[g] * v8[i];
+      }
+    }
+  });
+  // The kLanes-apart lanes of a warp hold the same elements: reduce them in registers, then
+  // the warps' partials meet in shared memory and are added in warp order.
+  constexpr int kSameLanes = 32 / Lay::kLanes;
+  reduce_scatter<A, kSameLanes, Lay::kLanes>(acc, lane);
+  __syncthreads();
+  owned_sums<A, kSameLanes>(acc, lane / Lay::kLanes, [&](int idx, float sum) {
+    const int g = idx / (Lay::kPieces * 8), k = (idx / 8) % Lay::kPieces, i = idx % 8;
+    partial[(warp * G + g) * HD + (c + k * Lay::kLanes) * 8 + i] = sum;
+  });
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * HD; i += kThreads) {
+    float o = 0.0f;
+    for (int k = 0; k < kWarps; ++k) o += partial[k * G * HD + i];
+    store(i, o);
+  }
+}
+
+// Block (chunk, kv head, row): the chunk's scores for the G heads (via shared memory `tile`
+// [G, chunk], then written out coalesced) and each head's maximum over the chunk.
+template <int G, int HD>
+__global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_scores_kernel(AttentionArgs a, SplitWorkspace w) {
+  pdl_wait();
+  extern __shared__ float tile[];
+  const int chunk = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
+  const int L = a.pos[r] + 1, j_begin = chunk * w.chunk;
+  const int seq = a.seq[r];
+  // seq < 0 never holds; testing it makes the compiler load seq[r] alongside pos[r] instead of
+  // after the branch (one L2 round trip less before the first K/V load).
+  if (j_begin >= L || seq < 0) return;
+  const int n = min(L - j_begin, w.chunk);
+  // The counter split_pv counts on starts from zero here, so the caller never clears it.
+  if (chunk == 0 && threadIdx.x == 0) w.arrived[r * a.n_kv + kvh] = 0;
+  chunk_scores<G, HD>(a, r, kvh, static_cast<int64_t>(seq) * a.capacity, j_begin, n, tile, w.chunk);
   __syncthreads();
 
   const int64_t rh0 = static_cast<int64_t>(r) * a.n_q + kvh * G;
   float* s_out = w.scores + rh0 * a.capacity + j_begin;
   for (int i = threadIdx.x; i < G * n; i += kThreads) s_out[(i / n) * a.capacity + i % n] = tile[(i / n) * w.chunk + i % n];
-  for (int g = threadIdx.x / 32; g < G; g += kWarps) {
-    float m = -FLT_MAX;
-    for (int jj = lane; jj < n; jj += 32) m = fmaxf(m, tile[g * w.chunk + jj]);
-    m = warp_max(m);
-    if (lane == 0) w.chunk_m[(rh0 + g) * w.stride + chunk] = m;
-  }
+  head_maxima<G>(tile, w.chunk, n, [&](int g, float m) { w.chunk_m[(rh0 + g) * w.stride + chunk] = m; });
 }
 
 // Block (chunk, kv head, row): p = bf16(exp(s - M)) with M the row's global max, the chunk's
@@ -421,71 +523,11 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(A
   float* e = smem;                // [G, chunk] exp(s - M)
   float* p = smem + G * w.chunk;  // [G, chunk] the same rounded to bf16
   const float* s_in = w.scores + rh0 * a.capacity + j_begin;
-  constexpr int kBatch = 8;  // loads in flight per thread of the L2-resident scores / partial sums
-  for (int i0 = threadIdx.x; i0 < G * n; i0 += kBatch * kThreads) {
-    float sv[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int i = i0 + u * kThreads;
-      sv[u] = i < G * n ? s_in[(i / n) * a.capacity + i % n] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int i = i0 + u * kThreads, g = i / n, jj = i % n;
-      if (i < G * n) {
-        const float x = expf(sv[u] - row_max[g]);
-        e[g * w.chunk + jj] = x;
-        p[g * w.chunk + jj] = round_bf16(x);
-      }
-    }
-  }
-  __syncthreads();
-  for (int g = warp; g < G; g += kWarps) {
-    float l = 0.0f;
-    for (int jj = lane; jj < n; jj += 32) l += e[g * w.chunk + jj];
-    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(kFull, l, o);
-    if (lane == 0) w.chunk_l[(rh0 + g) * w.stride + chunk] = l;
-  }
-
-  constexpr int A = G * Lay::kPieces * 8;
-  float acc[A];  // [head g, piece k, element i]
-#pragma unroll
-  for (int i = 0; i < A; ++i) acc[i] = 0.0f;
-  using Raw = uint4[Lay::kRows][Lay::kPieces];
-  stream_steps<Lay>(raw, v_rows, kv_dim, n, c, slot, [&](const Raw& raw, int j0) {
-#pragma unroll
-    for (int u = 0; u < Lay::kRows; ++u) {
-      const int jj = j0 + u * Lay::kSlots + slot;
-      float pg[G];  // rows past the chunk add 0 * 0 (their V is never loaded: it may be NaN)
-#pragma unroll
-      for (int g = 0; g < G; ++g) pg[g] = jj < n ? p[g * w.chunk + jj] : 0.0f;
-#pragma unroll
-      for (int k = 0; k < Lay::kPieces; ++k) {
-        float v8[8];
-        unpack8(raw[u][k], v8);
-#pragma unroll
-        for (int g = 0; g < G; ++g)
-#pragma unroll
-          for (int i = 0; i < 8; ++i) acc[(g * Lay::kPieces + k) * 8 + i] += pg[g] * v8[i];
-      }
-    }
-  });
-  // The kLanes-apart lanes of a warp hold the same elements: reduce them in registers, then
-  // the warps' partials meet in shared memory (e and p are dead) and are added in warp order.
-  constexpr int kSameLanes = 32 / Lay::kLanes;
-  reduce_scatter<A, kSameLanes, Lay::kLanes>(acc, lane);
-  __syncthreads();
-  float* partial = smem;  // [kWarps, G, HD]
-  owned_sums<A, kSameLanes>(acc, lane / Lay::kLanes, [&](int idx, float sum) {
-    const int g = idx / (Lay::kPieces * 8), k = (idx / 8) % Lay::kPieces, i = idx % 8;
-    partial[(warp * G + g) * HD + (c + k * Lay::kLanes) * 8 + i] = sum;
-  });
-  __syncthreads();
-  for (int i = threadIdx.x; i < G * HD; i += kThreads) {
-    float o = 0.0f;
-    for (int k = 0; k < kWarps; ++k) o += partial[k * G * HD + i];
-    w.acc[((rh0 + i / HD) * w.stride + chunk) * HD + i % HD] = o;
-  }
+  numerators<G>(
+      n, w.chunk, row_max, [&](int g, int jj) { return s_in[g * a.capacity + jj]; }, e, p,
+      [&](int g, float l) { w.chunk_l[(rh0 + g) * w.stride + chunk] = l; });
+  chunk_pv<G, HD>(raw, v_rows, kv_dim, n, p, w.chunk, smem,
+                  [&](int i, float o) { w.acc[((rh0 + i / HD) * w.stride + chunk) * HD + i % HD] = o; });
 
   // Last block arrives: publish this chunk's acc / chunk_l, count it, and the block that brings
   // the count to `used` reads everyone's (from L2: __ldcg) and sums them in chunk order.
@@ -515,6 +557,41 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(A
     out[i] = f32_to_bf16(sum_chunks(w.acc + ((rh0 + i / HD) * w.stride) * HD + i % HD, HD) * inv_sum[i / HD]);
 }
 
+// Block (kv head, row) when one chunk covers the whole capacity: the two kernels above in one,
+// with no workspace. Its maximum, sum and P·V are the one chunk's, which the split pair would
+// sum from zero (0 + x = x): the same arithmetic as the split pair.
+// Dynamic shared memory: scores, then e in their place, and p [G, chunk]; then partial sums.
+template <int G, int HD>
+__global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(AttentionArgs a, int ld) {
+  pdl_wait();
+  using Lay = RowLayout<G, HD>;
+  extern __shared__ float smem[];
+  __shared__ float row_max[G];
+  __shared__ float inv_sum[G];
+  const int kvh = blockIdx.y, r = blockIdx.z;
+  const int n = a.pos[r] + 1;
+  const int seq = a.seq[r];
+  if (seq < 0) return;  // never; loads seq[r] beside pos[r] (see split_scores_kernel)
+  const int64_t slot_row = static_cast<int64_t>(seq) * a.capacity;
+  float* e = smem;           // [G, ld] the scores, then exp(s - M) in their place
+  float* p = smem + G * ld;  // [G, ld] exp(s - M) rounded to bf16
+  chunk_scores<G, HD>(a, r, kvh, slot_row, 0, n, e, ld);
+  // V's first step goes out now and arrives while the softmax is computed.
+  const int kv_dim = a.n_kv * HD;
+  const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes;
+  const bf16* v_rows = a.v_cache + slot_row * kv_dim + kvh * HD;
+  uint4 raw[Lay::kRows][Lay::kPieces];
+  load_step<Lay>(raw, v_rows, kv_dim, 0, n, c, slot);
+  __syncthreads();
+  head_maxima<G>(e, ld, n, [&](int g, float m) { row_max[g] = m; });
+  __syncthreads();
+  numerators<G>(
+      n, ld, row_max, [&](int g, int jj) { return e[g * ld + jj]; }, e, p,
+      [&](int g, float l) { inv_sum[g] = 1.0f / l; });
+  bf16* out = a.out + static_cast<int64_t>(r) * a.n_q * HD + kvh * G * HD;
+  chunk_pv<G, HD>(raw, v_rows, kv_dim, n, p, ld, smem, [&](int i, float o) { out[i] = f32_to_bf16(o * inv_sum[i / HD]); });
+}
+
 int sm_count() {
   static const int sms = [] {
     int dev = 0, n = 0;
@@ -525,19 +602,22 @@ int sm_count() {
   return sms;
 }
 
-// As many chunks per (row, kv head) as one wave of blocks has room for, at least one, each
-// the smallest multiple of kChunkMin that covers the capacity with them (at most kChunkMax):
-// every SM busy at small batches, and no second wave of a few blocks at large ones. Chunks
-// past a row's position are empty blocks that return at once. Measured on an H200 (Llama-3.1-8B
-// heads, llmq_attention_bench --mode decode, capacity 640 or 2048): within 3% of the best forced
-// chunk at batch x length 1 x 512/640, 16 x 640, 64 x 512/640 and 8 x 2048, 5% at 1 x 2048, 10%
-// at 16 x 512 (where 256 fits the lengths better than 320 fits the capacity). Against the old
-// rule (at most 4 blocks per SM, power-of-two chunks) and single-buffered steps: 64 x 640 74.8
-// -> 65.0 us, 16 x 640 23.3 -> 21.1, 8 x 2048 36.2 -> 28.6, batch 1 unchanged.
+// One chunk per (row, kv head) (whole_row_kernel) once there is a pair for every two SMs;
+// below that, as many chunks as one wave of blocks has room for, each the smallest multiple of
+// kChunkMin that covers the capacity with them (at most kChunkMax): every SM busy at small
+// batches, and no second wave of a few blocks. Chunks past a row's position are empty blocks
+// that return at once. Measured on an H200 (Llama-3.1-8B heads, llmq_attention_bench --mode
+// decode, capacity 640 or 2048; us per layer call):
+//   batch x length   1 x 640   16 x 512   16 x 640   64 x 512   64 x 640   8 x 2048
+//   old rule          10.04     21.94      23.33      62.06      74.80      36.18
+//   this rule         10.14     16.16      19.95      42.18      51.46      28.61
+// The old rule: power-of-two chunks under 4 blocks per SM, single-buffered steps, two
+// kernels always. This one is within 5% of the best forced chunk in each of these cases.
 int split_chunk(const AttentionArgs& a) {
   if (a.split_chunk > 0) return a.split_chunk;
   const int64_t pairs = static_cast<int64_t>(a.rows) * a.n_kv;
-  const int64_t chunks = std::max<int64_t>(1, static_cast<int64_t>(kSplitBlocksPerSm) * sm_count() / pairs);
+  const int64_t chunks =
+      2 * pairs >= sm_count() ? 1 : std::max<int64_t>(1, static_cast<int64_t>(kSplitBlocksPerSm) * sm_count() / pairs);
   const int64_t c = (a.capacity + chunks - 1) / chunks;
   return static_cast<int>(std::clamp<int64_t>((c + kChunkMin - 1) / kChunkMin * kChunkMin, kChunkMin, kChunkMax));
 }
@@ -556,6 +636,13 @@ void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
   const dim3 grid((a.capacity + w.chunk - 1) / w.chunk, a.n_kv, a.rows);
   const size_t scores_bytes = sizeof(float) * G * w.chunk;
   const size_t pv_bytes = sizeof(float) * std::max<size_t>(2 * G * w.chunk, kWarps * G * HD);
+  if (w.chunk >= a.capacity) {  // one chunk per row: one kernel, no workspace round trip
+    LLMQ_CUDA_CHECK(cudaFuncSetAttribute(whole_row_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(pv_bytes)));
+    launch_pdl(whole_row_kernel<G, HD>, dim3(grid), dim3(kThreads), pv_bytes, s, a, w.chunk);
+    LLMQ_CUDA_CHECK_LAUNCH();
+    return;
+  }
   LLMQ_CUDA_CHECK(cudaFuncSetAttribute(split_scores_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(scores_bytes)));
   LLMQ_CUDA_CHECK(cudaFuncSetAttribute(split_pv_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
