@@ -3,7 +3,8 @@
 # are built (TESTS), the kernel benchmarks, and (STAGE=bench) the end-to-end benchmark of every
 # format on a synthetic Llama-3.1-8B beside the PyTorch peer. Logs go to $OUT (default out/gpu).
 # Test data: LLMQ_TEST_DATA (default .testdata, made by scripts/make_testdata.sh from ../shared/data).
-# KERNEL_BENCH=0 skips the kernel benchmarks after the tests. Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step and of one prefill per batch size), PEER=path.
+# KERNEL_BENCH=0 skips the kernel benchmarks after the tests; experiment branches' test binaries
+# packed as ALT="NAME_test_runner_x=path" (build-carry/alt) run after this build's own. Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step and of one prefill per batch size), PEER=path.
 # STAGE=ab: the benchmark of each of FORMATS (default bs 1, BATCHES) with each of VARIANTS, bench
 # binaries packed by `ALT=... scripts/pack_carry.sh` (main: this build's own).
 # STAGE=quantize: `llmq quantize --device gpu` of the synthetic 8B with each of METHODS (default
@@ -25,6 +26,11 @@ if [ "$STAGE" = tests ]; then
   for t in ${TESTS:-test_runner_kernels test_runner_gemv test_runner_attention test_runner_engine test_runner_eval test_gptq_gpu test_awq_gpu test_calibrate_gpu test_pipeline_gpu}; do
     [ -x "$BIN/tests/$t" ] || { echo "$t: not built"; continue; }
     timeout 300 "$BIN/tests/$t" > "$OUT/$t.log" 2>&1
+    echo "$t: exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/$t.log" | head -20
+  done
+  for f in "$BIN"/alt/*_test_*; do  # experiment branches' suites packed as ALT="NAME_test_x=path"
+    [ -x "$f" ] || continue
+    t=$(basename "$f"); timeout 300 "$f" > "$OUT/$t.log" 2>&1
     echo "$t: exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/$t.log" | head -20
   done
   if [ "${KERNEL_BENCH:-1}" = 1 ]; then
