@@ -11,8 +11,12 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 SRC=${SRC:-/work/main}
 # The checkout may itself sit at SRC, where build-cuda (ignored, not carried) is absent.
 mkdir -p "$SRC"
-[ -x "$SRC/build-cuda/bin/llmq" ] || ln -sfn "$PWD/build-carry" "$SRC/build-cuda"
-[ -d "$SRC/.testdata" ] || ln -sfn "$PWD/.testdata" "$SRC/.testdata"
+for p in build-cuda:build-carry .testdata:.testdata; do
+  link=$SRC/${p%%:*} target=$PWD/${p#*:}
+  [ "$link" = "$target" ] && continue                        # the checkout's own .testdata
+  if [ -L "$link" ] || [ ! -e "$link" ]; then ln -sfn "$target" "$link"
+  else echo "warning: $link is a directory of its own, not linked to $target"; fi
+done
 echo "checkout $(pwd -P); tests' binary dir $SRC/build-cuda -> $(readlink -f "$SRC/build-cuda")"
 for stage in ${STAGES:-tests}; do
   echo "=== $stage"
