@@ -8,14 +8,27 @@ set -euo pipefail
 SRC=${1:-build-cuda}
 rm -rf build-carry && mkdir -p build-carry/bin build-carry/tests
 cp "$SRC"/bin/llmq* build-carry/bin/
-for t in test_runner_kernels test_runner_gemv test_runner_attention test_runner_engine test_runner_eval \
-         test_gptq_gpu test_awq_gpu test_calibrate_gpu test_pipeline_gpu ${EXTRA_TESTS:-}; do
+# MAIN_TESTS replaces the list of this build's suites (MAIN_TESTS=" " packs none: room for ALT).
+for t in ${MAIN_TESTS:-test_runner_kernels test_runner_gemv test_runner_attention test_runner_engine test_runner_eval \
+         test_gptq_gpu test_awq_gpu test_calibrate_gpu test_pipeline_gpu} ${EXTRA_TESTS:-}; do
   [ -x "$SRC/tests/$t" ] && cp "$SRC/tests/$t" build-carry/tests/
 done
-strip build-carry/bin/* build-carry/tests/*
+find build-carry/bin build-carry/tests -type f -exec strip {} +
 tar -czf build-carry/carry.tar.gz -C build-carry bin tests && rm -rf build-carry/bin build-carry/tests
 # ALT="name=path ...": other builds' binaries (an experiment branch's llmq_runner_bench) for
 # STAGE=ab, as build-carry/alt/NAME once `tar -xzf build-carry/alt.tar.gz -C build-carry` ran.
+# ALT_DIRS="name ...": the same for builds saved as build-alt/NAME/{llmq_runner_bench,
+# llmq_attention_bench,test_runner_*}: they travel as NAME, NAME_attention_bench, NAME_test_*.
+for d in ${ALT_DIRS:-}; do
+  for f in build-alt/"$d"/*; do
+    b=$(basename "$f")
+    case "$b" in
+      llmq_runner_bench) ALT="${ALT:-} $d=$f" ;;
+      llmq_attention_bench) ALT="${ALT:-} ${d}_attention_bench=$f" ;;
+      test_*) ALT="${ALT:-} ${d}_$b=$f" ;;
+    esac
+  done
+done
 if [ -n "${ALT:-}" ]; then
   mkdir -p build-carry/alt
   for a in $ALT; do cp "${a#*=}" "build-carry/alt/${a%%=*}"; done
