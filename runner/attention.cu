@@ -480,7 +480,8 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_scores_kern
 
   const int64_t rh0 = static_cast<int64_t>(r) * a.n_q + kvh * G;
   float* s_out = w.scores + rh0 * a.capacity + j_begin;
-  for (int i = threadIdx.x; i < G * n; i += kThreads) s_out[(i / n) * a.capacity + i % n] = tile[(i / n) * w.chunk + i % n];
+  for (int i = threadIdx.x; i < G * n; i += kThreads)
+    s_out[(i / n) * a.capacity + i % n] = tile[(i / n) * w.chunk + i % n];
   head_maxima<G>(tile, w.chunk, n, [&](int g, float m) { w.chunk_m[(rh0 + g) * w.stride + chunk] = m; });
 }
 
@@ -589,7 +590,8 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(
       n, ld, row_max, [&](int g, int jj) { return e[g * ld + jj]; }, e, p,
       [&](int g, float l) { inv_sum[g] = 1.0f / l; });
   bf16* out = a.out + static_cast<int64_t>(r) * a.n_q * HD + kvh * G * HD;
-  chunk_pv<G, HD>(raw, v_rows, kv_dim, n, p, ld, smem, [&](int i, float o) { out[i] = f32_to_bf16(o * inv_sum[i / HD]); });
+  chunk_pv<G, HD>(raw, v_rows, kv_dim, n, p, ld, smem,
+                  [&](int i, float o) { out[i] = f32_to_bf16(o * inv_sum[i / HD]); });
 }
 
 int sm_count() {
