@@ -4,13 +4,13 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <memory>
 
 #include "calibration/calib_file.h"
 #include "core/progress.h"
+#include "core/stopwatch.h"
 #include "formats/tokenizer.h"
 
 namespace llmq {
@@ -92,7 +92,7 @@ Expected<bool> use_gpu(const std::string& device, const CalibrationGpu* gpu) {
 }  // namespace
 
 Expected<CalibrateResult> calibrate(const CalibrateOptions& opts, const CalibrationGpu* gpu) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   if (opts.samples < 1) return Status::error("calibrate: --samples must be at least 1");
   if (opts.seq_len < 2) return Status::error("calibrate: --seq-len must be at least 2");
   if (opts.out.empty()) return Status::error("calibrate: --out is required");
@@ -162,7 +162,7 @@ Expected<CalibrateResult> calibrate(const CalibrateOptions& opts, const Calibrat
   m.hessian = opts.hessian;
   m.device = result.device;
   LLMQ_RETURN_IF_ERROR(writer.finish(m));
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  result.seconds = seconds_since(t0);
   return result;
 }
 

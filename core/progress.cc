@@ -23,7 +23,7 @@ std::string format_duration(double seconds) {
 
 Progress::Progress(std::string label, int64_t total, std::string unit, std::FILE* out)
     : label_(std::move(label)), total_(total), unit_(std::move(unit)), out_(out),
-      tty_(out != nullptr && ::isatty(::fileno(out)) == 1), start_(std::chrono::steady_clock::now()) {
+      tty_(out != nullptr && ::isatty(::fileno(out)) == 1), start_(Clock::now()) {
   if (!tty_) last_draw_s_ = 0;  // logs: the first line after one interval, so short runs print one line
   draw(false);
 }
@@ -43,7 +43,7 @@ Progress::~Progress() {
 void Progress::set_label(std::string label) { label_ = std::move(label); }
 
 double Progress::elapsed_s() const {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  return seconds_since(start_);
 }
 
 void Progress::update(int64_t done) {

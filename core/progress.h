@@ -5,10 +5,11 @@
 // stdout stays free for results.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <string>
+
+#include "core/stopwatch.h"
 
 namespace llmq {
 
@@ -42,7 +43,7 @@ class Progress {
   bool tty_ = false;
   bool finished_ = false;
   int64_t done_ = 0;
-  std::chrono::steady_clock::time_point start_;
+  Clock::time_point start_;
   double last_draw_s_ = -1e30;
   size_t last_width_ = 0;  // length of the last TTY line, to blank leftovers
   int64_t last_logged_done_ = -1;  // non-TTY: the count of the last printed line

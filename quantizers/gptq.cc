@@ -25,12 +25,12 @@
 #include <Eigen/Dense>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <limits>
 #include <numeric>
 #include <vector>
 
+#include "core/stopwatch.h"
 #include "quantizers/rtn.h"
 
 namespace llmq {
@@ -247,7 +247,7 @@ std::vector<std::pair<int64_t, int64_t>> column_blocks(int64_t in, int64_t block
 // report may be null: it costs two O(out * in^2) traces, tr(E H E^T) and tr(W H W^T).
 QuantizedLinear quantize_gptq(const TensorView& w, const TensorView& hessian, const GptqConfig& config,
                               QuantReport* report) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   LLMQ_CHECK(w.dtype == DType::kF32 && w.rank() == 2 && w.is_contiguous() && w.device == Device::kCpu,
              "quantize_gptq takes a contiguous host float32 [out, in] weight");
   const int64_t out = w.dim(0), in = w.dim(1), gs = config.group_size;
@@ -346,7 +346,7 @@ QuantizedLinear quantize_gptq(const TensorView& w, const TensorView& hessian, co
                                    : output_rel_error(hessian.as<float>(), src, d, out, in);
     report->damp = damp;
     report->fallbacks = fallbacks;
-    report->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    report->seconds = seconds_since(t0);
   }
   return q;
 }

@@ -7,7 +7,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/stopwatch.h"
 #include "formats/tokenizer.h"
 #include "formats/tokenizer_impl.h"
 #include "test_data.h"
@@ -109,10 +109,6 @@ std::unique_ptr<Tokenizer> must(Expected<std::unique_ptr<Tokenizer>> t) {
   return t.has_value() ? std::move(*t) : nullptr;
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 // ---------------------------------------------------------------------------------------------
 // Llama-2 sentencepiece
 
@@ -177,7 +173,7 @@ TEST(TokenizerLlama2, LoadTokenizerDirUsesModelWithoutJson) {
 TEST(TokenizerLlama3, MatchesTiktokenGolden) {
   LLMQ_REQUIRE_TEST_DATA();
   const json golden = read_json(data("golden/tok_llama3.json"));
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   auto tok = must(load_tokenizer_json(data("tokenizers/llama3/tokenizer.json")));
   const double load_s = seconds_since(t0);
   ASSERT_TRUE(tok);
@@ -196,7 +192,7 @@ TEST(TokenizerLlama3, MatchesTiktokenGolden) {
   auto fresh = must(load_tokenizer_json(data("tokenizers/llama3/tokenizer.json")));
   ASSERT_TRUE(fresh);
   const std::string text = read_text(data("text/tinystories_val.txt")) + read_text(data("text/calib_mixed.txt"));
-  const auto t1 = std::chrono::steady_clock::now();
+  const auto t1 = Clock::now();
   const Ids ids = fresh->encode_ordinary(text);
   const double encode_s = seconds_since(t1);
   std::printf("llama3 tokenizer.json: load %.3f s; encode %.2f MB -> %zu tokens in %.3f s\n", load_s,

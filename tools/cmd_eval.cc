@@ -7,7 +7,6 @@
 // and the checkpoint is one the runner holds as stored, else on the CPU reference forward
 // (eval/, float32 or bf16); --device forces one. The record and the tables name the device.
 #include <cctype>
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/output_dir.h"
+#include "core/stopwatch.h"
 #include "eval/gsm8k.h"
 #include "eval/perplexity.h"
 #include "eval/report.h"
@@ -202,10 +202,6 @@ Expected<EvalDevice> choose_device(const HfCheckpoint& ckpt, const EvalArgs& a, 
   return d;
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
-
 // The runner's latency / throughput sweep (runner/bench.h); its JSON goes in as "bench".
 Status add_bench(const std::string& model_dir, const EvalArgs& a, nlohmann::ordered_json& j) {
   BenchOptions options = a.bench_options;
@@ -251,7 +247,7 @@ Status write_logits(const std::string& path, const LlamaModel& model, const std:
 Status add_perplexity(const std::string& model_dir, const LlamaModel* model, const Tokenizer& tokenizer,
                       const EvalArgs& a, const EvalInputs& in, const EvalDevice& device, const std::string& format,
                       nlohmann::ordered_json& j) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   std::vector<int32_t> ids = tokenizer.encode(in.ppl_text);
   if (a.limit_tokens > 0 && static_cast<int64_t>(ids.size()) > a.limit_tokens) ids.resize(a.limit_tokens);
   PerplexityConfig pc;
@@ -284,7 +280,7 @@ Status add_perplexity(const std::string& model_dir, const LlamaModel* model, con
 Expected<std::string> add_gsm8k(const std::string& model_dir, const LlamaModel* model, const Tokenizer& tokenizer,
                                 const EvalArgs& a, const EvalInputs& in, const EvalDevice& device,
                                 nlohmann::ordered_json& j) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   Gsm8kConfig gc = a.gsm;
   gc.style = *in.style;
   gc.precision = device.precision;
@@ -316,7 +312,7 @@ struct EvalOutput {
 // perplexity and GSM8K on the device choose_device picks (the CPU reference forward is loaded
 // only when the CPU runs one of them).
 Expected<EvalOutput> eval_checkpoint(const HfCheckpoint& ckpt, const EvalArgs& a, const EvalInputs& in) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   const std::string& model_dir = ckpt.dir();
   const std::string format = checkpoint_format_label(ckpt);
   const bool forward = !a.ppl_file.empty() || in.style.has_value();

@@ -1,8 +1,8 @@
-#include <chrono>
 #include <cstdio>
 #include <memory>
 
 #include "core/output_dir.h"
+#include "core/stopwatch.h"
 #include "formats/synth.h"
 #include "tools/commands.h"
 
@@ -19,10 +19,10 @@ struct SynthArgs {
 Status run_synth(const SynthArgs& a) {
   LLMQ_ASSIGN_OR_RETURN(SynthPreset preset, find_synth_preset(a.config));
   LLMQ_ASSIGN_OR_RETURN(StagedOutputDir staged, StagedOutputDir::create(a.out, a.force));
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   LLMQ_RETURN_IF_ERROR(write_synthetic_checkpoint(preset, a.options, staged.path()));
   LLMQ_RETURN_IF_ERROR(staged.commit());
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double s = seconds_since(t0);
   std::printf("wrote %s (%s, seed %llu) in %.1f s\n", a.out.c_str(), preset.name.c_str(),
               static_cast<unsigned long long>(a.options.seed), s);
   return Status::ok();
