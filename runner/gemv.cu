@@ -44,6 +44,7 @@
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
 #include "runner/gemv.h"
+#include "runner/mma.cuh"
 #include "runner/pdl.cuh"
 
 namespace llmq::gpu {
@@ -66,25 +67,17 @@ struct GemvArgs {
   int row_bytes;          // a multiple of 16
 };
 
-// cp.async of 16 bytes into shared memory (the pipeline at the top of the file); ptxas keeps
-// the copies ahead of the wait that precedes their use.
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+// cp.async of 16 bytes into shared memory (the pipeline at the top of the file) with the
+// cache hints of each operand; committed and waited for with runner/mma.cuh's cp_async_commit
+// and cp_async_wait (only this thread reads its slots: no barrier). ptxas keeps the copies
+// ahead of the wait that precedes their use.
 // Weights are read exactly once: L2 only (.cg), whole 256-byte sectors requested.
 __device__ __forceinline__ void copy_streaming(uint4* dst, const uint4* src) {
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(smem_address(dst)), "l"(src) : "memory");
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
 }
 // Activations: every block of the SM reads them, so they are kept in L1 too (.ca).
 __device__ __forceinline__ void copy_cached(uint4* dst, const uint4* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(smem_address(dst)), "l"(src) : "memory");
-}
-__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Waits until at most `pending` of this thread's committed groups are still in flight; their
-// data is then visible to this thread (only this thread reads its slots: no barrier).
-template <int pending>
-__device__ __forceinline__ void copy_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(pending) : "memory");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
 }
 
 // The register path's weight load: L1 bypassed, whole 256-byte L2 sectors requested.
@@ -381,14 +374,14 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
 #pragma unroll
     for (int p = 0; p < kStages - 1; ++p) {
       if (p < steps) issue(p);
-      copy_commit();
+      cp_async_commit();
     }
     for (int step = 0; step < steps; ++step) {
       // Refills the stage that step - 1 read: its values were consumed by the multiply-adds
       // before this point in program order.
       if (step + kStages - 1 < steps) issue(step + kStages - 1);
-      copy_commit();
-      copy_wait<kStages - 1>();
+      cp_async_commit();
+      cp_async_wait(kStages - 1);
       const uint4* slot = ring + (step % kStages) * kSlots * kThreads + t;
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
