@@ -410,22 +410,33 @@ __device__ __forceinline__ void numerators(int n, int ld, const float* row_max, 
   }
 }
 
-// P·V of positions 0..n-1 of v_rows (rows kv_dim apart; `raw` holds step 0's loads, already
-// issued) weighted by p [G, ld]; store(i, o) gets element i = g * HD + d. Uses `partial`
-// [kWarps, G, HD] of shared memory, which may overlap p: a barrier comes first.
+// V rows row0 .. row0 + n - 1 of the cache for kv head kvh, the first step's loads issued on
+// construction: V does not depend on the softmax, so they arrive while it is computed.
+template <int G, int HD>
+struct VRows {
+  using Lay = RowLayout<G, HD>;
+  const bf16* rows;
+  int kv_dim, n;
+  uint4 first[Lay::kRows][Lay::kPieces];
+  __device__ __forceinline__ VRows(const AttentionArgs& a, int64_t row0, int kvh, int n_rows)
+      : rows(a.v_cache + row0 * (a.n_kv * HD) + kvh * HD), kv_dim(a.n_kv * HD), n(n_rows) {
+    load_step<Lay>(first, rows, kv_dim, 0, n, threadIdx.x % Lay::kLanes, threadIdx.x / Lay::kLanes);
+  }
+};
+
+// P·V of the n positions of v weighted by p [G, ld]; store(i, o) gets element i = g * HD + d.
+// Uses `partial` [kWarps, G, HD] of shared memory, which may overlap p: a barrier comes first.
 template <int G, int HD, class Store>
-__device__ __forceinline__ void chunk_pv(uint4 (&raw)[RowLayout<G, HD>::kRows][RowLayout<G, HD>::kPieces],
-                                         const bf16* v_rows, int kv_dim, int n, const float* p, int ld,
-                                         float* partial, Store store) {
+__device__ __forceinline__ void chunk_pv(VRows<G, HD>& v, const float* p, int ld, float* partial, Store store) {
   using Lay = RowLayout<G, HD>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes;
+  const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes, n = v.n;
   constexpr int A = G * Lay::kPieces * 8;
   float acc[A];  // [head g, piece k, element i]
 #pragma unroll
   for (int i = 0; i < A; ++i) acc[i] = 0.0f;
   using Raw = uint4[Lay::kRows][Lay::kPieces];
-  stream_steps<Lay>(raw, v_rows, kv_dim, n, c, slot, [&](const Raw& raw, int j0) {
+  stream_steps<Lay>(v.first, v.rows, v.kv_dim, n, c, slot, [&](const Raw& raw, int j0) {
 #pragma unroll
     for (int u = 0; u < Lay::kRows; ++u) {
       const int jj = j0 + u * Lay::kSlots + slot;
@@ -491,7 +502,6 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_scores_kern
 template <int G, int HD>
 __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(AttentionArgs a, SplitWorkspace w) {
   pdl_wait();
-  using Lay = RowLayout<G, HD>;
   extern __shared__ float smem[];
   __shared__ float row_max[G];
   __shared__ float inv_sum[G];
@@ -502,17 +512,10 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(A
   // seq < 0 never holds; testing it makes the compiler load seq[r] alongside pos[r] instead of
   // after the branch (one L2 round trip less before the first K/V load).
   if (j_begin >= L || seq < 0) return;
-  const int64_t slot_row = static_cast<int64_t>(seq) * a.capacity;
   const int n = min(L - j_begin, w.chunk), used = (L + w.chunk - 1) / w.chunk;
   const int64_t rh0 = static_cast<int64_t>(r) * a.n_q + kvh * G;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes;
-  // V does not depend on the softmax: the first step's loads go out now and arrive while the
-  // probabilities are computed.
-  const int kv_dim = a.n_kv * HD;
-  const bf16* v_rows = a.v_cache + (slot_row + j_begin) * kv_dim + kvh * HD;
-  uint4 raw[Lay::kRows][Lay::kPieces];
-  load_step<Lay>(raw, v_rows, kv_dim, 0, n, c, slot);
+  VRows<G, HD> v(a, static_cast<int64_t>(seq) * a.capacity + j_begin, kvh, n);
 
   for (int g = warp; g < G; g += kWarps) {
     float m = -FLT_MAX;
@@ -527,7 +530,7 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(A
   numerators<G>(
       n, w.chunk, row_max, [&](int g, int jj) { return s_in[g * a.capacity + jj]; }, e, p,
       [&](int g, float l) { w.chunk_l[(rh0 + g) * w.stride + chunk] = l; });
-  chunk_pv<G, HD>(raw, v_rows, kv_dim, n, p, w.chunk, smem,
+  chunk_pv<G, HD>(v, p, w.chunk, smem,
                   [&](int i, float o) { w.acc[((rh0 + i / HD) * w.stride + chunk) * HD + i % HD] = o; });
 
   // Last block arrives: publish this chunk's acc / chunk_l, count it, and the block that brings
@@ -565,7 +568,6 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(A
 template <int G, int HD>
 __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(AttentionArgs a, int ld) {
   pdl_wait();
-  using Lay = RowLayout<G, HD>;
   extern __shared__ float smem[];
   __shared__ float row_max[G];
   __shared__ float inv_sum[G];
@@ -577,12 +579,7 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(
   float* e = smem;           // [G, ld] the scores, then exp(s - M) in their place
   float* p = smem + G * ld;  // [G, ld] exp(s - M) rounded to bf16
   chunk_scores<G, HD>(a, r, kvh, slot_row, 0, n, e, ld);
-  // V's first step goes out now and arrives while the softmax is computed.
-  const int kv_dim = a.n_kv * HD;
-  const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes;
-  const bf16* v_rows = a.v_cache + slot_row * kv_dim + kvh * HD;
-  uint4 raw[Lay::kRows][Lay::kPieces];
-  load_step<Lay>(raw, v_rows, kv_dim, 0, n, c, slot);
+  VRows<G, HD> v(a, slot_row, kvh, n);
   __syncthreads();
   head_maxima<G>(e, ld, n, [&](int g, float m) { row_max[g] = m; });
   __syncthreads();
@@ -590,8 +587,7 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(
       n, ld, row_max, [&](int g, int jj) { return e[g * ld + jj]; }, e, p,
       [&](int g, float l) { inv_sum[g] = 1.0f / l; });
   bf16* out = a.out + static_cast<int64_t>(r) * a.n_q * HD + kvh * G * HD;
-  chunk_pv<G, HD>(raw, v_rows, kv_dim, n, p, ld, smem,
-                  [&](int i, float o) { out[i] = f32_to_bf16(o * inv_sum[i / HD]); });
+  chunk_pv<G, HD>(v, p, ld, smem, [&](int i, float o) { out[i] = f32_to_bf16(o * inv_sum[i / HD]); });
 }
 
 int sm_count() {
