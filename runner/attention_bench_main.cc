@@ -83,6 +83,13 @@ void bench(int batch, int len, int iters) {
               "max|diff| %.3g, %zu of %zu differ, %zu non-finite\n",
               batch, len, row_ms, flops / row_ms * 1e-9, tc_ms, flops / tc_ms * 1e-9, row_ms / tc_ms, max_diff, differ,
               x.size(), nonfinite);
+  // The tensor-core kernel with each count of K/V stages (its arithmetic does not change).
+  for (int stages : {2, 3, 4}) {
+    a.prefill_stages = stages;
+    const double ms = time_ms([&] { gpu::attention(a, spans, nullptr); }, iters);
+    std::printf("%4d x %-5d  tensor-core, %d K/V stages %8.3f ms %7.2f TFLOP/s   %s\n", batch, len, stages, ms,
+                flops / ms * 1e-9, out_tc.to_host<uint16_t>() == y ? "same bits" : "OTHER BITS");
+  }
 }
 
 // Distance between two bf16 outputs: max |x - y| over finite pairs, elements that differ,

@@ -62,11 +62,12 @@ static_assert(sizeof(TileList) + sizeof(AttentionArgs) + sizeof(float) + 64 <= 4
               "prefill kernel parameters must fit the 4 KB limit");
 static_assert((kTileRows - 1) < (1 << (32 - kRowBits)), "tile row count must fit the code");
 
-template <int HD>
+// S stages of K and V tiles: tiles kt + 1 .. kt + S - 1 are in flight while tile kt computes.
+template <int HD, int S>
 struct Stage {
   static constexpr int kStride = HD + 8;  // +16 bytes: ldmatrix's 8 row addresses hit 8 bank groups
   static constexpr int kElems = kKeys * kStride;
-  static constexpr size_t kSmemBytes = 4 * kElems * sizeof(bf16);  // K and V, two stages each
+  static constexpr size_t kSmemBytes = 2 * S * kElems * sizeof(bf16);  // K and V, S stages each
 };
 
 // Two f32 -> bf16x2 (lo in the low half), round to nearest even: the same rounding as
@@ -82,7 +83,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 template <int HD>
 __device__ __forceinline__ void qk_tile(const uint32_t (&qf)[HD / 16][4], const bf16* k_tile, int lane,
                                         float (&s)[8][4]) {
-  constexpr int kStride = Stage<HD>::kStride;
+  constexpr int kStride = Stage<HD, 2>::kStride;  // the same for any stage count
 #pragma unroll
   for (int n = 0; n < 8; ++n)
 #pragma unroll
@@ -103,13 +104,13 @@ __device__ __forceinline__ void qk_tile(const uint32_t (&qf)[HD / 16][4], const 
 }
 
 // Grid (n_q / HB, tiles): block (x, y) computes tile y for query heads x*HB .. x*HB+HB-1.
-template <int HD, int HB>
+template <int HD, int HB, int S>
 __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, float scale, TileList tiles) {
-  using St = Stage<HD>;
+  using St = Stage<HD, S>;
   constexpr int kThreads = HB * 128, kStride = St::kStride, kChunks = HD / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* k_s = reinterpret_cast<bf16*>(smem_raw);  // [2][kKeys][kStride]
-  bf16* v_s = k_s + 2 * St::kElems;               // [2][kKeys][kStride]
+  bf16* k_s = reinterpret_cast<bf16*>(smem_raw);  // [S][kKeys][kStride]
+  bf16* v_s = k_s + S * St::kElems;               // [S][kKeys][kStride]
   __shared__ int row_pos[kTileRows];              // pos of the tile's rows; -1 past its end
 
   const uint32_t code = tiles.code[blockIdx.y];
@@ -173,22 +174,24 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
   };
 
   // Streams key tiles 0..key_tiles-1 (K, and V when with_v) through the two stages and calls
-  // body(kt, k_tile, v_tile) for those at or before the warp's last row; the next tile's copy
-  // is in flight while body runs.
+  // body(kt, k_tile, v_tile) for those at or before the warp's last row; the next S - 1
+  // tiles' copies are in flight while body runs (one commit group per tile, empty past the end).
   const auto stream_key_tiles = [&](auto with_v, auto&& body) {  // with_v: std::bool_constant
-    load(k_s, k_g, 0);
-    if constexpr (decltype(with_v)::value) load(v_s, v_g, 0);
-    cp_async_commit();
-    for (int kt = 0; kt < key_tiles; ++kt) {
-      if (kt + 1 < key_tiles) {
-        load(k_s + ((kt + 1) & 1) * St::kElems, k_g, kt + 1);
-        if constexpr (decltype(with_v)::value) load(v_s + ((kt + 1) & 1) * St::kElems, v_g, kt + 1);
+    const auto load_tile = [&](int kt) {
+      if (kt < key_tiles) {
+        load(k_s + (kt % S) * St::kElems, k_g, kt);
+        if constexpr (decltype(with_v)::value) load(v_s + (kt % S) * St::kElems, v_g, kt);
       }
       cp_async_commit();
-      cp_async_wait(1);  // the prefetch of the next tile may stay in flight
+    };
+#pragma unroll
+    for (int kt = 0; kt < S - 1; ++kt) load_tile(kt);
+    for (int kt = 0; kt < key_tiles; ++kt) {
+      load_tile(kt + S - 1);  // into the stage tile kt - 1 was read from
+      cp_async_wait(S - 1);   // tile kt has landed; the S - 1 after it may stay in flight
       __syncthreads();
-      if (kt * kKeys <= warp_max) body(kt, k_s + (kt & 1) * St::kElems, v_s + (kt & 1) * St::kElems);
-      __syncthreads();  // the stage read here is the one the next iteration's prefetch overwrites
+      if (kt * kKeys <= warp_max) body(kt, k_s + (kt % S) * St::kElems, v_s + (kt % S) * St::kElems);
+      __syncthreads();  // the stage read here is the one the next iteration's copy overwrites
     }
   };
 
@@ -277,10 +280,10 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
   }
 }
 
-template <int HD, int HB>
-void launch(const AttentionArgs& a, const std::vector<uint32_t>& codes, cudaStream_t s) {
-  const size_t bytes = Stage<HD>::kSmemBytes;
-  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(prefill_kernel<HD, HB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+template <int HD, int HB, int S>
+void launch_stages(const AttentionArgs& a, const std::vector<uint32_t>& codes, cudaStream_t s) {
+  const size_t bytes = Stage<HD, S>::kSmemBytes;
+  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(prefill_kernel<HD, HB, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(bytes)));
   // head_dim**-0.5 rounded once from double, as attention.cu and the reference.
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)));
@@ -288,8 +291,19 @@ void launch(const AttentionArgs& a, const std::vector<uint32_t>& codes, cudaStre
     const int n = static_cast<int>(std::min<size_t>(kMaxTiles, codes.size() - i0));
     TileList list{};
     std::copy(codes.begin() + i0, codes.begin() + i0 + n, list.code);
-    prefill_kernel<HD, HB><<<dim3(a.n_q / HB, n), HB * 128, bytes, s>>>(a, scale, list);
+    prefill_kernel<HD, HB, S><<<dim3(a.n_q / HB, n), HB * 128, bytes, s>>>(a, scale, list);
     LLMQ_CUDA_CHECK_LAUNCH();
+  }
+}
+
+// Stages of K/V tiles in shared memory: a.prefill_stages (2, 3 or 4) or the default.
+constexpr int kDefaultStages = 2;
+template <int HD, int HB>
+void launch(const AttentionArgs& a, const std::vector<uint32_t>& codes, cudaStream_t s) {
+  switch (a.prefill_stages > 0 ? a.prefill_stages : kDefaultStages) {
+    case 3: return launch_stages<HD, HB, 3>(a, codes, s);
+    case 4: return launch_stages<HD, HB, 4>(a, codes, s);
+    default: return launch_stages<HD, HB, 2>(a, codes, s);
   }
 }
 

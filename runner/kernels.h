@@ -120,6 +120,9 @@ struct AttentionArgs {
   // the grid size (rows, n_kv, capacity vs SM count). Results depend on it (f32 summation
   // order); for benchmarks.
   int split_chunk = 0;
+  // Shared-memory stages of K/V tiles in the tensor-core prefill kernel (2, 3 or 4), 0 for
+  // the default. For benchmarks.
+  int prefill_stages = 0;
 };
 void attention(const AttentionArgs& a, cudaStream_t s);
 // Rows r0 .. r0 + n - 1 of a call as a call of their own.

@@ -167,12 +167,14 @@ Expected reference(const Batch& b) {
 enum class Path { kTensorCores, kDispatch };
 
 // Runs the kernel on b; rows not written stay NaN (the output buffer starts as NaN).
-std::vector<uint16_t> run(const Batch& b, const std::vector<gpu::RowSpan>& spans, Path path) {
+// stages: the tensor-core kernel's K/V stages (0: its default).
+std::vector<uint16_t> run(const Batch& b, const std::vector<gpu::RowSpan>& spans, Path path, int stages = 0) {
   const auto up = [](const auto& v) { return DeviceBuffer::from_host(v); };
   DeviceBuffer dq = up(b.q), dk = up(b.kc), dv = up(b.vc), dp = up(b.pos), ds = up(b.seq);
   DeviceBuffer dout = up(std::vector<uint16_t>(static_cast<size_t>(b.rows()) * b.n_q * b.hd, kBf16NaN));
-  const gpu::AttentionArgs args{dq.as<uint16_t>(), b.q_stride, dk.as<uint16_t>(), dv.as<uint16_t>(), dp.as<int32_t>(),
-                                ds.as<int32_t>(), dout.as<uint16_t>(), b.rows(), b.n_q, b.n_kv, b.hd, b.capacity};
+  gpu::AttentionArgs args{dq.as<uint16_t>(), b.q_stride, dk.as<uint16_t>(), dv.as<uint16_t>(), dp.as<int32_t>(),
+                          ds.as<int32_t>(), dout.as<uint16_t>(), b.rows(), b.n_q, b.n_kv, b.hd, b.capacity};
+  args.prefill_stages = stages;
   if (path == Path::kTensorCores) gpu::attention_prefill(args, spans, nullptr);
   else gpu::attention(args, spans, nullptr);
   LLMQ_CUDA_CHECK(cudaDeviceSynchronize());
@@ -209,8 +211,10 @@ TEST_P(PrefillAttention, MatchesReference) {
   // Every prompt, lengths 1..511, on tensor cores in one call.
   const std::vector<uint16_t> tc = run(b, spans, Path::kTensorCores);
   expect_matches(tc, e, "tensor cores, all prompts in one call");
-  // Deterministic: the same bits again.
+  // Deterministic: the same bits again, and with any number of K/V stages (only the copies'
+  // schedule changes).
   EXPECT_TRUE(run(b, spans, Path::kTensorCores) == tc) << "two runs differ";
+  for (int stages : {2, 3, 4}) EXPECT_TRUE(run(b, spans, Path::kTensorCores, stages) == tc) << stages << " stages";
   // Through the dispatcher: lengths 1 and 2 go to the per-row kernel.
   expect_matches(run(b, spans, Path::kDispatch), e, "dispatch");
 
