@@ -296,8 +296,9 @@ void launch_stages(const AttentionArgs& a, const std::vector<uint32_t>& codes, c
   }
 }
 
-// Stages of K/V tiles in shared memory: a.prefill_stages (2, 3 or 4) or the default.
-constexpr int kDefaultStages = 2;
+// Stages of K/V tiles in shared memory: a.prefill_stages (2, 3 or 4) or the default, 3: on an
+// H200 (llmq_attention_bench --mode prefill) 3 stages took 1-1.5% less time than 2 or 4.
+constexpr int kDefaultStages = 3;
 template <int HD, int HB>
 void launch(const AttentionArgs& a, const std::vector<uint32_t>& codes, cudaStream_t s) {
   switch (a.prefill_stages > 0 ? a.prefill_stages : kDefaultStages) {
