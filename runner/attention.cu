@@ -1,8 +1,8 @@
 // Causal GQA attention over the BF16 KV cache (kernels.h), two ways:
 //  - split (decode; a workspace is given and the call has at most 8 * workspace_rows rows):
-//    flash-decoding over position chunks, two kernels per group of rows, or one when a chunk
-//    covers the capacity (see "split over position chunks" below); made to stream K and V at
-//    HBM bandwidth.
+//    flash-decoding over position chunks: two kernels per group of rows, one when a chunk
+//    covers the capacity, or one of thread-block clusters at small batches (see "split over
+//    position chunks" below); made to stream K and V at HBM bandwidth.
 //  - one block per (token row, kv head), for calls without a workspace or with more rows:
 //    prefill-shaped calls the tensor-core kernel (attention_prefill.h) does not take (tiny
 //    head dims, short spans).
@@ -20,6 +20,8 @@
 #include <cfloat>
 #include <cstdint>
 
+#include <cooperative_groups.h>
+
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
 #include "runner/kernels.h"
@@ -27,6 +29,8 @@
 
 namespace llmq::gpu {
 namespace {
+
+namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
 
@@ -190,7 +194,8 @@ void launch(const AttentionArgs& a, cudaStream_t s) {
 //                 of a (row, kv head) to finish (atomic counter) sums the chunks in chunk order
 //                 and writes the bf16 output.
 // When one chunk covers the capacity (large batches), whole_row does both in one block per
-// (kv head, row), the scores kept in shared memory.
+// (kv head, row), the scores kept in shared memory. At small batches a cluster of C blocks per
+// (kv head, row) does both in one kernel, meeting in distributed shared memory (cluster_kernel).
 // Every sum runs in a fixed order, so a second call gives the same bits; the order depends on
 // the chunk size, which the host picks from the grid (rows, n_kv, capacity), never from timing.
 //
@@ -590,6 +595,60 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(
   chunk_pv<G, HD>(v, p, ld, smem, [&](int i, float o) { out[i] = f32_to_bf16(o * inv_sum[i / HD]); });
 }
 
+// Cluster of C blocks per (kv head, row) (grid (C, n_kv, rows), cluster (C, 1, 1)): block k
+// takes positions [k * len, (k + 1) * len) of the row's L, len = ceil(L / C), and the blocks
+// meet in distributed shared memory instead of a global workspace: after a cluster barrier
+// each reads the C chunk maxima (the global max), computes its chunk's numerators, sum and P·V
+// as split_pv does, and after a second barrier adds a slice of the outputs over the C chunks
+// in rank order; a third keeps every block's shared memory alive until the others have read
+// it. One kernel, no atomics; the sums run from zero in rank order, as the split pair's over
+// its chunks.
+// Dynamic shared memory: scores, then e in their place, and p [G, ld]; then partial sums.
+template <int G, int HD>
+__global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) cluster_kernel(AttentionArgs a, int ld) {
+  pdl_wait();
+  cg::cluster_group cluster = cg::this_cluster();
+  extern __shared__ float smem[];
+  __shared__ float chunk_max[G];
+  __shared__ float chunk_sum[G];
+  __shared__ float row_max[G];
+  __shared__ float chunk_acc[G * HD];
+  const int C = static_cast<int>(cluster.num_blocks()), k = static_cast<int>(cluster.block_rank());
+  const int kvh = blockIdx.y, r = blockIdx.z;
+  const int L = a.pos[r] + 1;
+  const int seq = a.seq[r];  // the same for the whole cluster: all of it returns or none
+  if (seq < 0) return;       // never; loads seq[r] beside pos[r] (see split_scores_kernel)
+  const int len = (L + C - 1) / C, j_begin = min(k * len, L), n = min(L - j_begin, len);  // n may be 0
+  const int64_t slot_row = static_cast<int64_t>(seq) * a.capacity;
+  float* e = smem;           // [G, ld] the scores, then exp(s - M) in their place
+  float* p = smem + G * ld;  // [G, ld] exp(s - M) rounded to bf16
+  if (n > 0) chunk_scores<G, HD>(a, r, kvh, slot_row, j_begin, n, e, ld);
+  VRows<G, HD> v(a, slot_row + j_begin, kvh, n);
+  __syncthreads();
+  head_maxima<G>(e, ld, n, [&](int g, float m) { chunk_max[g] = m; });
+  cluster.sync();
+  if (threadIdx.x < G) {
+    float m = -FLT_MAX;
+    for (int q = 0; q < C; ++q) m = fmaxf(m, *cluster.map_shared_rank(&chunk_max[threadIdx.x], q));
+    row_max[threadIdx.x] = m;
+  }
+  __syncthreads();
+  numerators<G>(
+      n, ld, row_max, [&](int g, int jj) { return e[g * ld + jj]; }, e, p, [&](int g, float l) { chunk_sum[g] = l; });
+  chunk_pv<G, HD>(v, p, ld, smem, [&](int i, float o) { chunk_acc[i] = o; });
+  cluster.sync();
+  bf16* out = a.out + static_cast<int64_t>(r) * a.n_q * HD + kvh * G * HD;
+  for (int i = k * kThreads + threadIdx.x; i < G * HD; i += C * kThreads) {
+    float o = 0.0f, l = 0.0f;
+    for (int q = 0; q < C; ++q) {
+      o += cluster.map_shared_rank(chunk_acc, q)[i];
+      l += *cluster.map_shared_rank(&chunk_sum[i / HD], q);
+    }
+    out[i] = f32_to_bf16(o * (1.0f / l));
+  }
+  cluster.sync();
+}
+
 int sm_count() {
   static const int sms = [] {
     int dev = 0, n = 0;
@@ -620,8 +679,44 @@ int split_chunk(const AttentionArgs& a) {
   return static_cast<int>(std::clamp<int64_t>((c + kChunkMin - 1) / kChunkMin * kChunkMin, kChunkMin, kChunkMax));
 }
 
+// Blocks per (row, kv head) pair on the cluster path: the largest power of two up to the
+// portable cluster size whose grid fits in one wave of blocks. The default takes the path when
+// that is 2 or more and each block has at most kClusterLenMax positions of the capacity.
+// Measured on an H200 (Llama-3.1-8B heads, llmq_attention_bench --mode decode; us per layer
+// call, the split path's default against the cluster's):
+//   batch x capacity   1 x 2048   8 x 2048   (C = 8: 256 positions a block; C = 4: 512)
+//   split              13.58      28.62
+//   cluster            11.07      38.08
+// and in llmq_runner_bench's bf16 decode step (capacity 640) -2.4 us per layer at batch 1
+// (C = 8, 80 positions) and -5.5 at batch 16 (C = 2, 320). At batch 64 (C = 1) whole_row
+// stays: 51.7 against the cluster kernel's 55.3 at 64 x 640.
+constexpr int kMaxCluster = 8;
+constexpr int kClusterLenMax = 320;
+int cluster_size(const AttentionArgs& a) {
+  if (a.cluster > 0) return a.cluster;
+  const int64_t pairs = static_cast<int64_t>(a.rows) * a.n_kv, slots = int64_t{kSplitBlocksPerSm} * sm_count();
+  int C = 1;
+  while (C < kMaxCluster && pairs * C * 2 <= slots) C *= 2;
+  return C;
+}
+
+template <int G, int HD>
+void launch_cluster_kernel(const AttentionArgs& a, int C, cudaStream_t s) {
+  const int ld = (a.capacity + C - 1) / C;
+  const size_t bytes = sizeof(float) * std::max<size_t>(2 * G * ld, kWarps * G * HD);
+  LLMQ_CUDA_CHECK(
+      cudaFuncSetAttribute(cluster_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  launch_pdl_cluster(cluster_kernel<G, HD>, dim3(C, a.n_kv, a.rows), dim3(kThreads), bytes, C, s, a, ld);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
+
 template <int G, int HD>
 void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
+  if (a.split_chunk == 0) {
+    const int C = cluster_size(a);
+    const int ld = (a.capacity + C - 1) / C;  // a forced C still needs chunks of <= kChunkMax
+    if (a.cluster > 0 ? ld <= kChunkMax : C >= 2 && ld <= kClusterLenMax) return launch_cluster_kernel<G, HD>(a, C, s);
+  }
   const int64_t rh = static_cast<int64_t>(a.rows) * a.n_q, stride = max_chunks(a.capacity);
   SplitWorkspace w;
   w.scores = a.workspace;
@@ -687,6 +782,8 @@ void attention(const AttentionArgs& a, cudaStream_t s) {
   LLMQ_CHECK(a.n_q % a.n_kv == 0, "attention: " << a.n_q << " heads over " << a.n_kv << " kv heads");
   const int G = a.n_q / a.n_kv;
   LLMQ_CHECK(G == 1 || G == 2 || G == 4 || G == 8, "attention: GQA group " << G << " unsupported (1, 2, 4, 8)");
+  LLMQ_CHECK(a.cluster == 0 || a.cluster == 1 || a.cluster == 2 || a.cluster == 4 || a.cluster == 8,
+             "attention: cluster " << a.cluster << " is not 1, 2, 4 or 8");
   LLMQ_CHECK(a.split_chunk == 0 || (a.split_chunk % kChunkMin == 0 && a.split_chunk <= kChunkMax),
              "attention: split_chunk " << a.split_chunk << " is not a multiple of " << kChunkMin << " up to "
                                        << kChunkMax);

@@ -6,12 +6,12 @@
 //    causal work (4·hd FLOP per visible (row, key, head): q·k and p·v), and how far the two
 //    kernels' outputs are apart.
 //  decode: one row per sequence at position len - 1 (batch x len, cache capacity), the
-//    one-block kernel (no workspace) against the split path (default chunk, then each forced
-//    chunk size). Calls are captured in a CUDA graph (as the engine's decode steps are) and
-//    cycle over enough layers' caches that K/V come from HBM, not L2. Prints µs per call, the
-//    32-layer step in ms, GB/s of K/V read (batch · len · n_kv · hd · 2 bytes, K and V) and
-//    its share of the measured HBM read bandwidth, and the outputs' distance to the
-//    one-block kernel's.
+//    one-block kernel (no workspace) against the split path (the default: clusters; then the
+//    two-kernel pair at each forced chunk size, then each forced cluster size). Calls are
+//    captured in a CUDA graph (as the engine's decode steps are) and cycle over enough
+//    layers' caches that K/V come from HBM, not L2. Prints µs per call, the 32-layer step in
+//    ms, GB/s of K/V read (batch · len · n_kv · hd · 2 bytes, K and V) and its share of the
+//    measured HBM read bandwidth, and the outputs' distance to the one-block kernel's.
 //   llmq_attention_bench [--iters N] [--mode prefill|decode|all]
 #include <algorithm>
 #include <cmath>
@@ -163,10 +163,11 @@ void bench_decode(const DecodeCase& c, int iters, double hbm_gbps) {
   const double kv_bytes = 2.0 * c.batch * c.len * kv_dim * 2;
   const int calls = layers * std::max(1, 64 / layers);
   std::vector<uint16_t> one_block;
-  const auto run = [&](const char* name, float* workspace, int chunk) {
+  const auto run = [&](const std::string& name, float* workspace, int chunk, int cluster = 0) {
     a.workspace = workspace;
     a.workspace_rows = workspace ? c.batch : 0;
     a.split_chunk = chunk;
+    a.cluster = cluster;
     const double ms = graph_ms_per_call(
         [&](int i, cudaStream_t s) {
           gpu::AttentionArgs b = a;
@@ -181,15 +182,16 @@ void bench_decode(const DecodeCase& c, int iters, double hbm_gbps) {
     const double gbps = kv_bytes / (ms * 1e-3) * 1e-9;
     std::printf("%4d x %-5d cap %-5d %-10s %8.2f us  step x32 %6.3f ms  %7.0f GB/s  %5.1f%% of HBM   "
                 "vs one-block max|diff| %.3g, %zu differ, %zu non-finite\n",
-                c.batch, c.len, c.capacity, name, ms * 1e3, ms * 32, gbps, hbm_gbps > 0 ? 100 * gbps / hbm_gbps : 0.0,
+                c.batch, c.len, c.capacity, name.c_str(), ms * 1e3, ms * 32, gbps, hbm_gbps > 0 ? 100 * gbps / hbm_gbps : 0.0,
                 d.max_abs, d.differ, d.nonfinite);
   };
   run("one-block", nullptr, 0);
   run("split", ws.as<float>(), 0);
   for (int chunk : {64, 128, 192, 256, 320, 512, 640, 1024}) {
     if (chunk > 2 * c.capacity) break;
-    run(("split/" + std::to_string(chunk)).c_str(), ws.as<float>(), chunk);
+    run("split/" + std::to_string(chunk), ws.as<float>(), chunk);
   }
+  for (int cluster : {1, 2, 4, 8}) run("cluster/" + std::to_string(cluster), ws.as<float>(), 0, cluster);
 }
 
 }  // namespace

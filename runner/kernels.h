@@ -123,6 +123,10 @@ struct AttentionArgs {
   // Shared-memory stages of K/V tiles in the tensor-core prefill kernel (2, 3 or 4), 0 for
   // the default. For benchmarks.
   int prefill_stages = 0;
+  // Blocks of a thread-block cluster per (row, kv head) forcing the cluster path (1, 2, 4 or
+  // 8), or 0 to let the grid size choose; a forced split_chunk takes the split kernels instead.
+  // For benchmarks and tests.
+  int cluster = 0;
 };
 void attention(const AttentionArgs& a, cudaStream_t s);
 // Rows r0 .. r0 + n - 1 of a call as a call of their own.

@@ -403,7 +403,9 @@ TEST(RunnerKernels, AttentionMatchesReference) {
 // Decode-shaped calls (one row per sequence) on the split path: rows 1, 3, 16, 64 at
 // positions up to 639, capacity 640 and 2048 (where the first row sees all 2048 positions
 // and most chunks of the others are empty), GQA groups 1, 4, 8, head_dim 64 and 128, the
-// default chunk and forced ones (192: a partial last chunk; 1024: one chunk per row). Cache
+// default path (thread-block clusters at the small batches, else whole_row or the pair), the
+// two-kernel pair with forced chunks (192: a partial last chunk; 1024: one chunk per row) and
+// forced cluster sizes 1, 2, 8 (1 at capacity 2048 falls back to the pair). Cache
 // positions past every row of a slot hold NaN, so a chunk that lets an unwritten K/V row into
 // a sum fails; the workspace starts as NaN / all-ones counters, so nothing relies on zeroing.
 // Same tolerance as AttentionMatchesReference, two-sided: most outputs must equal the
@@ -445,9 +447,12 @@ TEST(RunnerKernels, AttentionDecodeMatchesReference) {
         gpu::AttentionArgs args{dq.as<uint16_t>(), q_stride, dk.as<uint16_t>(), dv.as<uint16_t>(), dp.as<int32_t>(),
                                 ds.as<int32_t>(), dout.as<uint16_t>(), rows, k.n_q, k.n_kv, k.hd, capacity,
                                 ws.as<float>(), rows};
-        for (int chunk : {0, 192, 1024}) {
-          SCOPED_TRACE(::testing::Message() << "split_chunk " << chunk);
+        // Default, the two-kernel pair with forced chunks, forced clusters.
+        for (auto [chunk, cluster] : {std::pair{0, 0}, std::pair{192, 0}, std::pair{1024, 0}, std::pair{0, 1},
+                                      std::pair{0, 2}, std::pair{0, 8}}) {
+          SCOPED_TRACE(::testing::Message() << "split_chunk " << chunk << " cluster " << cluster);
           args.split_chunk = chunk;
+          args.cluster = cluster;
           LLMQ_CUDA_CHECK(cudaMemset(dout.as<uint16_t>(), 0xFF, dout.bytes()));
           gpu::attention(args, nullptr);
           const std::vector<uint16_t> first = dout.to_host<uint16_t>();
