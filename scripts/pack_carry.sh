@@ -19,13 +19,15 @@ tar -czf build-carry/carry.tar.gz -C build-carry bin tests && rm -rf build-carry
 # STAGE=ab, as build-carry/alt/NAME once `tar -xzf build-carry/alt.tar.gz -C build-carry` ran.
 # ALT_DIRS="name ...": the same for builds saved as build-alt/NAME/{llmq_runner_bench,
 # llmq_attention_bench,test_runner_*}: they travel as NAME, NAME_attention_bench, NAME_test_*.
+# ALT_KINDS picks which of those (default "runner attention test").
+kinds=" ${ALT_KINDS:-runner attention test} "
 for d in ${ALT_DIRS:-}; do
   for f in build-alt/"$d"/*; do
     b=$(basename "$f")
     case "$b" in
-      llmq_runner_bench) ALT="${ALT:-} $d=$f" ;;
-      llmq_attention_bench) ALT="${ALT:-} ${d}_attention_bench=$f" ;;
-      test_*) ALT="${ALT:-} ${d}_$b=$f" ;;
+      llmq_runner_bench) [[ $kinds == *" runner "* ]] && ALT="${ALT:-} $d=$f" ;;
+      llmq_attention_bench) [[ $kinds == *" attention "* ]] && ALT="${ALT:-} ${d}_attention_bench=$f" ;;
+      test_*) [[ $kinds == *" test "* ]] && ALT="${ALT:-} ${d}_$b=$f" ;;
     esac
   done
 done
