@@ -5,8 +5,9 @@
 # scripts/gpu_check.sh for each of STAGES (default "tests") with logs in $OUT/STAGE. Other
 # gpu_check.sh knobs (FORMATS, VARIANTS, METHODS, ...) pass through the environment.
 set -u
-tar -xzf build-carry/carry.tar.gz -C build-carry
-[ -f build-carry/alt.tar.gz ] && tar -xzf build-carry/alt.tar.gz -C build-carry
+# xz may be missing there; Python's lzma reads the archive too.
+tar -xJf build-carry/carry.tar.xz -C build-carry 2>/dev/null ||
+  python3 -c 'import tarfile; tarfile.open("build-carry/carry.tar.xz").extractall("build-carry")'
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 SRC=${SRC:-/work/main}
 # The checkout may itself sit at SRC, where build-cuda (ignored, not carried) is absent.
