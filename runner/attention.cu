@@ -606,6 +606,9 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(
 // Dynamic shared memory: scores, then e in their place, and p [G, ld]; then partial sums.
 template <int G, int HD>
 __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) cluster_kernel(AttentionArgs a, int ld) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // no clusters below sm_90; the host never launches it there (clusters_supported)
+#else
   pdl_wait();
   cg::cluster_group cluster = cg::this_cluster();
   extern __shared__ float smem[];
@@ -647,6 +650,7 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) cluster_kernel(At
     out[i] = f32_to_bf16(o * (1.0f / l));
   }
   cluster.sync();
+#endif
 }
 
 int sm_count() {
@@ -691,6 +695,15 @@ int split_chunk(const AttentionArgs& a) {
 // (C = 8, 80 positions) and -5.5 at batch 16 (C = 2, 320). At batch 64 (C = 1) whole_row
 // stays: 51.7 against the cluster kernel's 55.3 at 64 x 640.
 constexpr int kMaxCluster = 8;
+bool clusters_supported() {  // thread-block clusters: sm_90 and up
+  static const bool yes = [] {
+    int dev = 0, major = 0;
+    LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
+    LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    return major >= 9;
+  }();
+  return yes;
+}
 constexpr int kClusterLenMax = 320;
 int cluster_size(const AttentionArgs& a) {
   if (a.cluster > 0) return a.cluster;
@@ -712,7 +725,7 @@ void launch_cluster_kernel(const AttentionArgs& a, int C, cudaStream_t s) {
 
 template <int G, int HD>
 void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
-  if (a.split_chunk == 0) {
+  if (a.split_chunk == 0 && clusters_supported()) {
     const int C = cluster_size(a);
     const int ld = (a.capacity + C - 1) / C;  // a forced C still needs chunks of <= kChunkMax
     if (a.cluster > 0 ? ld <= kChunkMax : C >= 2 && ld <= kClusterLenMax) return launch_cluster_kernel<G, HD>(a, C, s);

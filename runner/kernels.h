@@ -124,8 +124,8 @@ struct AttentionArgs {
   // the default. For benchmarks.
   int prefill_stages = 0;
   // Blocks of a thread-block cluster per (row, kv head) forcing the cluster path (1, 2, 4 or
-  // 8), or 0 to let the grid size choose; a forced split_chunk takes the split kernels instead.
-  // For benchmarks and tests.
+  // 8), or 0 to let the grid size choose; a forced split_chunk takes the split kernels instead,
+  // and so does any call below sm_90 (no clusters there). For benchmarks and tests.
   int cluster = 0;
 };
 void attention(const AttentionArgs& a, cudaStream_t s);
