@@ -20,18 +20,25 @@ STAGE=${STAGE:-tests}
 export LLMQ_TEST_DATA=${LLMQ_TEST_DATA:-.testdata} LLMQ_REQUIRE_TEST_DATA=1 LLMQ_REQUIRE_GPU=1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv,noheader
+
+# A suite's exit status and counts, and its first failures' messages on stdout: the device
+# returns only a few files, so a failure must be readable from the output alone.
+report() {
+  echo "$1: exit $2"; grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/$1.log" | head -20
+  [ "$2" = 0 ] || grep -B1 -A4 -E "Failure$|error: " "$OUT/$1.log" | head -${FAILURE_LINES:-40}
+}
 
 if [ "$STAGE" = tests ]; then
   for t in ${TESTS:-test_runner_kernels test_runner_gemv test_runner_attention test_runner_engine test_runner_eval test_gptq_gpu test_awq_gpu test_calibrate_gpu test_pipeline_gpu}; do
     [ -x "$BIN/tests/$t" ] || { echo "$t: not built"; continue; }
     timeout 300 "$BIN/tests/$t" > "$OUT/$t.log" 2>&1
-    echo "$t: exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/$t.log" | head -20
+    report "$t" $?
   done
   for f in "$BIN"/alt/*_test_*; do  # experiment branches' suites packed as ALT="NAME_test_x=path"
     [ -x "$f" ] || continue
     t=$(basename "$f"); timeout 300 "$f" > "$OUT/$t.log" 2>&1
-    echo "$t: exit $?"; grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/$t.log" | head -20
+    report "$t" $?
   done
   if [ "${KERNEL_BENCH:-1}" = 1 ]; then
     timeout 120 "$BIN/bin/llmq_runner_bench" --kernels 2>&1 | tee "$OUT/kernels.txt"
