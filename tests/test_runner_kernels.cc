@@ -402,7 +402,7 @@ TEST(RunnerKernels, AttentionMatchesReference) {
 
 // Decode-shaped calls (one row per sequence) on the split path: rows 1, 3, 16, 64 at
 // positions up to 639, capacity 640 and 2048 (where the first row sees all 2048 positions
-// and most chunks of the others are empty), GQA groups 1, 4, 8, head_dim 64 and 128, the
+// and most chunks of the others are empty; rows 1 and 2 see 1 and 4 positions), GQA groups 1, 4, 8, head_dim 64 and 128, the
 // default path (thread-block clusters at the small batches, else whole_row or the pair), the
 // two-kernel pair with forced chunks (192: a partial last chunk; 1024: one chunk per row) and
 // forced cluster sizes 1, 2, 8 (1 at capacity 2048 falls back to the pair). Cache
@@ -425,7 +425,8 @@ TEST(RunnerKernels, AttentionDecodeMatchesReference) {
         std::vector<int32_t> pos(rows), seq(rows), last(slots, -1);
         for (int r = 0; r < rows; ++r) {
           seq[r] = r % slots;
-          pos[r] = r == 0 ? capacity - 1 : 639 - (r * 97) % 420;
+          // Rows 1 and 2 see 1 and 4 positions: fewer than a cluster's 8 blocks (empty blocks).
+          pos[r] = r == 0 ? capacity - 1 : r <= 2 ? 3 * (r - 1) : 639 - (r * 97) % 420;
           last[seq[r]] = std::max(last[seq[r]], pos[r]);
         }
         const auto q = random_bf16(static_cast<size_t>(rows) * q_stride, rng, 1.5f);
