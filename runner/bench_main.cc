@@ -45,13 +45,18 @@ DeviceBuffer random_bytes(size_t n, uint32_t seed) {
   return b;
 }
 
-// Copies of one random weight buffer, enough that cycling through them reads more than three
-// times the L2 (else the smaller shapes would be served from L2 and beat HBM).
-std::vector<DeviceBuffer> weight_copies(size_t bytes, uint32_t seed) {
+// Copies of a weight of `bytes` that cycling through them reads more than three times the L2
+// (else the smaller shapes would be served from L2 and beat HBM).
+size_t l2_defeating_copies(size_t bytes) {
   int device = 0, l2_bytes = 0;
   LLMQ_CUDA_CHECK(cudaGetDevice(&device));
   LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
-  const size_t copies = std::min<size_t>(32, std::max<size_t>(1, (3 * size_t(l2_bytes) + bytes - 1) / bytes));
+  return std::min<size_t>(32, std::max<size_t>(1, (3 * size_t(l2_bytes) + bytes - 1) / bytes));
+}
+
+// l2_defeating_copies of one random weight buffer.
+std::vector<DeviceBuffer> weight_copies(size_t bytes, uint32_t seed) {
+  const size_t copies = l2_defeating_copies(bytes);
   std::vector<DeviceBuffer> out;
   out.push_back(random_bytes(bytes, seed));
   for (size_t i = 1; i < copies; ++i) {
@@ -155,7 +160,9 @@ int kernels_bench() {
   const char* names[4] = {"bf16", "fp8", "int8", "w4a16"};
   const int ms[3] = {1, 16, 64};
   for (const Shape& s : shapes) {
-    DeviceBuffer w16 = random_bytes(size_t(s.N) * s.K * 2, 2), w8 = random_bytes(size_t(s.N) * s.K, 3);
+    // Weights cycle through copies, as in gemv_bench: one copy of the smaller shapes would be
+    // served from L2 after the first call.
+    const std::vector<DeviceBuffer> w16 = weight_copies(size_t(s.N) * s.K * 2, 2), w8 = weight_copies(size_t(s.N) * s.K, 3);
     DeviceBuffer sw(s.N * 4);
     std::vector<float> ones(s.N, 0.01f);
     LLMQ_CUDA_CHECK(cudaMemcpy(sw.as(), ones.data(), s.N * 4, cudaMemcpyHostToDevice));
@@ -170,32 +177,35 @@ int kernels_bench() {
     std::mt19937 rng(4);
     for (auto& v : l.packed) v = rng();
     l.params.assign(size_t(s.N) * l.num_groups, f32_to_bf16(0.01f) | (8u << 16));
-    const gpu::W4A16Weights w4 = gpu::W4A16Weights::upload(l);
+    std::vector<gpu::W4A16Weights> w4;
+    w4.push_back(gpu::W4A16Weights::upload(l));
+    while (w4.size() < l2_defeating_copies(w4.front().bytes())) w4.push_back(gpu::W4A16Weights::upload(l));
     for (int mi = 0; mi < 3; ++mi) {
       const int M = ms[mi];
+      size_t i = 0;  // the next weight copy
       const auto* xs = x.as<const uint16_t>();
       auto* ys = y.as<uint16_t>();
       const double t[4] = {
-          time_us([&] { blas.gemm_bf16(xs, w16.as<const uint16_t>(), ys, M, s.N, s.K, nullptr); }),
+          time_us([&] { blas.gemm_bf16(xs, w16[i++ % w16.size()].as<const uint16_t>(), ys, M, s.N, s.K, nullptr); }),
           time_us([&] {
             gpu::quantize_fp8_per_token(xs, codes.as<uint8_t>(), s.K, scales_x.as<float>(), M, s.K, nullptr);
             if (M <= gpu::kGemvMaxM)  // as the engine: the decode GEMV
-              return gpu::gemv_w8a8_fp8(codes.as<const uint8_t>(), scales_x.as<const float>(), w8.as<const uint8_t>(),
+              return gpu::gemv_w8a8_fp8(codes.as<const uint8_t>(), scales_x.as<const float>(), w8[i++ % w8.size()].as<const uint8_t>(),
                                         sw.as<const float>(), ys, M, s.N, s.K, gpu::GemvEpilogue{}, nullptr);
-            blas.gemm_fp8(codes.as<const uint8_t>(), w8.as<const uint8_t>(), acc.as<float>(), M, s.N, s.K, nullptr);
+            blas.gemm_fp8(codes.as<const uint8_t>(), w8[i++ % w8.size()].as<const uint8_t>(), acc.as<float>(), M, s.N, s.K, nullptr);
             gpu::scale_rows_cols_f32(acc.as<const float>(), scales_x.as<const float>(), sw.as<const float>(), ys, M, s.N, nullptr);
           }),
           time_us([&] {
             gpu::quantize_int8_per_token(xs, codes.as<int8_t>(), s.K, scales_x.as<float>(), M, s.K, nullptr);
             if (M <= gpu::kGemvMaxM)
-              return gpu::gemv_w8a8_int8(codes.as<const int8_t>(), scales_x.as<const float>(), w8.as<const int8_t>(),
+              return gpu::gemv_w8a8_int8(codes.as<const int8_t>(), scales_x.as<const float>(), w8[i++ % w8.size()].as<const int8_t>(),
                                          sw.as<const float>(), ys, M, s.N, s.K, gpu::GemvEpilogue{}, nullptr);
-            blas.gemm_int8(codes.as<const int8_t>(), w8.as<const int8_t>(), acc.as<int32_t>(), M, s.N, s.K, nullptr);
+            blas.gemm_int8(codes.as<const int8_t>(), w8[i++ % w8.size()].as<const int8_t>(), acc.as<int32_t>(), M, s.N, s.K, nullptr);
             gpu::scale_rows_cols_i32(acc.as<const int32_t>(), scales_x.as<const float>(), sw.as<const float>(), ys, M, s.N, nullptr);
           }),
-          time_us([&] { gpu::w4a16_gemm(w4, xs, ys, M, w4_scratch, blas, nullptr); }),
+          time_us([&] { gpu::w4a16_gemm(w4[i++ % w4.size()], xs, ys, M, w4_scratch, blas, nullptr); }),
       };
-      const double bytes[4] = {double(s.N) * s.K * 2, double(s.N) * s.K, double(s.N) * s.K, double(w4.bytes())};
+      const double bytes[4] = {double(s.N) * s.K * 2, double(s.N) * s.K, double(s.N) * s.K, double(w4.front().bytes())};
       for (int f = 0; f < 4; ++f) {
         const double gbps = bytes[f] / (t[f] * 1e-6) / 1e9;
         std::printf("%-22s %4d %10s %10.1f %10.0f %9.0f%%\n", s.name, M, names[f], t[f], gbps, 100.0 * gbps / bw);
