@@ -695,6 +695,7 @@ int split_chunk(const AttentionArgs& a) {
 // (C = 8, 80 positions) and -5.5 at batch 16 (C = 2, 320). At batch 64 (C = 1) whole_row
 // stays: 51.7 against the cluster kernel's 55.3 at 64 x 640.
 constexpr int kMaxCluster = 8;
+constexpr int kClusterLenMax = 320;
 bool clusters_supported() {  // thread-block clusters: sm_90 and up
   static const bool yes = [] {
     int dev = 0, major = 0;
@@ -704,7 +705,6 @@ bool clusters_supported() {  // thread-block clusters: sm_90 and up
   }();
   return yes;
 }
-constexpr int kClusterLenMax = 320;
 int cluster_size(const AttentionArgs& a) {
   if (a.cluster > 0) return a.cluster;
   const int64_t pairs = static_cast<int64_t>(a.rows) * a.n_kv, slots = int64_t{kSplitBlocksPerSm} * sm_count();
