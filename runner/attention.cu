@@ -168,11 +168,15 @@ size_t smem_bytes(int G, int hd, int capacity) {
                           static_cast<size_t>(slices) * G * hd);
 }
 
-int max_dynamic_smem() {
-  int dev = 0, bytes = 0;
+int device_attribute(cudaDeviceAttr attr) {  // of the current device
+  int dev = 0, value = 0;
   LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
-  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return bytes - 1024;  // the static reduce / inv_sum arrays
+  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
+  return value;
+}
+
+int max_dynamic_smem() {
+  return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin) - 1024;  // the static reduce / inv_sum arrays
 }
 
 bool supported_head_dim(int hd) { return hd % 8 == 0 && hd >= 8 && hd <= 256 && ((hd / 8) & (hd / 8 - 1)) == 0; }
@@ -654,12 +658,7 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) cluster_kernel(At
 }
 
 int sm_count() {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
-    LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return n;
-  }();
+  static const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
   return sms;
 }
 
@@ -697,12 +696,7 @@ int split_chunk(const AttentionArgs& a) {
 constexpr int kMaxCluster = 8;
 constexpr int kClusterLenMax = 320;
 bool clusters_supported() {  // thread-block clusters: sm_90 and up
-  static const bool yes = [] {
-    int dev = 0, major = 0;
-    LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
-    LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    return major >= 9;
-  }();
+  static const bool yes = device_attribute(cudaDevAttrComputeCapabilityMajor) >= 9;
   return yes;
 }
 int cluster_size(const AttentionArgs& a) {

@@ -62,10 +62,15 @@ static_assert(sizeof(TileList) + sizeof(AttentionArgs) + sizeof(float) + 64 <= 4
               "prefill kernel parameters must fit the 4 KB limit");
 static_assert((kTileRows - 1) < (1 << (32 - kRowBits)), "tile row count must fit the code");
 
+// bf16 per K/V tile row in shared memory: +16 bytes, so ldmatrix's 8 row addresses hit 8 bank
+// groups.
+template <int HD>
+constexpr int kTileStride = HD + 8;
+
 // S stages of K and V tiles: tiles kt + 1 .. kt + S - 1 are in flight while tile kt computes.
 template <int HD, int S>
 struct Stage {
-  static constexpr int kStride = HD + 8;  // +16 bytes: ldmatrix's 8 row addresses hit 8 bank groups
+  static constexpr int kStride = kTileStride<HD>;
   static constexpr int kElems = kKeys * kStride;
   static constexpr size_t kSmemBytes = 2 * S * kElems * sizeof(bf16);  // K and V, S stages each
 };
@@ -83,7 +88,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 template <int HD>
 __device__ __forceinline__ void qk_tile(const uint32_t (&qf)[HD / 16][4], const bf16* k_tile, int lane,
                                         float (&s)[8][4]) {
-  constexpr int kStride = Stage<HD, 2>::kStride;  // the same for any stage count
+  constexpr int kStride = kTileStride<HD>;
 #pragma unroll
   for (int n = 0; n < 8; ++n)
 #pragma unroll
@@ -330,6 +335,8 @@ void attention_prefill(const AttentionArgs& a, const std::vector<RowSpan>& spans
   LLMQ_CHECK(attention_prefill_supported(a.n_q, a.n_kv, a.hd),
              "attention_prefill: heads " << a.n_q << "/" << a.n_kv << " head_dim " << a.hd << " unsupported");
   LLMQ_CHECK(a.rows < (1 << kRowBits), "attention_prefill: " << a.rows << " rows");
+  LLMQ_CHECK(a.prefill_stages == 0 || (a.prefill_stages >= 2 && a.prefill_stages <= 4),
+             "attention_prefill: prefill_stages " << a.prefill_stages << " is not 2, 3 or 4");
   LLMQ_CHECK(a.q_stride % 2 == 0, "attention_prefill: odd q_stride " << a.q_stride);  // 4-byte Q loads
   LLMQ_CHECK(reinterpret_cast<uintptr_t>(a.k_cache) % 16 == 0 && reinterpret_cast<uintptr_t>(a.v_cache) % 16 == 0,
              "attention_prefill: K/V cache not 16-byte aligned");
