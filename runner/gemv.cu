@@ -89,6 +89,15 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
   return v;
 }
 
+// The same, kept in program order before pdl_wait (a plain asm may be moved past it).
+__device__ __forceinline__ uint4 load_streaming_volatile(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
 __device__ __forceinline__ uint32_t word(const uint4& u, int j) { return j == 0 ? u.x : j == 1 ? u.y : j == 2 ? u.z : u.w; }
 
 // ---- formats: how one 32-bit word of weights meets one word of activations -------------------
@@ -290,11 +299,13 @@ __device__ __forceinline__ void mac_chunk(typename F::Acc (&acc)[M][kRows], cons
   }
 }
 
-// The register path's main loop (BF16; top of the file).
+// The register path's main loop (BF16; top of the file). The first step's weight loads are
+// issued before pdl_wait (weights never depend on the kernel before).
 template <class F, int M, int kRows>
 __device__ __forceinline__ void sum_registers(typename F::Acc (&acc)[M][kRows], const uint4* const (&w_rows)[kRows],
                                               const uint4* x_rows, int chunks) {
   constexpr int kUnroll = kStepLoads / kRows, kStepChunks = kThreads * kUnroll;
+  bool waited = false;
   for (int c0 = threadIdx.x; c0 < chunks; c0 += kStepChunks) {
     uint4 wv[kUnroll][kRows];  // all of this step's weight loads are issued before any use
 #pragma unroll
@@ -302,8 +313,12 @@ __device__ __forceinline__ void sum_registers(typename F::Acc (&acc)[M][kRows], 
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         const int c = c0 + u * kThreads;
-        wv[u][r] = c < chunks ? load_streaming(w_rows[r] + c) : make_uint4(0, 0, 0, 0);
+        wv[u][r] = c < chunks ? load_streaming_volatile(w_rows[r] + c) : make_uint4(0, 0, 0, 0);
       }
+    if (!waited) {
+      pdl_wait();
+      waited = true;
+    }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = c0 + u * kThreads;
@@ -314,11 +329,13 @@ __device__ __forceinline__ void sum_registers(typename F::Acc (&acc)[M][kRows], 
       mac_chunk<F>(acc, xv, wv[u]);
     }
   }
+  if (!waited) pdl_wait();
 }
 
 template <class F, int M, int kRows>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
-  pdl_wait();
+  // pdl_wait comes after the first step's weight loads or copies are issued (on the register
+  // path in sum_registers): nothing the kernel before writes is read ahead of it.
   using Acc = typename F::Acc;
   static_assert(kRows % 2 == 0 && kStepLoads % kRows == 0, "swiglu pairs (2i, 2i+1) must fall in one block");
   // Values to sum over the warp, in groups of at most 32 (one per lane after the sum).
@@ -327,8 +344,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
   __shared__ Acc warp_sums[kWarps][kValues];
 
   const int t = threadIdx.x, n0 = blockIdx.x * kRows, lane = t % 32, warp = t / 32;
-  EpilogueIn in;  // loaded here on the ring path, after the sum on the register path (top of the file)
-  if constexpr (F::kRing) in = epilogue_inputs<F, M, kRows>(a, n0);
+  EpilogueIn in;  // loaded at the start on the ring path, after the sum on the register path (top of the file)
   const int chunks = a.row_bytes / 16;
   const uint4* w_rows[kRows];
 #pragma unroll
@@ -355,31 +371,37 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
     // (a warp's 32 slots are 512 contiguous bytes: no bank conflicts).
     extern __shared__ uint4 ring[];
     const int steps = t < chunks ? (chunks - 1 - t) / kStepChunks + 1 : 0;
-    const auto issue = [&](int step) {  // copies of `step` into stage step % kStages
+    // Copies of `step` into stage step % kStages: its weights, its activations, or both.
+    const auto issue = [&](int step, bool weights, bool activations) {
       uint4* slot = ring + (step % kStages) * kSlots * kThreads + t;
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int c = t + step * kStepChunks + u * kThreads;
         if (c >= chunks) break;
+        if (weights)
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) copy_streaming(slot + (u * kRows + r) * kThreads, w_rows[r] + c);
+          for (int r = 0; r < kRows; ++r) copy_streaming(slot + (u * kRows + r) * kThreads, w_rows[r] + c);
+        if (activations)
 #pragma unroll
-        for (int m = 0; m < M; ++m)
-          copy_cached(slot + (kStepLoads + u * M + m) * kThreads, x_rows + static_cast<int64_t>(m) * chunks + c);
+          for (int m = 0; m < M; ++m)
+            copy_cached(slot + (kStepLoads + u * M + m) * kThreads, x_rows + static_cast<int64_t>(m) * chunks + c);
       }
     };
 
     // One commit group per step (empty past the end), so wait<kStages - 1> always means
-    // "this step's copies have landed" while the next kStages - 1 steps stay in flight.
-#pragma unroll
-    for (int p = 0; p < kStages - 1; ++p) {
-      if (p < steps) issue(p);
-      cp_async_commit();
-    }
+    // "this step's copies have landed" while the next kStages - 1 steps stay in flight. The
+    // first steps' weights go out before pdl_wait as one extra group ahead of them.
+    static_assert(kStages == 2, "the prologue below issues one step");
+    if (0 < steps) issue(0, true, false);
+    cp_async_commit();
+    pdl_wait();
+    in = epilogue_inputs<F, M, kRows>(a, n0);
+    if (0 < steps) issue(0, false, true);
+    cp_async_commit();
     for (int step = 0; step < steps; ++step) {
       // Refills the stage that step - 1 read: its values were consumed by the multiply-adds
       // before this point in program order.
-      if (step + kStages - 1 < steps) issue(step + kStages - 1);
+      if (step + kStages - 1 < steps) issue(step + kStages - 1, true, true);
       cp_async_commit();
       cp_async_wait(kStages - 1);
       const uint4* slot = ring + (step % kStages) * kSlots * kThreads + t;

@@ -1,12 +1,14 @@
 // Programmatic dependent launch (sm_90+): a kernel launched with launch_pdl may be scheduled
 // while the kernel before it on the stream is still finishing, so a decode step's ~200 small
 // launches stop paying launch latency and block scheduling one after the other. Every kernel
-// launched this way calls pdl_wait() as its first statement: it returns once the previous grid
-// has completed and its writes are visible, so nothing is read or written before the data is
-// there; then it lets the next kernel's blocks be scheduled onto free SMs (they wait in turn,
-// and a grid's dependents launch only once all its blocks run, so waiting blocks never keep
-// it from finishing). Below sm_90 the launch attribute is ignored and pdl_wait compiles to
-// nothing; in a CUDA graph capture the dependency is kept as a programmatic edge.
+// launched this way calls pdl_wait() before it touches anything another kernel writes: it
+// returns once the previous grid has completed and its writes are visible; then it lets the
+// next kernel's blocks be scheduled onto free SMs (they wait in turn, and a grid's dependents
+// launch only once all its blocks run, so waiting blocks never keep it from finishing). The
+// GEMVs issue their first weight loads before it: kernels that write weights (load time, the
+// GPU quantizer's updates) are plain launches, which release their dependents only when done.
+// Below sm_90 the launch attribute is ignored and pdl_wait compiles to nothing; in a CUDA
+// graph capture the dependency is kept as a programmatic edge.
 #pragma once
 
 #include <cuda_runtime.h>
