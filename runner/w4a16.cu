@@ -214,7 +214,8 @@ __global__ void __launch_bounds__(kDirectWarps * 32) mma_direct_kernel(const uin
                                                                     const uint16_t* __restrict__ x,
                                                                     uint16_t* __restrict__ y, int M, int N, int K,
                                                                     int group_size, int G, GemvEpilogue epi) {
-  pdl_wait();
+  // pdl_wait comes after the first iteration's weight and parameter loads (never written by
+  // the kernel before): they stream while that kernel finishes.
   __shared__ float partial[kDirectWarps][32][4];
   __shared__ float out[8][16];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -225,6 +226,7 @@ __global__ void __launch_bounds__(kDirectWarps * 32) mma_direct_kernel(const uin
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   const int tok = lane / 4;
   const uint32_t* x_tok = reinterpret_cast<const uint32_t*>(x + static_cast<int64_t>(min(tok, M - 1)) * K);
+  bool waited = false;
   for (int c0 = warp; c0 < chunks; c0 += 4 * kDirectWarps) {
     // The four chunks' weights and group parameters are loaded before any arithmetic, with
     // predicates rather than an early exit, so none of them waits behind it: at M = 1 a warp
@@ -240,6 +242,10 @@ __global__ void __launch_bounds__(kDirectWarps * 32) mma_direct_kernel(const uin
       const int grp = c * 64 / group_size;
       pa[u] = __ldg(params + static_cast<int64_t>(ra) * G + grp);
       pb[u] = __ldg(params + static_cast<int64_t>(rb) * G + grp);
+    }
+    if (!waited) {
+      pdl_wait();
+      waited = true;
     }
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
@@ -266,6 +272,7 @@ __global__ void __launch_bounds__(kDirectWarps * 32) mma_direct_kernel(const uin
       acc[3] = fmaf(part[3], sb, acc[3]);
     }
   }
+  if (!waited) pdl_wait();
 #pragma unroll
   for (int i = 0; i < 4; ++i) partial[warp][lane][i] = acc[i];
   __syncthreads();
