@@ -80,17 +80,10 @@ __device__ __forceinline__ void copy_cached(uint4* dst, const uint4* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
 }
 
-// The register path's weight load: L1 bypassed, whole 256-byte L2 sectors requested.
+// The register path's weight load: L1 bypassed, whole 256-byte L2 sectors requested. Volatile
+// so that the first step's loads stay in program order before pdl_wait (a plain asm may be
+// moved past it).
 __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
-
-// The same, kept in program order before pdl_wait (a plain asm may be moved past it).
-__device__ __forceinline__ uint4 load_streaming_volatile(const uint4* p) {
   uint4 v;
   asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
@@ -313,7 +306,7 @@ __device__ __forceinline__ void sum_registers(typename F::Acc (&acc)[M][kRows], 
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         const int c = c0 + u * kThreads;
-        wv[u][r] = c < chunks ? load_streaming_volatile(w_rows[r] + c) : make_uint4(0, 0, 0, 0);
+        wv[u][r] = c < chunks ? load_streaming(w_rows[r] + c) : make_uint4(0, 0, 0, 0);
       }
     if (!waited) {
       pdl_wait();
