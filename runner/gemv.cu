@@ -318,7 +318,7 @@ __device__ __forceinline__ void sum_registers(typename F::Acc (&acc)[M][kRows], 
       if (c >= chunks) break;
       uint4 xv[M];
 #pragma unroll
-      for (int m = 0; m < M; ++m) xv[m] = __ldg(x_rows + static_cast<int64_t>(m) * chunks + c);
+      for (int m = 0; m < M; ++m) xv[m] = load_after_wait(x_rows + static_cast<int64_t>(m) * chunks + c);
       mac_chunk<F>(acc, xv, wv[u]);
     }
   }

@@ -13,6 +13,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include <utility>
 
 #include "runner/cuda_check.h"
@@ -24,6 +26,21 @@ __device__ __forceinline__ void pdl_wait() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
+}
+
+// Loads of what the kernel before writes, for kernels that issue other loads before
+// pdl_wait: coherent (not ld.global.nc, whose contract is data read-only for the kernel's whole
+// life, which a kernel overlapping its predecessor does not have) and volatile, so neither the
+// compiler nor ptxas moves them above the wait.
+__device__ __forceinline__ uint4 load_after_wait(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint32_t load_after_wait(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.global.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
 }
 
 // Launches kernel with programmatic dependent launch; cluster_x > 0 also launches it in

@@ -261,8 +261,8 @@ __global__ void __launch_bounds__(kDirectWarps * 32) mma_direct_kernel(const uin
         for (int i = 0; i < 4; ++i)
           a[i] = hsub2_bf16(((words[s] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, (i % 2 == 0) ? za : zb);
         const int k = c * 64 + s * 16 + 2 * (lane % 4);
-        const uint32_t b0 = tok < M ? __ldg(x_tok + k / 2) : 0u;
-        const uint32_t b1 = tok < M ? __ldg(x_tok + k / 2 + 4) : 0u;  // k + 8
+        const uint32_t b0 = tok < M ? load_after_wait(x_tok + k / 2) : 0u;
+        const uint32_t b1 = tok < M ? load_after_wait(x_tok + k / 2 + 4) : 0u;  // k + 8
         mma_bf16(part, a, b0, b1);
       }
       const float sa = scale_of<kF16>(pa[u]), sb = scale_of<kF16>(pb[u]);
