@@ -146,10 +146,13 @@ __global__ void dequant_kernel(const uint32_t* __restrict__ packed, const uint32
 // splits in the fixed order 0, 1, ... (deterministic whatever the arrival order).
 
 constexpr int kMmaWarps = 8;         // = tiles per block (one 16-row tile per warp)
-// mma_direct: warps per block, splitting one tile's K. The small linears (o, down: N = 4096,
-// 256 tiles) give under two blocks per SM, so the warps of a tile are what keeps loads in
-// flight: 16 warps x 32 lanes x 4 chunks x 16 bytes = 32 KiB per block.
+// mma_direct: warps per block by default, splitting one tile's K. The small linears (o, down:
+// N = 4096, 256 tiles) give under two blocks per SM, so the warps of a tile are what keeps
+// loads in flight: 16 warps x 32 lanes x 4 chunks x 16 bytes = 32 KiB per block.
 constexpr int kDirectWarps = 16;
+// Fewer warps per tile (4 or 8) where the tiles are many enough to give every SM this many
+// warps anyway (pick_direct_warps).
+constexpr int kDirectWarpsPerSm = 24;
 constexpr int kBlockRows = 16 * kMmaWarps;
 constexpr int kStageChunks = 4;      // 64-column chunks per pipeline stage
 constexpr int kXStride = kStageChunks * 64 + 8;  // bf16 per staged x row: +16 bytes so the 8
@@ -203,20 +206,21 @@ __device__ void store_block(At at, int M, int n0, int N, uint16_t* y, const Gemv
   }
 }
 
-// M <= 8: one block per 16-row tile, activations straight from L1 (8 rows of x are small and
-// shared by every block), warp w takes 64-column chunks w, w + 8, ... with loads of up to four
-// chunks issued before their MMAs. Measured faster at M = 1 than the staged kernel below
-// (H200, Llama-3.1-8B shapes: per layer 78 vs 90 us), whose shared-memory pipeline pays off
-// only once x is reused across many tokens.
-template <bool kF16>
-__global__ void __launch_bounds__(kDirectWarps * 32) mma_direct_kernel(const uint4* __restrict__ packed,
-                                                                    const uint32_t* __restrict__ params,
-                                                                    const uint16_t* __restrict__ x,
-                                                                    uint16_t* __restrict__ y, int M, int N, int K,
-                                                                    int group_size, int G, GemvEpilogue epi) {
+// M <= 8: one block of S warps per 16-row tile, activations straight from L1 (8 rows of x are
+// small and shared by every block); the S warps split the tile's K, warp w taking 64-column
+// chunks w, w + S, ... with loads of up to four chunks issued before their MMAs. Measured
+// faster at M = 1 than the staged kernel below (H200, Llama-3.1-8B shapes: per layer 78 vs
+// 90 us), whose shared-memory pipeline pays off only once x is reused across many tokens.
+// Per output: each warp's chunks in increasing order, then the S warps' sums in warp order.
+template <bool kF16, int S>
+__global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restrict__ packed,
+                                                             const uint32_t* __restrict__ params,
+                                                             const uint16_t* __restrict__ x, uint16_t* __restrict__ y,
+                                                             int M, int N, int K, int group_size, int G,
+                                                             GemvEpilogue epi) {
   // pdl_wait comes after the first iteration's weight and parameter loads (never written by
   // the kernel before): they stream while that kernel finishes.
-  __shared__ float partial[kDirectWarps][32][4];
+  __shared__ float partial[S][32][4];
   __shared__ float out[8][16];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int tile = blockIdx.x;
@@ -227,7 +231,7 @@ __global__ void __launch_bounds__(kDirectWarps * 32) mma_direct_kernel(const uin
   const int tok = lane / 4;
   const uint32_t* x_tok = reinterpret_cast<const uint32_t*>(x + static_cast<int64_t>(min(tok, M - 1)) * K);
   bool waited = false;
-  for (int c0 = warp; c0 < chunks; c0 += 4 * kDirectWarps) {
+  for (int c0 = warp; c0 < chunks; c0 += 4 * S) {
     // The four chunks' weights and group parameters are loaded before any arithmetic, with
     // predicates rather than an early exit, so none of them waits behind it: at M = 1 a warp
     // has only a few iterations, and each dependent HBM or L2 round trip is one more latency
@@ -237,7 +241,7 @@ __global__ void __launch_bounds__(kDirectWarps * 32) mma_direct_kernel(const uin
     uint32_t pa[4], pb[4];
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const int c = min(c0 + u * kDirectWarps, chunks - 1);  // past the end: a valid address, not summed
+      const int c = min(c0 + u * S, chunks - 1);  // past the end: a valid address, not summed
       wv[u] = __ldg(base + static_cast<int64_t>(c) * 32);
       const int grp = c * 64 / group_size;
       pa[u] = __ldg(params + static_cast<int64_t>(ra) * G + grp);
@@ -249,7 +253,7 @@ __global__ void __launch_bounds__(kDirectWarps * 32) mma_direct_kernel(const uin
     }
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const int c = c0 + u * kDirectWarps;
+      const int c = c0 + u * S;
       if (c >= chunks) break;
       const uint32_t za = zero_pair(pa[u]), zb = zero_pair(pb[u]);
       float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -282,18 +286,47 @@ __global__ void __launch_bounds__(kDirectWarps * 32) mma_direct_kernel(const uin
     const int l = e / 4, i = e % 4;
     float sum = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kDirectWarps; ++w) sum += partial[w][l][i];
+    for (int w = 0; w < S; ++w) sum += partial[w][l][i];
     out[2 * (l % 4) + (i % 2)][l / 4 + (i >= 2 ? 8 : 0)] = sum;
   }
   __syncthreads();
   store_block<16>([&](int tok, int r) { return out[tok][r]; }, M, tile * 16, N, y, epi);
 }
 
+// Warps per tile for mma_direct: 4 or 8 where the tiles alone give every SM kDirectWarpsPerSm
+// warps and each warp at least two iterations (chunks >= 8 S), else kDirectWarps. On the H200
+// at Llama-3.1-8B shapes that is 4 for gate_up (1792 tiles): 34.3 vs 37.4 us at M = 1, the
+// fewer warps of a tile each keeping more loads in flight over more iterations.
+int pick_direct_warps(int tiles, int chunks) {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
+    LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  for (int S : {4, 8})
+    if (int64_t{tiles} * S >= int64_t{sms} * kDirectWarpsPerSm && chunks >= 8 * S) return S;
+  return kDirectWarps;
+}
+
+template <bool kF16, int S>
+void launch_mma_direct_s(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi,
+                         cudaStream_t s) {
+  launch_pdl(mma_direct_kernel<kF16, S>, dim3((w.N + 15) / 16), dim3(S * 32), 0, s, w.packed.as<const uint4>(),
+             w.params.as<const uint32_t>(), x, y, M, w.N, w.K, w.group_size, w.G, epi);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
+
 template <bool kF16>
 void launch_mma_direct(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi,
-                       cudaStream_t s) {
-  launch_pdl(mma_direct_kernel<kF16>, dim3((w.N + 15) / 16), dim3(kDirectWarps * 32), 0, s, w.packed.as<const uint4>(), w.params.as<const uint32_t>(), x, y, M, w.N, w.K, w.group_size, w.G, epi);
-  LLMQ_CUDA_CHECK_LAUNCH();
+                       int warps, cudaStream_t s) {
+  if (warps == 0) warps = pick_direct_warps((w.N + 15) / 16, w.K / 64);
+  switch (warps) {
+    case 4: return launch_mma_direct_s<kF16, 4>(w, x, y, M, epi, s);
+    case 8: return launch_mma_direct_s<kF16, 8>(w, x, y, M, epi, s);
+    case 16: return launch_mma_direct_s<kF16, 16>(w, x, y, M, epi, s);
+  }
+  LLMQ_CHECK(false, "W4A16 direct GEMV takes 4, 8 or 16 warps per tile, not " << warps);
 }
 
 // Grid: x over blocks of 128 output rows, y over K splits. TG groups of 8 token rows
@@ -599,13 +632,15 @@ W4A16Weights W4A16Weights::upload(const W4A16Layout& l) {
 }
 
 void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cudaStream_t s, const GemvEpilogue& epi,
-                void* split, size_t split_bytes) {
+                void* split, size_t split_bytes, int direct_warps) {
   if (M == 0) return;
   if (w.mma) {
     LLMQ_CHECK(M <= kW4A16MmaMaxM, "W4A16 tensor-core GEMV takes at most " << kW4A16MmaMaxM << " rows, got " << M);
     LLMQ_CHECK(!epi.swiglu || w.N % 2 == 0, "W4A16 SwiGLU epilogue needs an even N, got " << w.N);
     LLMQ_CHECK(reinterpret_cast<uintptr_t>(x) % 16 == 0, "W4A16 tensor-core GEMV needs 16-byte aligned x (cp.async)");
-    if (M <= 8) return w.scale_f16 ? launch_mma_direct<true>(w, x, y, M, epi, s) : launch_mma_direct<false>(w, x, y, M, epi, s);
+    if (M <= 8)
+      return w.scale_f16 ? launch_mma_direct<true>(w, x, y, M, epi, direct_warps, s)
+                         : launch_mma_direct<false>(w, x, y, M, epi, direct_warps, s);
     if (M <= 16) return launch_mma<2>(w, x, y, M, epi, split, split_bytes, s);
     if (M <= 32) return launch_mma<4>(w, x, y, M, epi, split, split_bytes, s);
     return launch_mma<8>(w, x, y, M, epi, split, split_bytes, s);

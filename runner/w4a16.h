@@ -112,10 +112,11 @@ void w4a16_gemm(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, co
                 Blas& blas, cudaStream_t s, const GemvEpilogue& epi = {});
 bool w4a16_fuses_epilogue(const W4A16Weights& w, int M);
 // The two halves, exposed for tests: the small-M kernel (M <= kW4A16MmaMaxM with the
-// tensor-core layout, x 16-byte aligned; split / split_bytes as W4A16Scratch), and the
-// dequantization of the large-M path (w_bf16 [N, K] in the layout's column order).
+// tensor-core layout, x 16-byte aligned; split / split_bytes as W4A16Scratch; direct_warps 4, 8
+// or 16 forces the warps per tile of the M <= 8 kernel, 0 picks them), and the dequantization
+// of the large-M path (w_bf16 [N, K] in the layout's column order).
 void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cudaStream_t s,
-                const GemvEpilogue& epi = {}, void* split = nullptr, size_t split_bytes = 0);
+                const GemvEpilogue& epi = {}, void* split = nullptr, size_t split_bytes = 0, int direct_warps = 0);
 void w4a16_dequantize(const W4A16Weights& w, uint16_t* w_bf16, cudaStream_t s);
 
 }  // namespace llmq::gpu

@@ -10,6 +10,7 @@
 #include <numeric>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/numeric.h"
@@ -719,6 +720,14 @@ TEST(RunnerKernels, W4A16MatchesReference) {
       // Without the split-K workspace (one K range per block): the same bound.
       gpu::w4a16_gemm(w, dx.as<uint16_t>(), dy.as<uint16_t>(), M, {xp.as<uint16_t>(), wb.as<uint16_t>()}, blas, nullptr);
       expect_bf16_near(dy.to_host<uint16_t>(), ref, 1.0, tol, "no split workspace");
+      // The direct kernel (M <= 8) with each warp count per tile (K = 448 leaves warps without
+      // chunks; 2368 and 4096 give each several iterations): the same bound. Act-order permutes x before the GEMV,
+      // so the unpermuted cases cover it.
+      if (w.mma && M <= 8 && !k.act)
+        for (int warps : {4, 8, 16}) {
+          gpu::w4a16_gemv(w, dx.as<uint16_t>(), dy.as<uint16_t>(), M, nullptr, {}, nullptr, 0, warps);
+          expect_bf16_near(dy.to_host<uint16_t>(), ref, 1.0, tol, ("direct, " + std::to_string(warps) + " warps").c_str());
+        }
     }
 }
 
