@@ -7,6 +7,7 @@
 # packed as ALT="NAME_test_runner_x=path" (build-carry/alt) run after this build's own. Bench knobs: FORMATS, BATCHES, PROFILE=1 (per-op times of one eager decode step and of one prefill per batch size), PEER=path.
 # STAGE=ab: the benchmark of each of FORMATS (default bs 1, BATCHES) with each of VARIANTS, bench
 # binaries packed by `ALT=... scripts/pack_carry.sh` (main: this build's own).
+# STAGE=ncu: Nsight Compute on the kernel benchmark (below).
 # STAGE=quantize: `llmq quantize --device gpu` of the synthetic 8B with each of METHODS (default
 # "fp8 int8-sq gptq"; calibration SAMPLES x SEQ_LEN tokens, default 128 x 2048, of the text below),
 # printing wall time, max RSS and the report's stage timings and memory peaks; CALIBRATE=1 first
@@ -70,6 +71,22 @@ if [ "$STAGE" = ab ]; then  # A/B of bench binaries in one run: VARIANTS (main =
       echo "== $f $v: exit $?"; grep -A4 ' batch ' "$OUT/ab-$f-$v.txt" | tail -n +2
     done
   done
+fi
+
+# STAGE=ncu: Nsight Compute on the kernel benchmark (llmq_runner_bench --kernels, or NCU_BIN),
+# kernels whose name matches NCU_KERNELS (a regex, default the W4A16 and W8A8 decode GEMVs),
+# NCU_COUNT launches of them (default 6), with the throughput, memory, warp-stall, occupancy and
+# launch sections. ncu is looked for on PATH and in the usual install folders.
+if [ "$STAGE" = ncu ]; then
+  NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -z "$NCU" ]; then echo "ncu: not installed"; else
+    echo "ncu: $NCU"
+    timeout 500 "$NCU" -k "regex:${NCU_KERNELS:-mma_direct|mma_gemv|gemv_kernel}" -c "${NCU_COUNT:-6}" \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+      --section LaunchStats ${NCU_BIN:-$BIN/bin/llmq_runner_bench --kernels} > "$OUT/ncu.txt" 2>&1
+    echo "ncu: exit $?"
+    grep -E "^  [a-z_].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Waves Per SM|Stall|Warp Cycles Per Issued|Compute \(SM\)" "$OUT/ncu.txt" | head -${NCU_LINES:-150}
+  fi
 fi
 
 if [ "$STAGE" = quantize ]; then
