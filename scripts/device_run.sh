@@ -23,3 +23,5 @@ for stage in ${STAGES:-tests}; do
   echo "=== $stage"
   STAGE=$stage BIN=build-carry OUT=${OUT:-out/gpu}/$stage scripts/gpu_check.sh
 done
+# The suites' one-line results again, last, where the returned tail of the output keeps them.
+for f in "${OUT:-out/gpu}"/*/summary.txt; do [ -f "$f" ] && { echo "=== summary"; cat "$f"; }; done

@@ -27,6 +27,9 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv,noheader
 # returns only a few files, so a failure must be readable from the output alone.
 report() {
   echo "$1: exit $2"; grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/$1.log" | head -20
+  # One line per suite in summary.txt, which device_run.sh prints last (a long benchmark
+  # output can push the lines above out of the returned tail).
+  echo "$1: exit $2, $(grep -cE '^\[       OK' "$OUT/$1.log") ok, $(grep -cE '^\[  FAILED  \] [A-Za-z]' "$OUT/$1.log" | awk '{print int($1/2)}') failed" >> "$OUT/summary.txt"
   [ "$2" = 0 ] || grep -B1 -A4 -E "Failure$|error: " "$OUT/$1.log" | head -${FAILURE_LINES:-40}
 }
 
