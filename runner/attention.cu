@@ -24,6 +24,7 @@
 
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
+#include "runner/device_attribute.h"
 #include "runner/kernels.h"
 #include "runner/pdl.cuh"
 
@@ -166,13 +167,6 @@ size_t smem_bytes(int G, int hd, int capacity) {
   const int slices = kThreads / (hd / 8);
   return sizeof(float) * (static_cast<size_t>(G) * hd + static_cast<size_t>(G) * capacity +
                           static_cast<size_t>(slices) * G * hd);
-}
-
-int device_attribute(cudaDeviceAttr attr) {  // of the current device
-  int dev = 0, value = 0;
-  LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
-  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
-  return value;
 }
 
 int max_dynamic_smem() {

@@ -5,6 +5,7 @@
 #include "runner/bench.h"
 #include "runner/cuda_check.h"
 #include "runner/device.h"
+#include "runner/device_attribute.h"
 #include "runner/device_buffer.h"
 #include "runner/engine.h"
 
@@ -37,9 +38,7 @@ double measure_hbm_read_gbps() {
   const size_t bytes = size_t(2) << 30;
   DeviceBuffer buf(bytes), sink(4);
   LLMQ_CUDA_CHECK(cudaMemset(buf.as(), 1, bytes));
-  int sms = 0, dev = 0;
-  LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
-  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int sms = gpu::device_attribute(cudaDevAttrMultiProcessorCount);
   cudaEvent_t a, b;
   LLMQ_CUDA_CHECK(cudaEventCreate(&a));
   LLMQ_CUDA_CHECK(cudaEventCreate(&b));

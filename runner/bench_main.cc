@@ -23,6 +23,7 @@
 #include "runner/device_buffer.h"
 #include "runner/gemm.h"
 #include "runner/bench_timer.h"
+#include "runner/device_attribute.h"
 #include "runner/gemv.h"
 #include "runner/kernels.h"
 #include "runner/w4a16.h"
@@ -48,9 +49,7 @@ DeviceBuffer random_bytes(size_t n, uint32_t seed) {
 // Copies of a weight of `bytes` that cycling through them reads more than three times the L2
 // (else the smaller shapes would be served from L2 and beat HBM).
 size_t l2_defeating_copies(size_t bytes) {
-  int device = 0, l2_bytes = 0;
-  LLMQ_CUDA_CHECK(cudaGetDevice(&device));
-  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  const int l2_bytes = gpu::device_attribute(cudaDevAttrL2CacheSize);
   return std::min<size_t>(32, std::max<size_t>(1, (3 * size_t(l2_bytes) + bytes - 1) / bytes));
 }
 

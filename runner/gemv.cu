@@ -43,6 +43,7 @@
 
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
+#include "runner/device_attribute.h"
 #include "runner/gemv.h"
 #include "runner/mma.cuh"
 #include "runner/pdl.cuh"
@@ -441,10 +442,9 @@ template <class F, int M, int kRows>
 KernelSetup set_up_kernel() {
   KernelSetup k;
   k.smem = smem_bytes<M, kRows>();
-  int dev = 0, sms = 0, optin = 0, per_sm = 0;
-  LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
-  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
+  const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  int per_sm = 0;
   LLMQ_CHECK(k.smem <= optin, "decode GEMV (M " << M << ") needs " << k.smem
                                                 << " bytes of shared memory per block, the device has " << optin);
   const auto kernel = gemv_kernel<F, M, kRows>;

@@ -6,6 +6,7 @@
 
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
+#include "runner/device_attribute.h"
 #include "runner/gemv.h"
 #include "runner/kernels.h"
 #include "runner/mma.cuh"
@@ -298,12 +299,7 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
 // at Llama-3.1-8B shapes that is 4 for gate_up (1792 tiles): 34.3 vs 37.4 us at M = 1, the
 // fewer warps of a tile each keeping more loads in flight over more iterations.
 int pick_direct_warps(int tiles, int chunks) {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
-    LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return n;
-  }();
+  static const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
   for (int S : {4, 8})
     if (int64_t{tiles} * S >= int64_t{sms} * kDirectWarpsPerSm && chunks >= 8 * S) return S;
   return kDirectWarps;
@@ -538,10 +534,8 @@ template <int TG, bool kF16>
 const MmaConfig& mma_config() {
   static const MmaConfig config = [] {
     MmaConfig c;
-    int dev = 0, optin = 0;
-    LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
-    LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&c.sms, cudaDevAttrMultiProcessorCount, dev));
+    const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+    c.sms = device_attribute(cudaDevAttrMultiProcessorCount);
     // 4 stages keep 3 stages of weights (48 KB per block) in flight; TG = 4 takes 3 so two
     // blocks fit an SM. Fewer where the device has less shared memory.
     c.stages = TG == 4 ? 3 : 4;
@@ -654,9 +648,7 @@ void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cu
 }
 
 size_t w4a16_split_bytes(int max_n, int max_m) {
-  int dev = 0, sms = 0;
-  LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
-  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
   // mma_splits: splits <= 2 ceil(target / columns) <= 2 target / columns + 2 with target <=
   // 2 sms blocks, so splits · N <= (4 sms + 2 columns) · kBlockRows.
   const size_t columns = (static_cast<size_t>(max_n) + kBlockRows - 1) / kBlockRows;

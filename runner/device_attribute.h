@@ -1,0 +1,18 @@
+// An attribute of the current CUDA device (SM count, shared memory per block, ...), for the
+// runner's launch choices.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "runner/cuda_check.h"
+
+namespace llmq::gpu {
+
+inline int device_attribute(cudaDeviceAttr attr) {
+  int dev = 0, value = 0;
+  LLMQ_CUDA_CHECK(cudaGetDevice(&dev));
+  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
+  return value;
+}
+
+}  // namespace llmq::gpu
