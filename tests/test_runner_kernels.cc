@@ -403,11 +403,11 @@ TEST(RunnerKernels, AttentionMatchesReference) {
 
 // Decode-shaped calls (one row per sequence) on the split path: rows 1, 3, 16, 64 at
 // positions up to 639, capacity 640 and 2048 (where the first row sees all 2048 positions
-// and most chunks of the others are empty; rows 1 and 2 see 1 and 4 positions), GQA groups 1, 4, 8, head_dim 64 and 128, the
-// default path (thread-block clusters at the small batches, else whole_row or the pair), the
-// two-kernel pair with forced chunks (192: a partial last chunk; 1024: one chunk per row) and
-// forced cluster sizes 1, 2, 8 (1 at capacity 2048 falls back to the pair). Cache
-// positions past every row of a slot hold NaN, so a chunk that lets an unwritten K/V row into
+// and most chunks of the others are empty; rows 1 and 2 see 1 and 4 positions), GQA groups
+// 1, 4, 8, head_dim 64 and 128, the default path (thread-block clusters at the small
+// batches, else whole_row or the pair), the two-kernel pair with forced chunks (192: a
+// partial last chunk; 1024: one chunk per row) and forced cluster sizes 1, 2, 8 (1 at
+// capacity 2048 falls back to the pair). Cache positions past every row of a slot hold NaN, so a chunk that lets an unwritten K/V row into
 // a sum fails; the workspace starts as NaN / all-ones counters, so nothing relies on zeroing.
 // Same tolerance as AttentionMatchesReference, two-sided: most outputs must equal the
 // reference bit for bit (a probability rounds the other way only near a bf16 boundary), and
