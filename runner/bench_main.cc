@@ -81,16 +81,18 @@ void gemv_bench(double hbm_gbps, gpu::Blas& blas) {
   LLMQ_CUDA_CHECK(cudaMemcpy(sx.as(), scales.data(), max_m * 4, cudaMemcpyHostToDevice));
   LLMQ_CUDA_CHECK(cudaMemcpy(sw.as(), scales.data(), max_n * 4, cudaMemcpyHostToDevice));
   std::printf("\ndecode GEMVs (us, %% of HBM %.0f GB/s)\n", hbm_gbps);
-  std::printf("%-22s %2s %18s %18s %18s %18s\n", "linear [N x K]", "M", "gemv_bf16", "cublasLt_bf16", "gemv_fp8",
-              "gemv_int8");
+  // The tensor-core W8A8 GEMVs (runner/gemv_mma.cu) last; FP8's where the device has FP8 MMAs.
+  const bool fp8_mma = gpu::gemv_fp8_mma_supported(gpu::kGemvMmaLd);
+  std::printf("%-22s %2s %18s %18s %18s %18s %18s %18s\n", "linear [N x K]", "M", "gemv_bf16", "cublasLt_bf16",
+              "gemv_fp8", "gemv_int8", "gemv_int8_mma", fp8_mma ? "gemv_fp8_mma" : "");
   for (const Shape& s : shapes) {
     const std::vector<DeviceBuffer> w16 = weight_copies(size_t(s.N) * s.K * 2, 13);
     const std::vector<DeviceBuffer> w8 = weight_copies(size_t(s.N) * s.K, 14);
-    for (int M : {1, 4, 8}) {
+    for (int M : {1, 2, 4, 8}) {
       size_t i = 0;  // the next weight copy
       const auto* xs = x.as<const uint16_t>();
       auto* ys = y.as<uint16_t>();
-      const double t[4] = {
+      const double t[6] = {
           time_us([&] { gpu::gemv_bf16(xs, w16[i++ % w16.size()].as<const uint16_t>(), ys, M, s.N, s.K, {}, nullptr); }),
           time_us([&] { blas.gemm_bf16(xs, w16[i++ % w16.size()].as<const uint16_t>(), ys, M, s.N, s.K, nullptr); }),
           time_us([&] {
@@ -101,11 +103,19 @@ void gemv_bench(double hbm_gbps, gpu::Blas& blas) {
             gpu::gemv_w8a8_int8(xq.as<const int8_t>(), sx.as<const float>(), w8[i++ % w8.size()].as<const int8_t>(),
                                 sw.as<const float>(), ys, M, s.N, s.K, {}, nullptr);
           }),
+          time_us([&] {
+            gpu::gemv_w8a8_int8_mma(xq.as<const int8_t>(), sx.as<const float>(), w8[i++ % w8.size()].as<const int8_t>(),
+                                    sw.as<const float>(), ys, M, s.N, s.K, {}, nullptr);
+          }),
+          !fp8_mma ? 0.0 : time_us([&] {
+            gpu::gemv_w8a8_fp8_mma(xq.as<const uint8_t>(), sx.as<const float>(), w8[i++ % w8.size()].as<const uint8_t>(),
+                                   sw.as<const float>(), ys, M, s.N, s.K, {}, nullptr);
+          }),
       };
-      const double bytes[4] = {double(s.N) * s.K * 2, double(s.N) * s.K * 2, double(s.N) * (s.K + 4.0),
-                               double(s.N) * (s.K + 4.0)};
+      const double w8_bytes = double(s.N) * (s.K + 4.0);
+      const double bytes[6] = {double(s.N) * s.K * 2, double(s.N) * s.K * 2, w8_bytes, w8_bytes, w8_bytes, w8_bytes};
       std::printf("%-22s %2d", s.name, M);
-      for (int f = 0; f < 4; ++f)
+      for (int f = 0; f < (fp8_mma ? 6 : 5); ++f)
         std::printf(" %9.1f us %4.0f%%", t[f], 100.0 * bytes[f] / (t[f] * 1e-6) / 1e9 / hbm_gbps);
       std::printf("\n");
     }
@@ -188,17 +198,19 @@ int kernels_bench() {
           time_us([&] { blas.gemm_bf16(xs, w16[i++ % w16.size()].as<const uint16_t>(), ys, M, s.N, s.K, nullptr); }),
           time_us([&] {
             gpu::quantize_fp8_per_token(xs, codes.as<uint8_t>(), s.K, scales_x.as<float>(), M, s.K, nullptr);
-            if (M <= gpu::kGemvMaxM)  // as the engine: the decode GEMV
-              return gpu::gemv_w8a8_fp8(codes.as<const uint8_t>(), scales_x.as<const float>(), w8[i++ % w8.size()].as<const uint8_t>(),
-                                        sw.as<const float>(), ys, M, s.N, s.K, gpu::GemvEpilogue{}, nullptr);
+            if (gpu::w8a8_decode_gemv(true, M, s.K) != gpu::W8A8Gemv::kNone)  // as the engine
+              return gpu::gemv_w8a8_fp8_decode(codes.as<const uint8_t>(), scales_x.as<const float>(),
+                                                w8[i++ % w8.size()].as<const uint8_t>(), sw.as<const float>(), ys, M,
+                                                s.N, s.K, gpu::GemvEpilogue{}, nullptr);
             blas.gemm_fp8(codes.as<const uint8_t>(), w8[i++ % w8.size()].as<const uint8_t>(), acc.as<float>(), M, s.N, s.K, nullptr);
             gpu::scale_rows_cols_f32(acc.as<const float>(), scales_x.as<const float>(), sw.as<const float>(), ys, M, s.N, nullptr);
           }),
           time_us([&] {
             gpu::quantize_int8_per_token(xs, codes.as<int8_t>(), s.K, scales_x.as<float>(), M, s.K, nullptr);
-            if (M <= gpu::kGemvMaxM)
-              return gpu::gemv_w8a8_int8(codes.as<const int8_t>(), scales_x.as<const float>(), w8[i++ % w8.size()].as<const int8_t>(),
-                                         sw.as<const float>(), ys, M, s.N, s.K, gpu::GemvEpilogue{}, nullptr);
+            if (gpu::w8a8_decode_gemv(false, M, s.K) != gpu::W8A8Gemv::kNone)
+              return gpu::gemv_w8a8_int8_decode(codes.as<const int8_t>(), scales_x.as<const float>(),
+                                                 w8[i++ % w8.size()].as<const int8_t>(), sw.as<const float>(), ys, M,
+                                                 s.N, s.K, gpu::GemvEpilogue{}, nullptr);
             blas.gemm_int8(codes.as<const int8_t>(), w8[i++ % w8.size()].as<const int8_t>(), acc.as<int32_t>(), M, s.N, s.K, nullptr);
             gpu::scale_rows_cols_i32(acc.as<const int32_t>(), scales_x.as<const float>(), sw.as<const float>(), ys, M, s.N, nullptr);
           }),

@@ -81,17 +81,6 @@ __device__ __forceinline__ void copy_cached(uint4* dst, const uint4* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
 }
 
-// The register path's weight load: L1 bypassed, whole 256-byte L2 sectors requested. Volatile
-// so that the first step's loads stay in program order before pdl_wait (a plain asm may be
-// moved past it).
-__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 __device__ __forceinline__ uint32_t word(const uint4& u, int j) { return j == 0 ? u.x : j == 1 ? u.y : j == 2 ? u.z : u.w; }
 
 // ---- formats: how one 32-bit word of weights meets one word of activations -------------------

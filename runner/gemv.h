@@ -45,6 +45,34 @@ void gemv_w8a8_int8(const int8_t* xq, const float* sx, const int8_t* wq, const f
 void gemv_w8a8_fp8(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, bf16* y, int M, int N,
                    int ld, const GemvEpilogue& e, cudaStream_t s);
 
+// The same products on tensor cores (runner/gemv_mma.cu), for rows of ld a multiple of
+// kGemvMmaLd codes: INT8 (sm_80+) bit-equal to gemv_w8a8_int8; FP8 (sm_89+) adds each
+// mma.sync's 32 exact products with Hopper's ~14-bit aligned adder and sums those results in
+// f32, so it is within the f32 bound plus 2^-10 Σ|xq wq| · sx · sw of the exact product
+// (tests/test_runner_gemv.cc). A weight byte costs a small fraction of an instruction at any
+// M, where gemv_w8a8_fp8 spends about four at M = 1 and is compute-bound on an H200.
+constexpr int kGemvMmaLd = 64;
+void gemv_w8a8_fp8_mma(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, bf16* y, int M, int N,
+                       int ld, const GemvEpilogue& e, cudaStream_t s);
+void gemv_w8a8_int8_mma(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, bf16* y, int M, int N,
+                        int ld, const GemvEpilogue& e, cudaStream_t s);
+// Whether those take rows of ld codes on the current device.
+bool gemv_fp8_mma_supported(int ld);
+bool gemv_int8_mma_supported(int ld);
+// The decode GEMV the engine runs for a W8A8 linear of M token rows of ld codes (kNone: none
+// takes them, the engine runs cuBLASLt). FP8 takes the tensor-core kernel from
+// kFp8MmaMinM rows to kGemvMaxM, where the CUDA-core one is compute-bound (H200, 8B shapes:
+// gate_up at M = 4 46.2 -> 35.2 us, at M = 8 86.0 -> 36.4; at M = 1 29.6 against 33.1, so not
+// there); INT8 keeps dp4a, which measured as fast at M <= 8 (docs/DESIGN.md).
+enum class W8A8Gemv { kNone, kCudaCore, kTensorCore };
+constexpr int kFp8MmaMinM = 2;
+W8A8Gemv w8a8_decode_gemv(bool fp8, int M, int ld);
+// Runs the kernel w8a8_decode_gemv picks (not kNone).
+void gemv_w8a8_fp8_decode(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, bf16* y, int M,
+                          int N, int ld, const GemvEpilogue& e, cudaStream_t s);
+void gemv_w8a8_int8_decode(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, bf16* y, int M,
+                           int N, int ld, const GemvEpilogue& e, cudaStream_t s);
+
 // The FP8 kernel's conversion without cvt instructions: an E4M3 code (s|e4|m3, bias 7) placed
 // in an f32 as s -> bit 31, e|m -> bits 20..26 reads as value(code) · 2^-120 exactly:
 // normal codes give f32 exponent field e, so 2^(e-127)(1 + m/8) = 2^(e-7)(1 + m/8) · 2^-120;

@@ -52,7 +52,7 @@ bool GpuLinear::uses_gemv(int M) const {
   switch (kind) {
     case LinearKind::kBf16: return M <= gpu::kGemvMaxM && K % 8 == 0;
     case LinearKind::kFp8:
-    case LinearKind::kInt8: return M <= gpu::kGemvMaxM && K_pad % 16 == 0;
+    case LinearKind::kInt8: return gpu::w8a8_decode_gemv(kind == LinearKind::kFp8, M, K_pad) != gpu::W8A8Gemv::kNone;
     case LinearKind::kW4A16: return gpu::w4a16_fuses_epilogue(w4, M);
   }
   return false;
@@ -86,11 +86,15 @@ void GpuLinear::forward(LinearIn in, bf16* y, int M, const gpu::GemvEpilogue& ep
   const float* sx = s.scales.as<const float>();
   const float* sw = scales.as<const float>();
   if (fp8) {
-    if (gemv) return gpu::gemv_w8a8_fp8(s.codes.as<const uint8_t>(), sx, weight.as<const uint8_t>(), sw, y, M, N, K_pad, epi, st);
+    if (gemv)
+      return gpu::gemv_w8a8_fp8_decode(s.codes.as<const uint8_t>(), sx, weight.as<const uint8_t>(), sw, y, M, N, K_pad,
+                                       epi, st);
     blas.gemm_fp8(s.codes.as<const uint8_t>(), weight.as<const uint8_t>(), s.acc.as<float>(), M, N, K_pad, st);
     return gpu::scale_rows_cols_f32(s.acc.as<const float>(), sx, sw, y, M, N, st);
   }
-  if (gemv) return gpu::gemv_w8a8_int8(s.codes.as<const int8_t>(), sx, weight.as<const int8_t>(), sw, y, M, N, K_pad, epi, st);
+  if (gemv)
+    return gpu::gemv_w8a8_int8_decode(s.codes.as<const int8_t>(), sx, weight.as<const int8_t>(), sw, y, M, N, K_pad, epi,
+                                      st);
   blas.gemm_int8(s.codes.as<const int8_t>(), weight.as<const int8_t>(), s.acc.as<int32_t>(), M, N, K_pad, st);
   gpu::scale_rows_cols_i32(s.acc.as<const int32_t>(), sx, sw, y, M, N, st);
 }

@@ -43,6 +43,18 @@ __device__ __forceinline__ uint32_t load_after_wait(const uint32_t* p) {
   return v;
 }
 
+// A weight load for kernels that issue their first ones before pdl_wait (weights are written
+// only by plain launches, which release dependents at completion): L1 bypassed, whole 256-byte
+// L2 sectors requested (the data is read once). Volatile so that the loads stay in program
+// order before pdl_wait (a plain asm may be moved past it).
+__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
 // Launches kernel with programmatic dependent launch; cluster_x > 0 also launches it in
 // thread-block clusters of cluster_x blocks along x.
 template <class... Params, class... Args>

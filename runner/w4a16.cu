@@ -10,6 +10,7 @@
 #include "runner/gemv.h"
 #include "runner/kernels.h"
 #include "runner/mma.cuh"
+#include "runner/mma_gemv.cuh"
 #include "runner/pdl.cuh"
 #include "runner/w4a16.h"
 
@@ -147,13 +148,6 @@ __global__ void dequant_kernel(const uint32_t* __restrict__ packed, const uint32
 // splits in the fixed order 0, 1, ... (deterministic whatever the arrival order).
 
 constexpr int kMmaWarps = 8;         // = tiles per block (one 16-row tile per warp)
-// mma_direct: warps per block by default, splitting one tile's K. The small linears (o, down:
-// N = 4096, 256 tiles) give under two blocks per SM, so the warps of a tile are what keeps
-// loads in flight: 16 warps x 32 lanes x 4 chunks x 16 bytes = 32 KiB per block.
-constexpr int kDirectWarps = 16;
-// Fewer warps per tile (4 or 8) where the tiles are many enough to give every SM this many
-// warps anyway (pick_direct_warps).
-constexpr int kDirectWarpsPerSm = 24;
 constexpr int kBlockRows = 16 * kMmaWarps;
 constexpr int kStageChunks = 4;      // 64-column chunks per pipeline stage
 constexpr int kXStride = kStageChunks * 64 + 8;  // bf16 per staged x row: +16 bytes so the 8
@@ -178,33 +172,6 @@ __device__ __forceinline__ uint32_t hsub2_bf16(uint32_t a, uint32_t b) {
 __device__ __forceinline__ uint32_t zero_pair(uint32_t param) {
   const uint32_t h = 0x4300u | ((param >> 16) & 0xFu);
   return h | (h << 16);
-}
-
-// The GEMV epilogue (runner/gemv.h) for the block's kRows output rows n0.. (at(tok, r): the f32
-// sum of token tok, block row r): plain, plus the residual, or SwiGLU of row pairs (2i, 2i + 1;
-// kRows is even, so a block holds whole pairs; y is then [M, N/2]).
-template <int kRows, class At>
-__device__ void store_block(At at, int M, int n0, int N, uint16_t* y, const GemvEpilogue& epi) {
-  const int rows = min(kRows, N - n0);
-  if (epi.swiglu) {
-    const int half_n = N / 2, p0 = n0 / 2;
-    for (int e = threadIdx.x; e < M * (kRows / 2); e += blockDim.x) {
-      const int tok = e / (kRows / 2), p = e % (kRows / 2);
-      if (p0 + p >= half_n) continue;
-      const float g = bf16_to_f32(f32_to_bf16(at(tok, 2 * p)));
-      const float u = bf16_to_f32(f32_to_bf16(at(tok, 2 * p + 1)));
-      const float silu = bf16_to_f32(f32_to_bf16(g / (1.0f + expf(-g))));
-      y[static_cast<int64_t>(tok) * half_n + p0 + p] = f32_to_bf16(silu * u);
-    }
-    return;
-  }
-  for (int e = threadIdx.x; e < M * kRows; e += blockDim.x) {
-    const int tok = e / kRows, r = e % kRows;
-    if (r >= rows) continue;
-    const int64_t i = static_cast<int64_t>(tok) * N + n0 + r;
-    const uint16_t o = f32_to_bf16(at(tok, r));
-    y[i] = epi.residual ? f32_to_bf16(bf16_to_f32(epi.residual[i]) + bf16_to_f32(o)) : o;
-  }
 }
 
 // M <= 8: one block of S warps per 16-row tile, activations straight from L1 (8 rows of x are
@@ -294,17 +261,6 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
   store_block<16>([&](int tok, int r) { return out[tok][r]; }, M, tile * 16, N, y, epi);
 }
 
-// Warps per tile for mma_direct: 4 or 8 where the tiles alone give every SM kDirectWarpsPerSm
-// warps and each warp at least two iterations (chunks >= 8 S), else kDirectWarps. On the H200
-// at Llama-3.1-8B shapes that is 4 for gate_up (1792 tiles): 34.3 vs 37.4 us at M = 1, the
-// fewer warps of a tile each keeping more loads in flight over more iterations.
-int pick_direct_warps(int tiles, int chunks) {
-  static const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
-  for (int S : {4, 8})
-    if (int64_t{tiles} * S >= int64_t{sms} * kDirectWarpsPerSm && chunks >= 8 * S) return S;
-  return kDirectWarps;
-}
-
 template <bool kF16, int S>
 void launch_mma_direct_s(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi,
                          cudaStream_t s) {
@@ -316,7 +272,7 @@ void launch_mma_direct_s(const W4A16Weights& w, const uint16_t* x, uint16_t* y, 
 template <bool kF16>
 void launch_mma_direct(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi,
                        int warps, cudaStream_t s) {
-  if (warps == 0) warps = pick_direct_warps((w.N + 15) / 16, w.K / 64);
+  if (warps == 0) warps = direct_gemv_warps((w.N + 15) / 16, w.K / 64);
   switch (warps) {
     case 4: return launch_mma_direct_s<kF16, 4>(w, x, y, M, epi, s);
     case 8: return launch_mma_direct_s<kF16, 8>(w, x, y, M, epi, s);

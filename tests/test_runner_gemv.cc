@@ -5,7 +5,8 @@
 // 16-byte chunk to Llama's 14336, with W8A8 rows padded to 16 codes, so threads run 0, 1 or
 // many steps of the main loop (FP8 and INT8: the shared-memory pipeline; BF16: loads into
 // registers). Every epilogue (residual in place and not, swiglu) is checked; INT8 bit for bit,
-// BF16 and FP8 within the derived f32-summation bound. The GPU cases skip without a GPU; the
+// BF16 and FP8 within the derived f32-summation bound; the tensor-core GEMVs (K a multiple of
+// 64) likewise, INT8 bit for bit and FP8 within that bound plus its MMA adder's. The GPU cases skip without a GPU; the
 // FP8 conversion trick, the references and the argument checks run everywhere.
 #include <gtest/gtest.h>
 
@@ -110,6 +111,10 @@ TEST(RunnerGemv, RejectsBadArguments) {
   gpu::GemvEpilogue swiglu;
   swiglu.swiglu = true;
   EXPECT_DEATH(gpu::gemv_w8a8_fp8(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 5, 16, swiglu, nullptr), "odd");
+  EXPECT_DEATH(gpu::gemv_w8a8_fp8_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 4, 48, none, nullptr),
+               "multiple of 64");
+  EXPECT_DEATH(gpu::gemv_w8a8_int8_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 9, 4, 64, none, nullptr), "M 9");
+  EXPECT_DEATH(gpu::gemv_w8a8_int8_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 5, 64, swiglu, nullptr), "odd");
 }
 
 // ---- GPU: every kernel and epilogue against the reference ------------------------------------
@@ -143,6 +148,13 @@ std::vector<double> abs_sums(const std::vector<Code>& x, const std::vector<Code>
   return out;
 }
 
+// The tensor-core FP8 GEMV adds 32 exact products per mma.sync with Hopper's ~14-bit adder
+// aligned to the largest, then sums the MMA results in f32. test_runner_kernels.cc measured
+// cuBLASLt's FP8 GEMM, which keeps up to four MMAs in that adder before promoting to f32,
+// within 2^-10 Σ|terms| beyond the f32 bound (2^-12 failed once in 16 000 outputs); this
+// kernel promotes after every MMA, so the same bound holds with room to spare.
+constexpr double kFp8MmaAddBound = 0x1p-10;
+
 struct Bf16Case {
   static constexpr bool kExact = false;
   int M, N, K;
@@ -167,7 +179,8 @@ struct Bf16Case {
 };
 
 // W8A8 codes [rows, ld] with K real columns and zero padding up to ld (as the engine pads).
-template <class Code>
+// kMma: through the tensor-core GEMVs (ld a multiple of kGemvMmaLd).
+template <class Code, bool kMma = false>
 struct W8A8Case {
   static constexpr bool kExact = std::is_same_v<Code, int8_t>;
   int M, N, K, ld;
@@ -186,7 +199,8 @@ struct W8A8Case {
     if constexpr (kExact) return static_cast<float>(c);
     else return fp8e4m3_to_f32(c);
   }
-  W8A8Case(int M_, int N_, int K_, std::mt19937& rng) : M(M_), N(N_), K(K_), ld((K_ + 15) / 16 * 16) {
+  static constexpr int kLd = kMma ? gpu::kGemvMmaLd : 16;
+  W8A8Case(int M_, int N_, int K_, std::mt19937& rng) : M(M_), N(N_), K(K_), ld((K_ + kLd - 1) / kLd * kLd) {
     xq.assign(static_cast<size_t>(M) * ld, Code(0));
     wq.assign(static_cast<size_t>(N) * ld, Code(0));
     for (int m = 0; m < M; ++m)
@@ -200,8 +214,14 @@ struct W8A8Case {
     dxq = up(xq), dwq = up(wq), dsx = up(sx), dsw = up(sw);
   }
   void gpu(uint16_t* y, const gpu::GemvEpilogue& e) const {
-    if constexpr (kExact)
+    if constexpr (kExact && kMma)
+      gpu::gemv_w8a8_int8_mma(dxq.as<int8_t>(), dsx.as<float>(), dwq.as<int8_t>(), dsw.as<float>(), y, M, N, ld, e,
+                              nullptr);
+    else if constexpr (kExact)
       gpu::gemv_w8a8_int8(dxq.as<int8_t>(), dsx.as<float>(), dwq.as<int8_t>(), dsw.as<float>(), y, M, N, ld, e, nullptr);
+    else if constexpr (kMma)
+      gpu::gemv_w8a8_fp8_mma(dxq.as<uint8_t>(), dsx.as<float>(), dwq.as<uint8_t>(), dsw.as<float>(), y, M, N, ld, e,
+                             nullptr);
     else
       gpu::gemv_w8a8_fp8(dxq.as<uint8_t>(), dsx.as<float>(), dwq.as<uint8_t>(), dsw.as<float>(), y, M, N, ld, e, nullptr);
   }
@@ -212,7 +232,11 @@ struct W8A8Case {
       ref::gemv_w8a8_fp8_ref(xq.data(), sx.data(), wq.data(), sw.data(), residual, swiglu, y, M, N, ld);
   }
   std::vector<double> tolerance() const {
-    return f32_sum_tolerance(abs_sums(xq, wq, M, N, ld, value, sx.data(), sw.data()), ld);
+    const std::vector<double> abs_sum = abs_sums(xq, wq, M, N, ld, value, sx.data(), sw.data());
+    std::vector<double> tol = f32_sum_tolerance(abs_sum, ld);
+    if (kMma && !kExact)  // each FP8 MMA's aligned ~14-bit adds (the bound is derived above)
+      for (size_t i = 0; i < tol.size(); ++i) tol[i] += kFp8MmaAddBound * abs_sum[i];
+    return tol;
   }
 };
 
@@ -306,6 +330,48 @@ TEST(RunnerGemv, Fp8MatchesReference) {
   check_shapes<W8A8Case<uint8_t>>({16, 40, 4096 + 16, 14336}, 2);
 }
 
+// Both FP8 GEMVs, for the exactness tests below: the tensor-core one where the device has FP8
+// tensor cores and rows are whole 64-code chunks.
+using Fp8Gemv = void (*)(const uint8_t*, const float*, const uint8_t*, const float*, uint16_t*, int, int, int,
+                         const gpu::GemvEpilogue&, cudaStream_t);
+struct Fp8Kernel { const char* name; Fp8Gemv run; };
+std::vector<Fp8Kernel> fp8_kernels(int ld) {
+  std::vector<Fp8Kernel> k{{"cuda cores", gpu::gemv_w8a8_fp8}};
+  if (gpu::gemv_fp8_mma_supported(ld)) k.push_back({"tensor cores", gpu::gemv_w8a8_fp8_mma});
+  return k;
+}
+
+// The tensor-core GEMVs: K from one 64-code chunk to Llama's 14336 (rows of 40 codes pad to
+// 64; 4096 + 64 leaves the warps a partial last round of chunks).
+TEST(RunnerGemv, Int8MmaIsBitExact) {
+  LLMQ_REQUIRE_GPU();
+  check_shapes<W8A8Case<int8_t, true>>({64, 40, 4096 + 64, 14336}, 4);
+}
+
+TEST(RunnerGemv, Fp8MmaMatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  if (!gpu::gemv_fp8_mma_supported(gpu::kGemvMmaLd)) GTEST_SKIP() << "FP8 tensor cores need sm_89+";
+  check_shapes<W8A8Case<uint8_t, true>>({64, 40, 4096 + 64, 14336}, 3);
+}
+
+// The engine's choice of decode GEMV (gemv.h: w8a8_decode_gemv): FP8 on tensor cores from
+// kFp8MmaMinM rows where the device and the row length allow, the CUDA-core kernels otherwise,
+// none past kGemvMaxM or for rows no kernel takes.
+TEST(RunnerGemv, W8A8DecodeChoice) {
+  LLMQ_REQUIRE_GPU();
+  using gpu::W8A8Gemv;
+  const W8A8Gemv fp8_mma = gpu::gemv_fp8_mma_supported(4096) ? W8A8Gemv::kTensorCore : W8A8Gemv::kCudaCore;
+  EXPECT_EQ(gpu::w8a8_decode_gemv(true, 1, 4096), W8A8Gemv::kCudaCore);
+  for (int M = gpu::kFp8MmaMinM; M <= gpu::kGemvMaxM; ++M) {
+    EXPECT_EQ(gpu::w8a8_decode_gemv(true, M, 4096), fp8_mma) << "M " << M;
+    EXPECT_EQ(gpu::w8a8_decode_gemv(true, M, 4096 + 16), W8A8Gemv::kCudaCore) << "M " << M;
+    EXPECT_EQ(gpu::w8a8_decode_gemv(false, M, 4096), W8A8Gemv::kCudaCore) << "M " << M;
+  }
+  EXPECT_EQ(gpu::w8a8_decode_gemv(true, gpu::kGemvMaxM + 1, 4096), W8A8Gemv::kNone);
+  EXPECT_EQ(gpu::w8a8_decode_gemv(false, gpu::kGemvMaxM + 1, 4096), W8A8Gemv::kNone);
+  EXPECT_EQ(gpu::w8a8_decode_gemv(false, 1, 40), W8A8Gemv::kNone);
+}
+
 // Every E4M3 code through the kernel's conversion on each side of the product, at every byte
 // position of a 16-byte chunk: activations all 1.0 (code 0x38) against weight row n holding
 // code n in column n, then activations holding every code against one-hot weight rows. Each
@@ -328,13 +394,16 @@ TEST(RunnerGemv, Fp8EveryCodeIsExactOnTheDevice) {
     ref::gemv_w8a8_fp8_ref(side.x.data(), one.data(), side.w.data(), one.data(), nullptr, false, ref.data(), M, codes,
                            codes);
     DeviceBuffer dx = up(side.x), dw = up(side.w);
-    gpu::gemv_w8a8_fp8(dx.as<uint8_t>(), ds.as<float>(), dw.as<uint8_t>(), ds.as<float>(), dy.as<uint16_t>(), M, codes,
-                       codes, {}, nullptr);
-    const std::vector<uint16_t> got = dy.to_host<uint16_t>();
-    EXPECT_EQ(got, ref);
-    for (int c = 0; c < codes; ++c) {
-      if (is_fp8_nan(static_cast<uint8_t>(c))) continue;
-      EXPECT_EQ(bf16_to_f32(got[c]), fp8e4m3_to_f32(static_cast<uint8_t>(c))) << "code " << c;  // -0 sums to +0
+    for (const Fp8Kernel& kernel : fp8_kernels(codes)) {
+      SCOPED_TRACE(kernel.name);
+      kernel.run(dx.as<uint8_t>(), ds.as<float>(), dw.as<uint8_t>(), ds.as<float>(), dy.as<uint16_t>(), M, codes, codes,
+                 {}, nullptr);
+      const std::vector<uint16_t> got = dy.to_host<uint16_t>();
+      EXPECT_EQ(got, ref);
+      for (int c = 0; c < codes; ++c) {
+        if (is_fp8_nan(static_cast<uint8_t>(c))) continue;
+        EXPECT_EQ(bf16_to_f32(got[c]), fp8e4m3_to_f32(static_cast<uint8_t>(c))) << "code " << c;  // -0 sums to +0
+      }
     }
   }
 }
@@ -342,11 +411,14 @@ TEST(RunnerGemv, Fp8EveryCodeIsExactOnTheDevice) {
 // Products of the smallest codes are 2^-18 · 2^-120 in the kernel, so products and partial
 // sums live in the f32 subnormal range, where they are still exact (multiples of 2^-138);
 // flushing subnormals to zero anywhere would give 0. Every sum here is exact in f32, so the
-// result equals the reference bit for bit.
+// result equals the reference bit for bit. The tensor-core GEMV (K = 64, 4096) multiplies the
+// codes' own values, products 2^-18 · 1..21 that a 14-bit adder also sums exactly per MMA
+// (32 of them stay below 2^10 · 2^-18): it must match bit for bit too, and E4M3 subnormal
+// codes flushed in the tensor cores would give 0.
 TEST(RunnerGemv, Fp8SubnormalRangeSumsAreExact) {
   LLMQ_REQUIRE_GPU();
   const int M = 3, N = 5;
-  for (int K : {16, 4096 + 16}) {
+  for (int K : {16, 64, 4096, 4096 + 16}) {
     SCOPED_TRACE(::testing::Message() << "K " << K);
     // x rows: all +2^-9 (0x01); all -2^-9 (0x81); 2^-9 and 7 · 2^-9 (0x07) alternating.
     // w row n: code 0x01 + (n % 3) (1, 2, 3 · 2^-9), row 4 negated.
@@ -359,11 +431,13 @@ TEST(RunnerGemv, Fp8SubnormalRangeSumsAreExact) {
     std::vector<uint16_t> ref(static_cast<size_t>(M) * N);
     ref::gemv_w8a8_fp8_ref(x.data(), sx.data(), w.data(), sw.data(), nullptr, false, ref.data(), M, N, K);
     DeviceBuffer dx = up(x), dw = up(w), dsx = up(sx), dsw = up(sw), dy(ref.size() * 2);
-    gpu::gemv_w8a8_fp8(dx.as<uint8_t>(), dsx.as<float>(), dw.as<uint8_t>(), dsw.as<float>(), dy.as<uint16_t>(), M, N,
-                       K, {}, nullptr);
-    const std::vector<uint16_t> got = dy.to_host<uint16_t>();
     for (uint16_t v : ref) ASSERT_NE(bf16_to_f32(v), 0.0f);  // the check below cannot pass on zeros
-    EXPECT_EQ(got, ref);
+    for (const Fp8Kernel& kernel : fp8_kernels(K)) {
+      SCOPED_TRACE(kernel.name);
+      kernel.run(dx.as<uint8_t>(), dsx.as<float>(), dw.as<uint8_t>(), dsw.as<float>(), dy.as<uint16_t>(), M, N, K, {},
+                 nullptr);
+      EXPECT_EQ(dy.to_host<uint16_t>(), ref);
+    }
   }
 }
 

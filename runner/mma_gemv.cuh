@@ -1,0 +1,56 @@
+// Pieces shared by the tensor-core decode GEMVs (M <= 8 token rows, one block per 16-row tile
+// whose warps split K): W4A16's mma_direct (runner/w4a16.cu) and FP8's (runner/gemv_mma.cu).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/numeric.h"
+#include "runner/cuda_check.h"
+#include "runner/device_attribute.h"
+#include "runner/gemv.h"
+
+namespace llmq::gpu {
+
+// The GEMV epilogue (runner/gemv.h) for the block's kRows output rows n0.. (at(tok, r): the f32
+// value of token tok, block row r): plain, plus the residual, or SwiGLU of row pairs (2i, 2i + 1;
+// kRows is even, so a block holds whole pairs; y is then [M, N/2]).
+template <int kRows, class At>
+__device__ void store_block(At at, int M, int n0, int N, uint16_t* y, const GemvEpilogue& epi) {
+  const int rows = min(kRows, N - n0);
+  if (epi.swiglu) {
+    const int half_n = N / 2, p0 = n0 / 2;
+    for (int e = threadIdx.x; e < M * (kRows / 2); e += blockDim.x) {
+      const int tok = e / (kRows / 2), p = e % (kRows / 2);
+      if (p0 + p >= half_n) continue;
+      const float g = bf16_to_f32(f32_to_bf16(at(tok, 2 * p)));
+      const float u = bf16_to_f32(f32_to_bf16(at(tok, 2 * p + 1)));
+      const float silu = bf16_to_f32(f32_to_bf16(g / (1.0f + expf(-g))));
+      y[static_cast<int64_t>(tok) * half_n + p0 + p] = f32_to_bf16(silu * u);
+    }
+    return;
+  }
+  for (int e = threadIdx.x; e < M * kRows; e += blockDim.x) {
+    const int tok = e / kRows, r = e % kRows;
+    if (r >= rows) continue;
+    const int64_t i = static_cast<int64_t>(tok) * N + n0 + r;
+    const uint16_t o = f32_to_bf16(at(tok, r));
+    y[i] = epi.residual ? f32_to_bf16(bf16_to_f32(epi.residual[i]) + bf16_to_f32(o)) : o;
+  }
+}
+
+// Warps per tile, S: 16 keeps loads in flight where tiles are few (N = 4096: 256 tiles, under
+// two blocks per SM); 4 or 8 where the tiles alone give every SM 24 warps at that S and each
+// warp has at least two iterations of four 64-column chunks (chunks >= 8 S). On the H200 at
+// Llama-3.1-8B shapes that is 4 for gate_up (1792 tiles): W4A16 34.3 vs 37.4 us at M = 1, the
+// fewer warps of a tile each keeping more loads in flight over more iterations.
+inline int direct_gemv_warps(int tiles, int chunks) {
+  constexpr int kWarpsPerSm = 24;
+  static const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
+  for (int S : {4, 8})
+    if (int64_t{tiles} * S >= int64_t{sms} * kWarpsPerSm && chunks >= 8 * S) return S;
+  return 16;
+}
+
+}  // namespace llmq::gpu
