@@ -60,7 +60,10 @@ if [ "$STAGE" = bench ]; then
     timeout 240 "$BIN/bin/llmq_runner_bench" --model "$M" "${rtn[@]}" --batches ${BATCHES:-1,16,64} \
       ${PROFILE:+--profile 1} --json "$OUT/bench-$f.json" 2>&1 | tee "$OUT/bench-$f.txt"
   done
-  [ -n "${PEER:-}" ] && timeout 400 python3 "$PEER" --batches ${BATCHES:-1,16,64} 2>&1 | tee "$OUT/peer.txt"
+  # The peer measures the same formats (its names are ours).
+  formats=${FORMATS:-bf16 fp8 int8 w4a16}
+  [ -n "${PEER:-}" ] && timeout 400 python3 "$PEER" --formats "${formats// /,}" --batches ${BATCHES:-1,16,64} 2>&1 |
+    tee "$OUT/peer.txt"
 fi
 
 if [ "$STAGE" = ab ]; then  # A/B of bench binaries in one run: VARIANTS (main = $BIN/bin, NAME = $BIN/alt/NAME)
