@@ -689,10 +689,7 @@ int split_chunk(const AttentionArgs& a) {
 // stays: 51.7 against the cluster kernel's 55.3 at 64 x 640.
 constexpr int kMaxCluster = 8;
 constexpr int kClusterLenMax = 320;
-bool clusters_supported() {  // thread-block clusters: sm_90 and up
-  static const bool yes = device_attribute(cudaDevAttrComputeCapabilityMajor) >= 9;
-  return yes;
-}
+bool clusters_supported() { return compute_capability() >= 90; }  // thread-block clusters: sm_90 and up
 int cluster_size(const AttentionArgs& a) {
   if (a.cluster > 0) return a.cluster;
   const int64_t pairs = static_cast<int64_t>(a.rows) * a.n_kv, slots = int64_t{kSplitBlocksPerSm} * sm_count();

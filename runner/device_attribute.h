@@ -15,4 +15,12 @@ inline int device_attribute(cudaDeviceAttr attr) {
   return value;
 }
 
+// The current device's compute capability as 10 * major + minor (80 Ampere, 89 Ada, 90
+// Hopper), queried once: the runner uses a single device.
+inline int compute_capability() {
+  static const int cc = device_attribute(cudaDevAttrComputeCapabilityMajor) * 10 +
+                        device_attribute(cudaDevAttrComputeCapabilityMinor);
+  return cc;
+}
+
 }  // namespace llmq::gpu

@@ -137,12 +137,6 @@ void launch(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* 
   launch_pdl(mma_gemv_kernel<F, S>, dim3((N + 15) / 16), dim3(S * 32), 0, s, xq, sx, wq, sw, y, M, N, ld, e);
 }
 
-int compute_capability() {
-  static const int cc = device_attribute(cudaDevAttrComputeCapabilityMajor) * 10 +
-                        device_attribute(cudaDevAttrComputeCapabilityMinor);
-  return cc;
-}
-
 template <class F>
 void run(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, bf16* y, int M, int N, int ld,
          const GemvEpilogue& e, cudaStream_t s, const char* name, int min_cc) {
