@@ -26,6 +26,8 @@
 // CUDA-core kernels' (o = acc · sx[m] · sw[n]).
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
 #include "runner/device_attribute.h"
@@ -39,6 +41,8 @@ namespace {
 
 constexpr int kChunkBytes = kGemvMmaLd;  // per row: 16 bytes for each lane of a quad
 constexpr int kLoadsAhead = 4;           // chunks per warp whose loads are issued together
+constexpr int kFp8MmaMinCc = 89;         // mma.sync with E4M3 operands: Ada and newer
+constexpr int kInt8MmaMinCc = 80;        // with s8 operands: Ampere and newer
 
 struct Fp8Mma {
   using Acc = float;
@@ -162,18 +166,18 @@ void run(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw,
 
 }  // namespace
 
-bool gemv_fp8_mma_supported(int ld) { return ld > 0 && ld % kGemvMmaLd == 0 && compute_capability() >= 89; }
-bool gemv_int8_mma_supported(int ld) { return ld > 0 && ld % kGemvMmaLd == 0 && compute_capability() >= 80; }
+bool gemv_fp8_mma_supported(int ld) { return ld > 0 && ld % kGemvMmaLd == 0 && compute_capability() >= kFp8MmaMinCc; }
+bool gemv_int8_mma_supported(int ld) { return ld > 0 && ld % kGemvMmaLd == 0 && compute_capability() >= kInt8MmaMinCc; }
 
 void gemv_w8a8_fp8_mma(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, bf16* y, int M, int N,
                        int ld, const GemvEpilogue& e, cudaStream_t s) {
-  run<Fp8Mma>(xq, sx, wq, sw, y, M, N, ld, e, s, "gemv_w8a8_fp8_mma", 89);
+  run<Fp8Mma>(xq, sx, wq, sw, y, M, N, ld, e, s, "gemv_w8a8_fp8_mma", kFp8MmaMinCc);
 }
 
 void gemv_w8a8_int8_mma(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, bf16* y, int M, int N,
                         int ld, const GemvEpilogue& e, cudaStream_t s) {
   run<Int8Mma>(reinterpret_cast<const uint8_t*>(xq), sx, reinterpret_cast<const uint8_t*>(wq), sw, y, M, N, ld, e, s,
-               "gemv_w8a8_int8_mma", 80);
+               "gemv_w8a8_int8_mma", kInt8MmaMinCc);
 }
 
 W8A8Gemv w8a8_decode_gemv(bool fp8, int M, int ld) {
@@ -182,24 +186,36 @@ W8A8Gemv w8a8_decode_gemv(bool fp8, int M, int ld) {
   return ld % 16 == 0 ? W8A8Gemv::kCudaCore : W8A8Gemv::kNone;
 }
 
-void gemv_w8a8_fp8_decode(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, bf16* y, int M,
-                          int N, int ld, const GemvEpilogue& e, cudaStream_t s) {
-  switch (w8a8_decode_gemv(true, M, ld)) {
-    case W8A8Gemv::kTensorCore: return gemv_w8a8_fp8_mma(xq, sx, wq, sw, y, M, N, ld, e, s);
-    case W8A8Gemv::kCudaCore: return gemv_w8a8_fp8(xq, sx, wq, sw, y, M, N, ld, e, s);
+namespace {
+
+// A W8A8 GEMV entry point of gemv.h for codes of type Code (FP8 uint8_t, INT8 int8_t).
+template <class Code>
+using W8A8Kernel = void (*)(const Code*, const float*, const Code*, const float*, bf16*, int, int, int,
+                            const GemvEpilogue&, cudaStream_t);
+
+// The kernel w8a8_decode_gemv picks for the format, of its CUDA-core and tensor-core ones.
+template <class Code>
+void run_decode(W8A8Kernel<Code> cuda_core, W8A8Kernel<Code> tensor_core, const char* name, const Code* xq,
+                const float* sx, const Code* wq, const float* sw, bf16* y, int M, int N, int ld, const GemvEpilogue& e,
+                cudaStream_t s) {
+  switch (w8a8_decode_gemv(std::is_same_v<Code, uint8_t>, M, ld)) {
+    case W8A8Gemv::kTensorCore: return tensor_core(xq, sx, wq, sw, y, M, N, ld, e, s);
+    case W8A8Gemv::kCudaCore: return cuda_core(xq, sx, wq, sw, y, M, N, ld, e, s);
     case W8A8Gemv::kNone: break;
   }
-  LLMQ_CHECK(false, "gemv_w8a8_fp8_decode: no decode GEMV takes M " << M << ", ld " << ld);
+  LLMQ_CHECK(false, "" << name << ": no decode GEMV takes M " << M << ", ld " << ld);
+}
+
+}  // namespace
+
+void gemv_w8a8_fp8_decode(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, bf16* y, int M,
+                          int N, int ld, const GemvEpilogue& e, cudaStream_t s) {
+  run_decode<uint8_t>(gemv_w8a8_fp8, gemv_w8a8_fp8_mma, "gemv_w8a8_fp8_decode", xq, sx, wq, sw, y, M, N, ld, e, s);
 }
 
 void gemv_w8a8_int8_decode(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, bf16* y, int M,
                            int N, int ld, const GemvEpilogue& e, cudaStream_t s) {
-  switch (w8a8_decode_gemv(false, M, ld)) {
-    case W8A8Gemv::kTensorCore: return gemv_w8a8_int8_mma(xq, sx, wq, sw, y, M, N, ld, e, s);
-    case W8A8Gemv::kCudaCore: return gemv_w8a8_int8(xq, sx, wq, sw, y, M, N, ld, e, s);
-    case W8A8Gemv::kNone: break;
-  }
-  LLMQ_CHECK(false, "gemv_w8a8_int8_decode: no decode GEMV takes M " << M << ", ld " << ld);
+  run_decode<int8_t>(gemv_w8a8_int8, gemv_w8a8_int8_mma, "gemv_w8a8_int8_decode", xq, sx, wq, sw, y, M, N, ld, e, s);
 }
 
 }  // namespace llmq::gpu

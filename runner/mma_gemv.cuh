@@ -1,5 +1,5 @@
 // Pieces shared by the tensor-core decode GEMVs (M <= 8 token rows, one block per 16-row tile
-// whose warps split K): W4A16's mma_direct (runner/w4a16.cu) and FP8's (runner/gemv_mma.cu).
+// whose warps split K): W4A16's mma_direct (runner/w4a16.cu) and W8A8's (runner/gemv_mma.cu).
 #pragma once
 
 #include <cuda_runtime.h>
