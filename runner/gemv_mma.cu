@@ -156,7 +156,10 @@ void run(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw,
   // The device queries after the argument checks, which run without a GPU.
   LLMQ_CHECK(compute_capability() >= min_cc, "" << name << ": needs compute capability " << min_cc / 10 << "."
                                                 << min_cc % 10 << " or newer");
-  switch (direct_gemv_warps((N + 15) / 16, ld / kChunkBytes)) {
+  static const DirectResidency residency{device_resident_blocks(mma_gemv_kernel<F, 4>, 4 * 32),
+                                         device_resident_blocks(mma_gemv_kernel<F, 8>, 8 * 32),
+                                         device_resident_blocks(mma_gemv_kernel<F, 16>, 16 * 32)};
+  switch (direct_gemv_warps((N + 15) / 16, ld / kChunkBytes, residency)) {
     case 4: launch<F, 4>(xq, sx, wq, sw, y, M, N, ld, e, s); break;
     case 8: launch<F, 8>(xq, sx, wq, sw, y, M, N, ld, e, s); break;
     default: launch<F, 16>(xq, sx, wq, sw, y, M, N, ld, e, s); break;

@@ -9,6 +9,7 @@
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
 #include "runner/device_attribute.h"
+#include "runner/direct_warps.h"
 #include "runner/gemv.h"
 
 namespace llmq::gpu {
@@ -40,17 +41,12 @@ __device__ void store_block(At at, int M, int n0, int N, uint16_t* y, const Gemv
   }
 }
 
-// Warps per tile, S: 16 keeps loads in flight where tiles are few (N = 4096: 256 tiles, under
-// two blocks per SM); 4 or 8 where the tiles alone give every SM 24 warps at that S and each
-// warp has at least two iterations of four 64-column chunks (chunks >= 8 S). On the H200 at
-// Llama-3.1-8B shapes that is 4 for gate_up (1792 tiles): W4A16 34.3 vs 37.4 us at M = 1, the
-// fewer warps of a tile each keeping more loads in flight over more iterations.
-inline int direct_gemv_warps(int tiles, int chunks) {
-  constexpr int kWarpsPerSm = 24;
-  static const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
-  for (int S : {4, 8})
-    if (int64_t{tiles} * S >= int64_t{sms} * kWarpsPerSm && chunks >= 8 * S) return S;
-  return 16;
+// The blocks of a kernel that are resident on the whole device at once, at `threads` per block.
+template <class Kernel>
+int device_resident_blocks(Kernel kernel, int threads, size_t smem = 0) {
+  int per_sm = 0;
+  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  return per_sm * device_attribute(cudaDevAttrMultiProcessorCount);
 }
 
 }  // namespace llmq::gpu

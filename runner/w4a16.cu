@@ -174,6 +174,16 @@ __device__ __forceinline__ uint32_t zero_pair(uint32_t param) {
   return h | (h << 16);
 }
 
+// The four bf16x2 A-fragment values of one packed word, nibbles (i, i + 4) as (128 + code)
+// pairs: one lop3 each (mask and magic in one instruction; `magic` is 0x43004300 in a register,
+// since LOP3 takes one immediate) after a shift, where `(w >> 4i) & 0x000F000F | magic` gave
+// ptxas two LOP3s.
+__device__ __forceinline__ void biased_codes(uint32_t w, uint32_t magic, uint32_t (&h)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(h[i]) : "r"(w >> (4 * i)), "n"(0x000F000F), "r"(magic));
+}
+
 // M <= 8: one block of S warps per 16-row tile, activations straight from L1 (8 rows of x are
 // small and shared by every block); the S warps split the tile's K, warp w taking 64-column
 // chunks w, w + S, ... with loads of up to four chunks issued before their MMAs. Measured
@@ -198,6 +208,9 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   const int tok = lane / 4;
   const uint32_t* x_tok = reinterpret_cast<const uint32_t*>(x + static_cast<int64_t>(min(tok, M - 1)) * K);
+  // 0x43004300 where the compiler cannot fold it into an immediate (biased_codes).
+  uint32_t magic;
+  asm volatile("mov.b32 %0, 0x43004300;" : "=r"(magic));
   bool waited = false;
   for (int c0 = warp; c0 < chunks; c0 += 4 * S) {
     // The four chunks' weights and group parameters are loaded before any arithmetic, with
@@ -226,15 +239,19 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
       const uint32_t za = zero_pair(pa[u]), zb = zero_pair(pb[u]);
       float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+      // The lane's x words of this chunk: column c * 64 + 16 s + 2 (lane % 4) (+ 8) at
+      // immediate offsets from one address. Lanes of tokens past M read token M - 1's (x_tok
+      // is clamped): their output columns are summed and never stored, so the loads need no
+      // predicate (with one, the compiler recomputed the address inside each).
+      const uint32_t* xc = x_tok + c * 32 + lane % 4;
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
         uint32_t a[4];
+        biased_codes(words[s], magic, a);
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-          a[i] = hsub2_bf16(((words[s] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, (i % 2 == 0) ? za : zb);
-        const int k = c * 64 + s * 16 + 2 * (lane % 4);
-        const uint32_t b0 = tok < M ? load_after_wait(x_tok + k / 2) : 0u;
-        const uint32_t b1 = tok < M ? load_after_wait(x_tok + k / 2 + 4) : 0u;  // k + 8
+        for (int i = 0; i < 4; ++i) a[i] = hsub2_bf16(a[i], (i % 2 == 0) ? za : zb);
+        const uint32_t b0 = load_after_wait(xc + s * 8);
+        const uint32_t b1 = load_after_wait(xc + s * 8 + 4);  // k + 8
         mma_bf16(part, a, b0, b1);
       }
       const float sa = scale_of<kF16>(pa[u]), sb = scale_of<kF16>(pb[u]);
@@ -272,7 +289,10 @@ void launch_mma_direct_s(const W4A16Weights& w, const uint16_t* x, uint16_t* y, 
 template <bool kF16>
 void launch_mma_direct(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi,
                        int warps, cudaStream_t s) {
-  if (warps == 0) warps = direct_gemv_warps((w.N + 15) / 16, w.K / 64);
+  static const DirectResidency residency{device_resident_blocks(mma_direct_kernel<kF16, 4>, 4 * 32),
+                                         device_resident_blocks(mma_direct_kernel<kF16, 8>, 8 * 32),
+                                         device_resident_blocks(mma_direct_kernel<kF16, 16>, 16 * 32)};
+  if (warps == 0) warps = direct_gemv_warps((w.N + 15) / 16, w.K / 64, residency);
   switch (warps) {
     case 4: return launch_mma_direct_s<kF16, 4>(w, x, y, M, epi, s);
     case 8: return launch_mma_direct_s<kF16, 8>(w, x, y, M, epi, s);
@@ -349,6 +369,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
   for (int g = 0; g < TG; ++g)
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[g][i] = 0.0f;
+  uint32_t magic;  // biased_codes' 0x43004300, in a register
+  asm volatile("mov.b32 %0, 0x43004300;" : "=r"(magic));
 
   for (int st = 0; st < stages - 1; ++st) load(st);
   for (int st = 0; st < n_stages; ++st) {
@@ -377,10 +399,12 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
 #pragma unroll
       for (int s2 = 0; s2 < 2; ++s2) {
         uint32_t a0[4], a1[4];
+        biased_codes(words[2 * s2], magic, a0);
+        biased_codes(words[2 * s2 + 1], magic, a1);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          a0[i] = hsub2_bf16(((words[2 * s2] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, (i % 2 == 0) ? za : zb);
-          a1[i] = hsub2_bf16(((words[2 * s2 + 1] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, (i % 2 == 0) ? za : zb);
+          a0[i] = hsub2_bf16(a0[i], (i % 2 == 0) ? za : zb);
+          a1[i] = hsub2_bf16(a1[i], (i % 2 == 0) ? za : zb);
         }
 #pragma unroll
         for (int g = 0; g < TG; ++g) {

@@ -21,6 +21,7 @@
 
 #include "core/numeric.h"
 #include "runner/device_buffer.h"
+#include "runner/direct_warps.h"
 #include "runner/gemv.h"
 #include "runner/gemv_ref.h"
 #include "runner_test_util.h"
@@ -115,6 +116,21 @@ TEST(RunnerGemv, RejectsBadArguments) {
                "multiple of 64");
   EXPECT_DEATH(gpu::gemv_w8a8_int8_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 9, 4, 64, none, nullptr), "M 9");
   EXPECT_DEATH(gpu::gemv_w8a8_int8_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 5, 64, swiglu, nullptr), "odd");
+}
+
+// The direct GEMVs' warps per tile (runner/direct_warps.h), with residencies of the H200's
+// 132 SMs (2, 3 and 6 blocks per SM at S = 16, 8 and 4): the fewest waves, the larger S on a
+// tie, S < 16 only with two iterations of chunks per warp.
+TEST(RunnerGemv, DirectWarpsTakeTheFewestWaves) {
+  const gpu::DirectResidency h200{6 * 132, 3 * 132, 2 * 132};
+  EXPECT_EQ(gpu::direct_gemv_warps(384, 64, h200), 8);     // q/k/v at 8B: 2 waves at S = 16, 1 at 8 and 4
+  EXPECT_EQ(gpu::direct_gemv_warps(256, 64, h200), 16);    // o: one wave at every S
+  EXPECT_EQ(gpu::direct_gemv_warps(256, 224, h200), 16);   // down
+  EXPECT_EQ(gpu::direct_gemv_warps(1792, 64, h200), 4);    // gate_up: 7, 5 and 3 waves
+  EXPECT_EQ(gpu::direct_gemv_warps(1792, 40, h200), 4);    // too few chunks for S = 8 (64), enough for 4 (32)
+  EXPECT_EQ(gpu::direct_gemv_warps(1792, 31, h200), 16);   // too few for either
+  EXPECT_EQ(gpu::direct_gemv_warps(1, 1, h200), 16);
+  EXPECT_EQ(gpu::direct_gemv_warps(384, 64, {0, 0, 2 * 132}), 16);  // no residency reported
 }
 
 // ---- GPU: every kernel and epilogue against the reference ------------------------------------
