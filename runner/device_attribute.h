@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
+
 #include "runner/cuda_check.h"
 
 namespace llmq::gpu {
@@ -21,6 +23,15 @@ inline int compute_capability() {
   static const int cc = device_attribute(cudaDevAttrComputeCapabilityMajor) * 10 +
                         device_attribute(cudaDevAttrComputeCapabilityMinor);
   return cc;
+}
+
+// The blocks of a kernel that are resident on the whole device at once, at `threads` per block
+// and `smem` bytes of dynamic shared memory (its attributes set first).
+template <class Kernel>
+int device_resident_blocks(Kernel kernel, int threads, size_t smem = 0) {
+  int per_sm = 0;
+  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  return per_sm * device_attribute(cudaDevAttrMultiProcessorCount);
 }
 
 }  // namespace llmq::gpu

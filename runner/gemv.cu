@@ -431,18 +431,15 @@ template <class F, int M, int kRows>
 KernelSetup set_up_kernel() {
   KernelSetup k;
   k.smem = smem_bytes<M, kRows>();
-  const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
   const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  int per_sm = 0;
   LLMQ_CHECK(k.smem <= optin, "decode GEMV (M " << M << ") needs " << k.smem
                                                 << " bytes of shared memory per block, the device has " << optin);
   const auto kernel = gemv_kernel<F, M, kRows>;
   LLMQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem));
   LLMQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                        cudaSharedmemCarveoutMaxShared));
-  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, k.smem));
-  LLMQ_CHECK(per_sm > 0, "decode GEMV (M " << M << ") cannot be resident");
-  k.resident = sms * per_sm;
+  k.resident = device_resident_blocks(kernel, kThreads, k.smem);
+  LLMQ_CHECK(k.resident > 0, "decode GEMV (M " << M << ") cannot be resident");
   return k;
 }
 

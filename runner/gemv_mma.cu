@@ -31,6 +31,7 @@
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
 #include "runner/device_attribute.h"
+#include "runner/direct_warps.h"
 #include "runner/gemv.h"
 #include "runner/mma.cuh"
 #include "runner/mma_gemv.cuh"

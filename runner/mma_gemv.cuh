@@ -7,9 +7,6 @@
 #include <cstdint>
 
 #include "core/numeric.h"
-#include "runner/cuda_check.h"
-#include "runner/device_attribute.h"
-#include "runner/direct_warps.h"
 #include "runner/gemv.h"
 
 namespace llmq::gpu {
@@ -39,14 +36,6 @@ __device__ void store_block(At at, int M, int n0, int N, uint16_t* y, const Gemv
     const uint16_t o = f32_to_bf16(at(tok, r));
     y[i] = epi.residual ? f32_to_bf16(bf16_to_f32(epi.residual[i]) + bf16_to_f32(o)) : o;
   }
-}
-
-// The blocks of a kernel that are resident on the whole device at once, at `threads` per block.
-template <class Kernel>
-int device_resident_blocks(Kernel kernel, int threads, size_t smem = 0) {
-  int per_sm = 0;
-  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-  return per_sm * device_attribute(cudaDevAttrMultiProcessorCount);
 }
 
 }  // namespace llmq::gpu

@@ -7,6 +7,7 @@
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
 #include "runner/device_attribute.h"
+#include "runner/direct_warps.h"
 #include "runner/gemv.h"
 #include "runner/kernels.h"
 #include "runner/mma.cuh"
@@ -178,6 +179,13 @@ __device__ __forceinline__ uint32_t zero_pair(uint32_t param) {
 // pairs: one lop3 each (mask and magic in one instruction; `magic` is 0x43004300 in a register,
 // since LOP3 takes one immediate) after a shift, where `(w >> 4i) & 0x000F000F | magic` gave
 // ptxas two LOP3s.
+// biased_codes' magic 0x43004300 in a register (volatile: else the compiler folds it back
+// into an immediate).
+__device__ __forceinline__ uint32_t biased_codes_magic() {
+  uint32_t magic;
+  asm volatile("mov.b32 %0, 0x43004300;" : "=r"(magic));
+  return magic;
+}
 __device__ __forceinline__ void biased_codes(uint32_t w, uint32_t magic, uint32_t (&h)[4]) {
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -208,9 +216,7 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   const int tok = lane / 4;
   const uint32_t* x_tok = reinterpret_cast<const uint32_t*>(x + static_cast<int64_t>(min(tok, M - 1)) * K);
-  // 0x43004300 where the compiler cannot fold it into an immediate (biased_codes).
-  uint32_t magic;
-  asm volatile("mov.b32 %0, 0x43004300;" : "=r"(magic));
+  const uint32_t magic = biased_codes_magic();
   bool waited = false;
   for (int c0 = warp; c0 < chunks; c0 += 4 * S) {
     // The four chunks' weights and group parameters are loaded before any arithmetic, with
@@ -369,8 +375,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
   for (int g = 0; g < TG; ++g)
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[g][i] = 0.0f;
-  uint32_t magic;  // biased_codes' 0x43004300, in a register
-  asm volatile("mov.b32 %0, 0x43004300;" : "=r"(magic));
+  const uint32_t magic = biased_codes_magic();
 
   for (int st = 0; st < stages - 1; ++st) load(st);
   for (int st = 0; st < n_stages; ++st) {

@@ -6,8 +6,9 @@
 // many steps of the main loop (FP8 and INT8: the shared-memory pipeline; BF16: loads into
 // registers). Every epilogue (residual in place and not, swiglu) is checked; INT8 bit for bit,
 // BF16 and FP8 within the derived f32-summation bound; the tensor-core GEMVs (K a multiple of
-// 64) likewise, INT8 bit for bit and FP8 within that bound plus its MMA adder's. The GPU cases skip without a GPU; the
-// FP8 conversion trick, the references and the argument checks run everywhere.
+// 64) likewise, INT8 bit for bit and FP8 within that bound plus its MMA adder's. The GPU cases
+// skip without a GPU; the FP8 conversion trick, the references and the argument checks run
+// everywhere.
 #include <gtest/gtest.h>
 
 #include <cuda_fp16.h>

@@ -407,8 +407,9 @@ TEST(RunnerKernels, AttentionMatchesReference) {
 // 1, 4, 8, head_dim 64 and 128, the default path (thread-block clusters at the small
 // batches, else whole_row or the pair), the two-kernel pair with forced chunks (192: a
 // partial last chunk; 1024: one chunk per row) and forced cluster sizes 1, 2, 8 (1 at
-// capacity 2048 falls back to the pair). Cache positions past every row of a slot hold NaN, so a chunk that lets an unwritten K/V row into
-// a sum fails; the workspace starts as NaN / all-ones counters, so nothing relies on zeroing.
+// capacity 2048 falls back to the pair). Cache positions past every row of a slot hold NaN,
+// so a chunk that lets an unwritten K/V row into a sum fails; the workspace starts as NaN /
+// all-ones counters, so nothing relies on zeroing.
 // Same tolerance as AttentionMatchesReference, two-sided: most outputs must equal the
 // reference bit for bit (a probability rounds the other way only near a bf16 boundary), and
 // a second call must give the same bits.
@@ -721,8 +722,8 @@ TEST(RunnerKernels, W4A16MatchesReference) {
       gpu::w4a16_gemm(w, dx.as<uint16_t>(), dy.as<uint16_t>(), M, {xp.as<uint16_t>(), wb.as<uint16_t>()}, blas, nullptr);
       expect_bf16_near(dy.to_host<uint16_t>(), ref, 1.0, tol, "no split workspace");
       // The direct kernel (M <= 8) with each warp count per tile (K = 448 leaves warps without
-      // chunks; 2368 and 4096 give each several iterations): the same bound. Act-order permutes x before the GEMV,
-      // so the unpermuted cases cover it.
+      // chunks; 2368 and 4096 give each several iterations): the same bound. Act-order
+      // permutes x before the GEMV, so the unpermuted cases cover it.
       if (w.mma && M <= 8 && !k.act)
         for (int warps : {4, 8, 16}) {
           gpu::w4a16_gemv(w, dx.as<uint16_t>(), dy.as<uint16_t>(), M, nullptr, {}, nullptr, 0, warps);
