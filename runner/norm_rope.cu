@@ -203,37 +203,45 @@ __global__ void embed_kernel(const bf16* table, const int32_t* ids, bf16* out, i
   for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
 }
 
-// Block (r, y) takes pairs y * 256 .. y * 256 + 255 of fused qkv row r's (head, i < hd/2)
-// pairs, one per thread: q and k heads rotate the pair (i, i + hd/2) in place (k also into the
-// cache), v heads copy the pair to the cache. (A block per (row, head) of hd/2 threads made
-// prefill launch 48 blocks of 64 threads per row at 8B: 61 ms, 7% of a batch-64 prefill,
-// several times its bytes' worth. A block per row looping over its 3072 pairs halved that but
-// cost decode 0.15 ms per step, one block per token doing the work of 48.)
+// Block (r, y) takes V-pair groups y * 256 .. y * 256 + 255 of fused qkv row r's (head,
+// i < hd/2) pairs, one group per thread: q and k heads rotate the pairs (i, i + hd/2) in place
+// (k also into the cache), v heads copy them to the cache. V = 8 (16-byte accesses) where
+// hd/2 allows: with one pair per thread (2-byte accesses) the batch-64 prefill spent 0.88 ms
+// per layer here, 5x its bytes' worth. (A block per (row, head) of hd/2 threads made prefill
+// launch 48 blocks of 64 threads per row at 8B: 61 ms, 7% of a batch-64 prefill. A block per
+// row looping over its 3072 pairs halved that but cost decode 0.15 ms per step, one block per
+// token doing the work of 48.)
+template <int V>
 __global__ void __launch_bounds__(kRowThreads) rope_cache_kernel(RopeCacheArgs a) {
   pdl_wait();
-  const int r = blockIdx.x, half = a.hd / 2, heads = a.n_q + 2 * a.n_kv;
+  const int r = blockIdx.x, half = a.hd / 2, heads = a.n_q + 2 * a.n_kv, groups = half / V;
   const int j = blockIdx.y * blockDim.x + threadIdx.x;
-  if (j >= heads * half) return;
-  const int h = j / half, i = j % half;
-  bf16* v = a.qkv + static_cast<int64_t>(r) * heads * a.hd + static_cast<int64_t>(h) * a.hd;
+  if (j >= heads * groups) return;
+  const int h = j / groups, i = j % groups * V;
+  bf16* v = a.qkv + static_cast<int64_t>(r) * heads * a.hd + static_cast<int64_t>(h) * a.hd + i;
   const int kv_dim = a.n_kv * a.hd;
   const int64_t slot = (static_cast<int64_t>(a.seq[r]) * a.capacity + a.pos[r]) * kv_dim;
+  Pack<V> lo = Pack<V>::load(v), hi = Pack<V>::load(v + half);
   if (h >= a.n_q + a.n_kv) {  // v head
-    bf16* dst = a.v_cache + slot + (h - a.n_q - a.n_kv) * a.hd;
-    dst[i] = v[i];
-    dst[i + half] = v[i + half];
+    bf16* dst = a.v_cache + slot + (h - a.n_q - a.n_kv) * a.hd + i;
+    lo.store(dst);
+    hi.store(dst + half);
     return;
   }
-  const float c = a.cos[static_cast<int64_t>(a.pos[r]) * half + i], s = a.sin[static_cast<int64_t>(a.pos[r]) * half + i];
-  const float x1 = f(v[i]), x2 = f(v[i + half]);
-  const bf16 y1 = b(round_bf16(x1 * c) + round_bf16(-x2 * s));
-  const bf16 y2 = b(round_bf16(x2 * c) + round_bf16(x1 * s));
-  v[i] = y1;
-  v[i + half] = y2;
+  const PackF<V> c = PackF<V>::load(a.cos + static_cast<int64_t>(a.pos[r]) * half + i);
+  const PackF<V> s = PackF<V>::load(a.sin + static_cast<int64_t>(a.pos[r]) * half + i);
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const float x1 = f(lo.v[k]), x2 = f(hi.v[k]);
+    lo.v[k] = b(round_bf16(x1 * c.v[k]) + round_bf16(-x2 * s.v[k]));
+    hi.v[k] = b(round_bf16(x2 * c.v[k]) + round_bf16(x1 * s.v[k]));
+  }
+  lo.store(v);
+  hi.store(v + half);
   if (h >= a.n_q) {  // k head
-    bf16* dst = a.k_cache + slot + (h - a.n_q) * a.hd;
-    dst[i] = y1;
-    dst[i + half] = y2;
+    bf16* dst = a.k_cache + slot + (h - a.n_q) * a.hd + i;
+    lo.store(dst);
+    hi.store(dst + half);
   }
 }
 
@@ -370,8 +378,15 @@ void embed(const bf16* table, const int32_t* ids, bf16* out, int rows, int n, cu
 void rope_and_cache(const RopeCacheArgs& a, cudaStream_t s) {
   if (a.rows == 0) return;
   LLMQ_CHECK(a.hd % 2 == 0, "head_dim " << a.hd);
-  const int pairs = (a.n_q + 2 * a.n_kv) * (a.hd / 2);
-  launch_pdl(rope_cache_kernel, dim3(a.rows, (pairs + kRowThreads - 1) / kRowThreads), dim3(kRowThreads), 0, s, a);
+  // 16-byte accesses need hd / 2 % 8 == 0 (then every offset is a multiple of 8 elements)
+  // and aligned buffers.
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec = a.hd / 2 % 8 == 0 && aligned(a.qkv) && aligned(a.cos) && aligned(a.sin) && aligned(a.k_cache) &&
+                   aligned(a.v_cache);
+  const int groups = (a.n_q + 2 * a.n_kv) * (a.hd / 2) / (vec ? 8 : 1);
+  const dim3 grid(a.rows, (groups + kRowThreads - 1) / kRowThreads);
+  if (vec) launch_pdl(rope_cache_kernel<8>, grid, dim3(kRowThreads), 0, s, a);
+  else launch_pdl(rope_cache_kernel<1>, grid, dim3(kRowThreads), 0, s, a);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
