@@ -17,9 +17,9 @@ struct DirectResidency {
 // blocks, the larger S on a tie (more of a tile's loads in flight at once); S < 16 only where
 // each warp has at least two iterations of four 64-column chunks (chunks >= 8 S). A partial
 // last wave starts late and ends the kernel with few loads in flight: at Llama-3.1-8B shapes on
-// an H200, q/k/v's 384 tiles would take two waves at S = 16 (two blocks per SM, 264 resident). The rule keeps the
-// measured choices elsewhere: 16 for o and down (256 tiles, one wave), 4 for gate_up (1792
-// tiles; W4A16 34.3 vs 37.4 us at M = 1 against S = 16).
+// an H200, q/k/v's 384 tiles would take two waves at S = 16 (two blocks per SM, 264
+// resident). The rule keeps the measured choices elsewhere: 16 for o and down (256 tiles, one
+// wave), 4 for gate_up (1792 tiles; W4A16 34.3 vs 37.4 us at M = 1 against S = 16).
 inline int direct_gemv_warps(int tiles, int chunks, const DirectResidency& r) {
   const auto waves = [&](int resident) { return resident > 0 ? (tiles + resident - 1) / resident : INT_MAX; };
   int best = 16, best_waves = waves(r.s16);

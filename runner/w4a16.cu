@@ -175,10 +175,6 @@ __device__ __forceinline__ uint32_t zero_pair(uint32_t param) {
   return h | (h << 16);
 }
 
-// The four bf16x2 A-fragment values of one packed word, nibbles (i, i + 4) as (128 + code)
-// pairs: one lop3 each (mask and magic in one instruction; `magic` is 0x43004300 in a register,
-// since LOP3 takes one immediate) after a shift, where `(w >> 4i) & 0x000F000F | magic` gave
-// ptxas two LOP3s.
 // biased_codes' magic 0x43004300 in a register (volatile: else the compiler folds it back
 // into an immediate).
 __device__ __forceinline__ uint32_t biased_codes_magic() {
@@ -186,6 +182,11 @@ __device__ __forceinline__ uint32_t biased_codes_magic() {
   asm volatile("mov.b32 %0, 0x43004300;" : "=r"(magic));
   return magic;
 }
+
+// The four bf16x2 A-fragment values of one packed word, nibbles (i, i + 4) as (128 + code)
+// pairs: one lop3 each (mask and magic in one instruction; `magic` is 0x43004300 in a register,
+// since LOP3 takes one immediate) after a shift, where `(w >> 4i) & 0x000F000F | magic` gave
+// ptxas two LOP3s.
 __device__ __forceinline__ void biased_codes(uint32_t w, uint32_t magic, uint32_t (&h)[4]) {
 #pragma unroll
   for (int i = 0; i < 4; ++i)
