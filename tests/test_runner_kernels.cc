@@ -38,9 +38,11 @@ template <class T>
 DeviceBuffer up(const std::vector<T>& v) { return DeviceBuffer::from_host(v); }
 
 
+// Widths up to 4 packs per thread (8192 at 8 values a pack, 1024 at 1) keep the row in
+// registers; 1100 (n % 8 != 0) and 10000 take the loop that re-reads it.
 TEST(RunnerKernels, RmsNormMatchesReference) {
   LLMQ_REQUIRE_GPU();
-  for (int n : {64, 172, 1000, 4096})
+  for (int n : {64, 172, 1000, 1100, 4096, 10000})
     for (int rows : kRows) {
       SCOPED_TRACE(::testing::Message() << "rows " << rows << " n " << n << " seed " << kSeed);
       std::mt19937 rng(kSeed + rows * 7 + n);
@@ -129,7 +131,7 @@ TEST(RunnerKernels, ArgmaxAcrossBlocksIsExact) {
 // tolerance: any difference is a bug in the fused quantization).
 TEST(RunnerKernels, FusedRmsNormMatchesComposition) {
   LLMQ_REQUIRE_GPU();
-  for (int n : {64, 172, 4096})
+  for (int n : {64, 172, 1100, 4096, 10000})
     for (int rows : kRows)
       for (gpu::ActQuant quant : {gpu::ActQuant::kNone, gpu::ActQuant::kFp8, gpu::ActQuant::kInt8})
         for (bool with_delta : {false, true}) {
