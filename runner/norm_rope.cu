@@ -39,9 +39,9 @@ __device__ __forceinline__ bf16 normed(bf16 x, bf16 w, float inv_rms) { return b
 // One block per row. Pass 1: the residual add (if any) and the sum of squares in double (as
 // the reference, so the f32 variance is nearly always its exact value); pass 2 writes y, or
 // finds the amax of y and pass 3 writes the codes. Rows of up to kHeldPacks packs per thread
-// (8192 values at V = 8: Llama-3.1-8B's 4096 and 70B's 8192) stay in registers
-// between the passes, with their weights loaded before pdl_wait (norm weights are written
-// only by plain launches); longer rows are re-read from L1 / L2.
+// (8192 values at V = 8: Llama-3.1-8B's 4096 and 70B's 8192) stay in registers between the
+// passes, with their weights loaded before pdl_wait (norm weights are written only by plain
+// launches); longer rows are re-read from L1 / L2.
 constexpr int kHeldPacks = 4;
 
 template <int V, class Q, class Code>
