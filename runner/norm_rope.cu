@@ -53,13 +53,15 @@ __global__ void __launch_bounds__(kRowThreads) rms_norm_kernel(RmsNormArgs a) {
   const int packs = a.n / V, threads = static_cast<int>(blockDim.x);
   const bool held = packs <= kHeldPacks * threads;
   Pack<V> xh[kHeldPacks], wh[kHeldPacks];
-  if (held) {
+  // fn(p, i) for this thread's packs p of a held row in order, i the registers that hold it.
+  const auto held_packs = [&](auto&& fn) {
 #pragma unroll
     for (int i = 0; i < kHeldPacks; ++i) {
       const int p = static_cast<int>(threadIdx.x) + i * threads;
-      if (p < packs) wh[i] = Pack<V>::load(a.w + p * V);
+      if (p < packs) fn(p, i);
     }
-  }
+  };
+  if (held) held_packs([&](int p, int i) { wh[i] = Pack<V>::load(a.w + p * V); });
   pdl_wait();
   double sum_sq = 0.0;
   const auto add_delta = [&](int p, Pack<V>& xv) {  // x += delta (written back), and the squares
@@ -76,21 +78,13 @@ __global__ void __launch_bounds__(kRowThreads) rms_norm_kernel(RmsNormArgs a) {
   // fn(p, x, w) for this thread's packs in order, from registers or from memory.
   const auto each_pack = [&](auto&& fn) {
     if (held) {
-#pragma unroll
-      for (int i = 0; i < kHeldPacks; ++i) {
-        const int p = static_cast<int>(threadIdx.x) + i * threads;
-        if (p < packs) fn(p, xh[i], wh[i]);
-      }
+      held_packs([&](int p, int i) { fn(p, xh[i], wh[i]); });
     } else {
       for (int p = threadIdx.x; p < packs; p += threads) fn(p, Pack<V>::load(xr + p * V), Pack<V>::load(a.w + p * V));
     }
   };
   if (held) {
-#pragma unroll
-    for (int i = 0; i < kHeldPacks; ++i) {
-      const int p = static_cast<int>(threadIdx.x) + i * threads;
-      if (p < packs) add_delta(p, xh[i]);
-    }
+    held_packs([&](int p, int i) { add_delta(p, xh[i]); });
   } else {
     for (int p = threadIdx.x; p < packs; p += threads) {
       Pack<V> xv;
