@@ -317,21 +317,49 @@ struct SplitWorkspace {
   int stride;         // max_chunks(capacity)
 };
 
-// The scaled scores of the G heads of kv head kvh against positions j_begin .. j_begin + n - 1
-// of row r (slot row slot_row of the cache): tile[g * ld + j] for j < n.
+// Rows row0 .. row0 + n - 1 of a K or V cache for kv head kvh, with the first step's loads
+// issued on construction for its first `now` rows (all of them unless the kernel reads them
+// before pdl_wait: then load_rest brings the others after it). V does not depend on the
+// softmax, so its first loads arrive while the softmax is computed.
 template <int G, int HD>
-__device__ __forceinline__ void chunk_scores(const AttentionArgs& a, int r, int kvh, int64_t slot_row, int j_begin,
-                                             int n, float* tile, int ld) {
+struct CacheRows {
   using Lay = RowLayout<G, HD>;
-  const int kv_dim = a.n_kv * HD;
+  const bf16* rows;
+  int kv_dim, n;
+  uint4 first[Lay::kRows][Lay::kPieces];
+  __device__ __forceinline__ CacheRows(const AttentionArgs& a, const bf16* cache, int64_t row0, int kvh, int n_rows,
+                                       int now)
+      : rows(cache + row0 * (a.n_kv * HD) + kvh * HD), kv_dim(a.n_kv * HD), n(n_rows) {
+    load_step<Lay>(first, rows, kv_dim, 0, now, threadIdx.x % Lay::kLanes, threadIdx.x / Lay::kLanes);
+  }
+  // After pdl_wait: the first step's rows from `now` on, with coherent loads (the kernel
+  // before may have written them).
+  __device__ __forceinline__ void load_rest(int now) {
+    const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes;
+#pragma unroll
+    for (int u = 0; u < Lay::kRows; ++u) {
+      const int jj = u * Lay::kSlots + slot;
+#pragma unroll
+      for (int k = 0; k < Lay::kPieces; ++k)
+        if (jj >= now && jj < n)
+          first[u][k] = load_after_wait(reinterpret_cast<const uint4*>(rows + static_cast<int64_t>(jj) * kv_dim +
+                                                                       (c + k * Lay::kLanes) * 8));
+    }
+  }
+};
+
+// The scaled scores of the G heads of kv head kvh of row r against the K rows kr (their first
+// step issued, ahead of q's loads so that the two latencies overlap): tile[g * ld + j] for
+// j < kr.n.
+template <int G, int HD>
+__device__ __forceinline__ void chunk_scores(const AttentionArgs& a, int r, int kvh, CacheRows<G, HD>& kr, float* tile,
+                                             int ld) {
+  using Lay = RowLayout<G, HD>;
+  const int n = kr.n;
   // head_dim**-0.5 rounded once from double, as the reference's pow(hd, -0.5).
   const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(HD)));
   const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes, lane = threadIdx.x % 32;
 
-  // The first step's K loads go out before q's, so the two latencies overlap.
-  const bf16* k_rows = a.k_cache + (slot_row + j_begin) * kv_dim + kvh * HD;
-  uint4 raw[Lay::kRows][Lay::kPieces];  // all of a step's loads are issued before its first FMA
-  load_step<Lay>(raw, k_rows, kv_dim, 0, n, c, slot);
   float q[G][Lay::kPieces][8];  // this lane's pieces of the G query heads
   const bf16* q_row = a.q + static_cast<int64_t>(r) * a.q_stride + kvh * G * HD;
 #pragma unroll
@@ -342,7 +370,7 @@ __device__ __forceinline__ void chunk_scores(const AttentionArgs& a, int r, int 
       for (int i = 0; i < 8; ++i) q[g][k][i] = bf16_to_f32(q_row[g * HD + (c + k * Lay::kLanes) * 8 + i]);
 
   using Raw = uint4[Lay::kRows][Lay::kPieces];
-  stream_steps<Lay>(raw, k_rows, kv_dim, n, c, slot, [&](const Raw& raw, int j0) {
+  stream_steps<Lay>(kr.first, kr.rows, kr.kv_dim, n, c, slot, [&](const Raw& raw, int j0) {
     constexpr int V = Lay::kRows * G;
     float dot[V];  // [row u, head g]: this lane's part of q_g · K[row]
 #pragma unroll
@@ -413,24 +441,10 @@ __device__ __forceinline__ void numerators(int n, int ld, const float* row_max, 
   }
 }
 
-// V rows row0 .. row0 + n - 1 of the cache for kv head kvh, the first step's loads issued on
-// construction: V does not depend on the softmax, so they arrive while it is computed.
-template <int G, int HD>
-struct VRows {
-  using Lay = RowLayout<G, HD>;
-  const bf16* rows;
-  int kv_dim, n;
-  uint4 first[Lay::kRows][Lay::kPieces];
-  __device__ __forceinline__ VRows(const AttentionArgs& a, int64_t row0, int kvh, int n_rows)
-      : rows(a.v_cache + row0 * (a.n_kv * HD) + kvh * HD), kv_dim(a.n_kv * HD), n(n_rows) {
-    load_step<Lay>(first, rows, kv_dim, 0, n, threadIdx.x % Lay::kLanes, threadIdx.x / Lay::kLanes);
-  }
-};
-
 // P·V of the n positions of v weighted by p [G, ld]; store(i, o) gets element i = g * HD + d.
 // Uses `partial` [kWarps, G, HD] of shared memory, which may overlap p: a barrier comes first.
 template <int G, int HD, class Store>
-__device__ __forceinline__ void chunk_pv(VRows<G, HD>& v, const float* p, int ld, float* partial, Store store) {
+__device__ __forceinline__ void chunk_pv(CacheRows<G, HD>& v, const float* p, int ld, float* partial, Store store) {
   using Lay = RowLayout<G, HD>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes, n = v.n;
@@ -489,7 +503,8 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_scores_kern
   const int n = min(L - j_begin, w.chunk);
   // The counter split_pv counts on starts from zero here, so the caller never clears it.
   if (chunk == 0 && threadIdx.x == 0) w.arrived[r * a.n_kv + kvh] = 0;
-  chunk_scores<G, HD>(a, r, kvh, static_cast<int64_t>(seq) * a.capacity, j_begin, n, tile, w.chunk);
+  CacheRows<G, HD> kr(a, a.k_cache, static_cast<int64_t>(seq) * a.capacity + j_begin, kvh, n, n);
+  chunk_scores<G, HD>(a, r, kvh, kr, tile, w.chunk);
   __syncthreads();
 
   const int64_t rh0 = static_cast<int64_t>(r) * a.n_q + kvh * G;
@@ -518,7 +533,7 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(A
   const int n = min(L - j_begin, w.chunk), used = (L + w.chunk - 1) / w.chunk;
   const int64_t rh0 = static_cast<int64_t>(r) * a.n_q + kvh * G;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  VRows<G, HD> v(a, static_cast<int64_t>(seq) * a.capacity + j_begin, kvh, n);
+  CacheRows<G, HD> v(a, a.v_cache, static_cast<int64_t>(seq) * a.capacity + j_begin, kvh, n, n);
 
   for (int g = warp; g < G; g += kWarps) {
     float m = -FLT_MAX;
@@ -568,9 +583,12 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(A
 // with no workspace. Its maximum, sum and P·V are the one chunk's, which the split pair would
 // sum from zero (0 + x = x): the same arithmetic as the split pair.
 // Dynamic shared memory: scores, then e in their place, and p [G, chunk]; then partial sums.
+// With a.history_settled, K's first step (but the row's newest position) is read before
+// pdl_wait.
 template <int G, int HD>
 __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(AttentionArgs a, int ld) {
-  pdl_wait();
+  const bool early = a.history_settled;
+  if (!early) pdl_wait();
   extern __shared__ float smem[];
   __shared__ float row_max[G];
   __shared__ float inv_sum[G];
@@ -581,8 +599,14 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(
   const int64_t slot_row = static_cast<int64_t>(seq) * a.capacity;
   float* e = smem;           // [G, ld] the scores, then exp(s - M) in their place
   float* p = smem + G * ld;  // [G, ld] exp(s - M) rounded to bf16
-  chunk_scores<G, HD>(a, r, kvh, slot_row, 0, n, e, ld);
-  VRows<G, HD> v(a, slot_row, kvh, n);
+  const int now = early ? n - 1 : n;
+  CacheRows<G, HD> kr(a, a.k_cache, slot_row, kvh, n, now);
+  if (early) {
+    pdl_wait();
+    kr.load_rest(now);
+  }
+  chunk_scores<G, HD>(a, r, kvh, kr, e, ld);
+  CacheRows<G, HD> v(a, a.v_cache, slot_row, kvh, n, n);
   __syncthreads();
   head_maxima<G>(e, ld, n, [&](int g, float m) { row_max[g] = m; });
   __syncthreads();
@@ -601,13 +625,16 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(
 // in rank order; a third keeps every block's shared memory alive until the others have read
 // it. One kernel, no atomics; the sums run from zero in rank order, as the split pair's over
 // its chunks.
+// With a.history_settled, K's first step (but the row's newest position) is read before
+// pdl_wait.
 // Dynamic shared memory: scores, then e in their place, and p [G, ld]; then partial sums.
 template <int G, int HD>
 __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) cluster_kernel(AttentionArgs a, int ld) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();  // no clusters below sm_90; the host never launches it there (clusters_supported)
 #else
-  pdl_wait();
+  const bool early = a.history_settled;
+  if (!early) pdl_wait();
   cg::cluster_group cluster = cg::this_cluster();
   extern __shared__ float smem[];
   __shared__ float chunk_max[G];
@@ -623,8 +650,14 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) cluster_kernel(At
   const int64_t slot_row = static_cast<int64_t>(seq) * a.capacity;
   float* e = smem;           // [G, ld] the scores, then exp(s - M) in their place
   float* p = smem + G * ld;  // [G, ld] exp(s - M) rounded to bf16
-  if (n > 0) chunk_scores<G, HD>(a, r, kvh, slot_row, j_begin, n, e, ld);
-  VRows<G, HD> v(a, slot_row + j_begin, kvh, n);
+  const int now = early ? max(0, min(n, L - 1 - j_begin)) : n;
+  CacheRows<G, HD> kr(a, a.k_cache, slot_row + j_begin, kvh, n, now);
+  if (early) {
+    pdl_wait();
+    kr.load_rest(now);
+  }
+  if (n > 0) chunk_scores<G, HD>(a, r, kvh, kr, e, ld);
+  CacheRows<G, HD> v(a, a.v_cache, slot_row + j_begin, kvh, n, n);
   __syncthreads();
   head_maxima<G>(e, ld, n, [&](int g, float m) { chunk_max[g] = m; });
   cluster.sync();

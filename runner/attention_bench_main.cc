@@ -7,11 +7,12 @@
 //    kernels' outputs are apart.
 //  decode: one row per sequence at position len - 1 (batch x len, cache capacity), the
 //    one-block kernel (no workspace) against the split path (the default: clusters; then the
-//    two-kernel pair at each forced chunk size, then each forced cluster size). Calls are
-//    captured in a CUDA graph (as the engine's decode steps are) and cycle over enough
-//    layers' caches that K/V come from HBM, not L2. Prints µs per call, the 32-layer step in
-//    ms, GB/s of K/V read (batch · len · n_kv · hd · 2 bytes, K and V) and its share of the
-//    measured HBM read bandwidth, and the outputs' distance to the one-block kernel's.
+//    same with AttentionArgs::history_settled, the two-kernel pair at each forced chunk size,
+//    then each forced cluster size). Calls are captured in a CUDA graph (as the engine's
+//    decode steps are) and cycle over enough layers' caches that K/V come from HBM, not L2.
+//    Prints µs per call, the 32-layer step in ms, GB/s of K/V read (batch · len · n_kv · hd ·
+//    2 bytes, K and V) and its share of the measured HBM read bandwidth, and the outputs'
+//    distance to the one-block kernel's.
 //   llmq_attention_bench [--iters N] [--mode prefill|decode|all]
 #include <algorithm>
 #include <cmath>
@@ -163,7 +164,8 @@ void bench_decode(const DecodeCase& c, int iters, double hbm_gbps) {
   const double kv_bytes = 2.0 * c.batch * c.len * kv_dim * 2;
   const int calls = layers * std::max(1, 64 / layers);
   std::vector<uint16_t> one_block;
-  const auto run = [&](const std::string& name, float* workspace, int chunk, int cluster = 0) {
+  const auto run = [&](const std::string& name, float* workspace, int chunk, int cluster = 0, bool settled = false) {
+    a.history_settled = settled;  // no call writes a cache here, so the promise holds
     a.workspace = workspace;
     a.workspace_rows = workspace ? c.batch : 0;
     a.split_chunk = chunk;
@@ -187,6 +189,7 @@ void bench_decode(const DecodeCase& c, int iters, double hbm_gbps) {
   };
   run("one-block", nullptr, 0);
   run("split", ws.as<float>(), 0);
+  run("settled", ws.as<float>(), 0, 0, true);  // the default path, older rows read before pdl_wait
   for (int chunk : {64, 128, 192, 256, 320, 512, 640, 1024}) {
     if (chunk > 2 * c.capacity) break;
     run("split/" + std::to_string(chunk), ws.as<float>(), chunk);

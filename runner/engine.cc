@@ -73,7 +73,8 @@ struct Engine::Impl {
     mark("embed");
     LayerEnv env = LayerEnv::of(c, capacity, rope, blas.get(), stream);
     env.marks.events = marks;
-    const LayerRows rows{pos.as<const int32_t>(), seq.as<const int32_t>(), M, &spans};
+    // Decode (no spans): begin_decode puts row b at slot b.
+    const LayerRows rows{pos.as<const int32_t>(), seq.as<const int32_t>(), M, &spans, spans.empty()};
     const bf16* pending = nullptr;
     for (size_t l = 0; l < layers.size(); ++l)
       pending = layer_forward(env, layers[l], bufs, xs, pending, rows, k_cache[l].as<bf16>(), v_cache[l].as<bf16>());

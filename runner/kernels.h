@@ -127,6 +127,10 @@ struct AttentionArgs {
   // 8), or 0 to let the grid size choose; a forced split_chunk takes the split kernels instead,
   // and so does any call below sm_90 (no clusters there). For benchmarks and tests.
   int cluster = 0;
+  // The caller's promise that the kernel launched just before writes no K/V row of a row's
+  // slot but the one at pos[r], and neither pos nor seq (decode: one row per slot, after
+  // rope_and_cache). The older rows are then read before that kernel has finished.
+  bool history_settled = false;
 };
 void attention(const AttentionArgs& a, cudaStream_t s);
 // Rows r0 .. r0 + n - 1 of a call as a call of their own.

@@ -127,6 +127,9 @@ struct LayerRows {
   const int32_t* seq = nullptr;
   int M = 0;
   const std::vector<gpu::RowSpan>* spans = nullptr;
+  // Decode: row b at slot b's next position, so the RoPE kernel before attention writes no
+  // older K/V row and attention may read those early (gpu::AttentionArgs::history_settled).
+  bool one_row_per_slot = false;
 };
 
 // The attention of a layer after its q/k/v linear: b.qkv [M, q_dim + 2 kv_dim] gets RoPE, its

@@ -7,6 +7,11 @@
 // launch only once all its blocks run, so waiting blocks never keep it from finishing). The
 // GEMVs issue their first weight loads before it: kernels that write weights (load time, the
 // GPU quantizer's updates) are plain launches, which release their dependents only when done.
+// A block triggers only after its wait returns (or by exiting), so a kernel starts only once
+// the blocks of the one before it have waited, that is once the one before that has completed:
+// what kernels two or more launches back wrote is in memory when a kernel starts, as long as
+// the kernels between do not all exit without waiting. Decode attention reads its older K/V
+// rows before pdl_wait on that ground (AttentionArgs::history_settled in runner/kernels.h).
 // Below sm_90 the launch attribute is ignored and pdl_wait compiles to nothing; in a CUDA
 // graph capture the dependency is kept as a programmatic edge.
 #pragma once

@@ -468,8 +468,65 @@ TEST(RunnerKernels, AttentionDecodeMatchesReference) {
           LLMQ_CUDA_CHECK(cudaMemset(dout.as<uint16_t>(), 0, dout.bytes()));
           gpu::attention(args, nullptr);
           EXPECT_TRUE(dout.to_host<uint16_t>() == first) << "a second call gives other bits";
+          // Reading the older rows before pdl_wait changes when they are loaded, not the sums.
+          args.history_settled = true;
+          LLMQ_CUDA_CHECK(cudaMemset(dout.as<uint16_t>(), 0, dout.bytes()));
+          gpu::attention(args, nullptr);
+          EXPECT_TRUE(dout.to_host<uint16_t>() == first) << "history_settled gives other bits";
+          args.history_settled = false;
         }
       }
+}
+
+// Decode as the engine runs it: rope_and_cache writes each row's newest K/V row while the
+// attention after it (history_settled) already reads the older ones. The newest rows start
+// as NaN, so an attention that read one before the RoPE kernel wrote it gives NaN.
+TEST(RunnerKernels, SettledAttentionAfterRopeReadsTheNewestRow) {
+  LLMQ_REQUIRE_GPU();
+  constexpr uint16_t kNaN = 0x7FC0;
+  const int n_q = 32, n_kv = 8, hd = 128, capacity = 640;
+  const int kv_dim = n_kv * hd, width = (n_q + 2 * n_kv) * hd;
+  const LlamaConfig c = rope_config(n_q, n_kv, hd, true);
+  std::vector<float> cos_t, sin_t;
+  ref::rope_tables_ref(c, capacity, &cos_t, &sin_t);
+  for (int rows : {1, 3, 16, 64}) {  // cluster kernel up to 16 rows, whole_row at 64
+    SCOPED_TRACE(::testing::Message() << "rows " << rows << " seed " << kSeed);
+    std::mt19937 rng(kSeed + 11 * rows);
+    std::vector<int32_t> pos(rows), seq(rows);
+    for (int r = 0; r < rows; ++r) seq[r] = r, pos[r] = r == 0 ? capacity - 1 : 1 + (r * 97) % 600;
+    auto qkv = random_bf16(static_cast<size_t>(rows) * width, rng);
+    std::vector<uint16_t> kc(static_cast<size_t>(rows) * capacity * kv_dim, kNaN), vc(kc.size(), kNaN);
+    for (int r = 0; r < rows; ++r) {  // positions 0 .. pos - 1 hold keys and values; pos is NaN
+      const size_t off = static_cast<size_t>(r) * capacity * kv_dim, n = static_cast<size_t>(pos[r]) * kv_dim;
+      const auto kr = random_bf16(n, rng), vr = random_bf16(n, rng);
+      std::copy(kr.begin(), kr.end(), kc.begin() + off);
+      std::copy(vr.begin(), vr.end(), vc.begin() + off);
+    }
+    DeviceBuffer dq = up(qkv), dcos = up(cos_t), dsin = up(sin_t), dp = up(pos), ds = up(seq), dk = up(kc), dv = up(vc);
+    DeviceBuffer dout(static_cast<size_t>(rows) * n_q * hd * 2);
+    DeviceBuffer ws(gpu::attention_workspace_floats(rows, n_q, hd, capacity) * sizeof(float));
+    gpu::AttentionArgs args{dq.as<uint16_t>(), width, dk.as<uint16_t>(), dv.as<uint16_t>(), dp.as<int32_t>(),
+                            ds.as<int32_t>(), dout.as<uint16_t>(), rows, n_q, n_kv, hd, capacity,
+                            ws.as<float>(), rows};
+    args.history_settled = true;
+    cudaStream_t stream;  // a stream of its own, where the attention launches while RoPE runs
+    LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    gpu::rope_and_cache({dq.as<uint16_t>(), dcos.as<float>(), dsin.as<float>(), dp.as<int32_t>(), ds.as<int32_t>(),
+                         dk.as<uint16_t>(), dv.as<uint16_t>(), rows, n_q, n_kv, hd, capacity},
+                        stream);
+    gpu::attention(args, stream);
+    LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+    LLMQ_CUDA_CHECK(cudaStreamDestroy(stream));
+    const std::vector<uint16_t> got = dout.to_host<uint16_t>();
+
+    ref::rope_and_cache_ref(qkv.data(), cos_t.data(), sin_t.data(), pos.data(), seq.data(), kc.data(), vc.data(), rows,
+                            n_q, n_kv, hd, capacity);
+    DeviceBuffer dk2 = up(kc), dv2 = up(vc), dq2 = up(qkv);
+    args.q = dq2.as<uint16_t>(), args.k_cache = dk2.as<uint16_t>(), args.v_cache = dv2.as<uint16_t>();
+    args.history_settled = false;
+    gpu::attention(args, nullptr);
+    EXPECT_TRUE(got == dout.to_host<uint16_t>()) << "after rope_and_cache != on the reference's rotated cache";
+  }
 }
 
 // The split path captured in a CUDA graph (as the engine's decode steps are) and replayed:
