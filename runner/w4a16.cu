@@ -193,6 +193,14 @@ __device__ __forceinline__ void biased_codes(uint32_t w, uint32_t magic, uint32_
     asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(h[i]) : "r"(w >> (4 * i)), "n"(0x000F000F), "r"(magic));
 }
 
+// p + i as one IMAD.WIDE.U32 (i * 4 + p): written as p + i, the compiler keeps the row's
+// 64-bit index instead of the pointer and spends four instructions per load.
+__device__ __forceinline__ const uint32_t* word_at(const uint32_t* p, uint32_t i) {
+  uint64_t a;
+  asm("mad.wide.u32 %0, %1, 4, %2;" : "=l"(a) : "r"(i), "l"(reinterpret_cast<uint64_t>(p)));
+  return reinterpret_cast<const uint32_t*>(a);
+}
+
 // M <= 8: one block of S warps per 16-row tile, activations straight from L1 (8 rows of x are
 // small and shared by every block); the S warps split the tile's K, warp w taking 64-column
 // chunks w, w + S, ... with loads of up to four chunks issued before their MMAs. Measured
@@ -203,7 +211,7 @@ template <bool kF16, int S>
 __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restrict__ packed,
                                                              const uint32_t* __restrict__ params,
                                                              const uint16_t* __restrict__ x, uint16_t* __restrict__ y,
-                                                             int M, int N, int K, int group_size, int G,
+                                                             int M, int N, int K, uint32_t group_magic, int G,
                                                              GemvEpilogue epi) {
   // pdl_wait comes after the first iteration's weight and parameter loads (never written by
   // the kernel before): they stream while that kernel finishes.
@@ -212,14 +220,19 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int tile = blockIdx.x;
   const int chunks = K / 64;
-  const int ra = tile * 16 + lane / 4, rb = ra + 8;
-  const uint4* base = packed + static_cast<int64_t>(tile) * chunks * 32 + lane;
+  // Pointers at the warp's first chunk, advanced per iteration, so a chunk's loads sit at
+  // immediate offsets from them (64-bit index arithmetic per load was about a third of the
+  // loop's instructions, and the loop is issue-bound at M = 1).
+  const uint4* w_warp = packed + (static_cast<int64_t>(tile) * chunks + warp) * 32 + lane;
+  const uint32_t* pa_row = params + static_cast<int64_t>(tile * 16 + lane / 4) * G;
+  const uint32_t* pb_row = pa_row + 8 * static_cast<int64_t>(G);
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   const int tok = lane / 4;
   const uint32_t* x_tok = reinterpret_cast<const uint32_t*>(x + static_cast<int64_t>(min(tok, M - 1)) * K);
+  const uint32_t* x_warp = x_tok + warp * 32 + lane % 4;
   const uint32_t magic = biased_codes_magic();
   bool waited = false;
-  for (int c0 = warp; c0 < chunks; c0 += 4 * S) {
+  for (int c0 = warp; c0 < chunks; c0 += 4 * S, w_warp += 4 * S * 32, x_warp += 4 * S * 32) {
     // The four chunks' weights and group parameters are loaded before any arithmetic, with
     // predicates rather than an early exit, so none of them waits behind it: at M = 1 a warp
     // has only a few iterations, and each dependent HBM or L2 round trip is one more latency
@@ -229,11 +242,13 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
     uint32_t pa[4], pb[4];
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const int c = min(c0 + u * S, chunks - 1);  // past the end: a valid address, not summed
-      wv[u] = __ldg(base + static_cast<int64_t>(c) * 32);
-      const int grp = c * 64 / group_size;
-      pa[u] = __ldg(params + static_cast<int64_t>(ra) * G + grp);
-      pb[u] = __ldg(params + static_cast<int64_t>(rb) * G + grp);
+      // Past the end (c >= chunks) the loads read the next tile's words or the buffers' tail
+      // padding (W4A16Weights::kPackedTail, kParamsTail) and are not summed: no predicate.
+      const uint32_t c = c0 + u * S;
+      wv[u] = __ldg(w_warp + u * S * 32);
+      const uint32_t grp = __umulhi(2u * c, group_magic);  // c / chunks per group
+      pa[u] = __ldg(word_at(pa_row, grp));
+      pb[u] = __ldg(word_at(pb_row, grp));
     }
     if (!waited) {
       pdl_wait();
@@ -250,7 +265,7 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
       // immediate offsets from one address. Lanes of tokens past M read token M - 1's (x_tok
       // is clamped): their output columns are summed and never stored, so the loads need no
       // predicate (with one, the compiler recomputed the address inside each).
-      const uint32_t* xc = x_tok + c * 32 + lane % 4;
+      const uint32_t* xc = x_warp + u * S * 32;
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
         uint32_t a[4];
@@ -285,11 +300,21 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
   store_block<16>([&](int tok, int r) { return out[tok][r]; }, M, tile * 16, N, y, epi);
 }
 
+// mma_direct_kernel's chunk-to-group division as a multiply-high: with d = group_size / 64
+// chunks per group and magic = ceil(2^31 / d), (2c · magic) >> 32 = floor(c / d) for every
+// c < 2^16 and d < 2^15 (the error c · (magic · d - 2^31) / 2^31 stays below 1 / d).
+uint32_t group_magic(const W4A16Weights& w) {
+  const int64_t d = w.group_size / 64, chunks = w.K / 64;
+  LLMQ_CHECK(d >= 1 && d < (1 << 15) && chunks < (1 << 16),
+             "W4A16 direct GEMV: K " << w.K << ", group " << w.group_size << " out of its range");
+  return static_cast<uint32_t>(((int64_t{1} << 31) + d - 1) / d);
+}
+
 template <bool kF16, int S>
 void launch_mma_direct_s(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi,
                          cudaStream_t s) {
   launch_pdl(mma_direct_kernel<kF16, S>, dim3((w.N + 15) / 16), dim3(S * 32), 0, s, w.packed.as<const uint4>(),
-             w.params.as<const uint32_t>(), x, y, M, w.N, w.K, w.group_size, w.G, epi);
+             w.params.as<const uint32_t>(), x, y, M, w.N, w.K, group_magic(w), w.G, epi);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
@@ -597,6 +622,18 @@ void launch_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, c
 
 }  // namespace
 
+namespace {
+
+// A device copy of v followed by tail zero bytes.
+DeviceBuffer with_tail(const std::vector<uint32_t>& v, size_t tail) {
+  DeviceBuffer b(v.size() * 4 + tail);
+  if (!v.empty()) LLMQ_CUDA_CHECK(cudaMemcpy(b.as(), v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+  LLMQ_CUDA_CHECK(cudaMemset(static_cast<char*>(b.as()) + v.size() * 4, 0, tail));
+  return b;
+}
+
+}  // namespace
+
 W4A16Weights W4A16Weights::upload(const W4A16Layout& l) {
   W4A16Weights w;
   w.N = static_cast<int>(l.out_features);
@@ -605,8 +642,8 @@ W4A16Weights W4A16Weights::upload(const W4A16Layout& l) {
   w.G = static_cast<int>(l.num_groups);
   w.scale_f16 = l.scale_f16;
   w.mma = l.mma;
-  w.packed = DeviceBuffer::from_host(l.packed);
-  w.params = DeviceBuffer::from_host(l.params);
+  w.packed = with_tail(l.packed, kPackedTail);
+  w.params = with_tail(l.params, kParamsTail);
   if (!l.perm.empty()) w.perm = DeviceBuffer::from_host(l.perm);
   return w;
 }

@@ -81,12 +81,18 @@ struct W4A16Weights {
   int N = 0, K = 0, group_size = 0, G = 0;
   bool scale_f16 = false;
   bool mma = false;
-  DeviceBuffer packed;  // see W4A16Layout
-  DeviceBuffer params;  // [N (padded), G] uint32
+  DeviceBuffer packed;  // see W4A16Layout, then kPackedTail bytes
+  DeviceBuffer params;  // [N (padded), G] uint32, then kParamsTail bytes
   DeviceBuffer perm;    // [K] int32, empty without act-order
+  // Zero bytes after packed and params: the M <= 8 kernel loads up to three iterations of
+  // 16 warps' chunks (and their group words) past a tile's end unpredicated, and sums none.
+  static constexpr size_t kPackedTail = 3 * 16 * 512, kParamsTail = 64 * 4;
 
   static W4A16Weights upload(const W4A16Layout& l);
-  size_t bytes() const { return packed.bytes() + params.bytes() + perm.bytes(); }
+  // The weights' bytes (what a forward reads), without the tails.
+  size_t bytes() const {
+    return packed.bytes() == 0 ? 0 : packed.bytes() + params.bytes() + perm.bytes() - kPackedTail - kParamsTail;
+  }
 };
 
 // Scratch the W4A16 forward needs: x_perm [M, K] bf16 (act-order), w_bf16 [N, K] where M
