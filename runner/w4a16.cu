@@ -193,8 +193,9 @@ __device__ __forceinline__ void biased_codes(uint32_t w, uint32_t magic, uint32_
     asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(h[i]) : "r"(w >> (4 * i)), "n"(0x000F000F), "r"(magic));
 }
 
-// p + i as one IMAD.WIDE.U32 (i * 4 + p): written as p + i, the compiler keeps the row's
-// 64-bit index instead of the pointer and spends four instructions per load.
+// p + i for a 32-bit unsigned i, as a wide multiply-add on the pointer: written as p + i, the
+// compiler rebuilt the row's 64-bit index for each load (365 against 357 SASS instructions
+// per iteration of mma_direct_kernel at S = 4).
 __device__ __forceinline__ const uint32_t* word_at(const uint32_t* p, uint32_t i) {
   uint64_t a;
   asm("mad.wide.u32 %0, %1, 4, %2;" : "=l"(a) : "r"(i), "l"(reinterpret_cast<uint64_t>(p)));
@@ -221,8 +222,9 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
   const int tile = blockIdx.x;
   const int chunks = K / 64;
   // Pointers at the warp's first chunk, advanced per iteration, so a chunk's loads sit at
-  // immediate offsets from them (64-bit index arithmetic per load was about a third of the
-  // loop's instructions, and the loop is issue-bound at M = 1).
+  // immediate offsets from them: 64-bit index arithmetic per load was about a third of the
+  // loop's instructions, and at M = 1 the loop is bound by its instructions about as much as
+  // by its loads.
   const uint4* w_warp = packed + (static_cast<int64_t>(tile) * chunks + warp) * 32 + lane;
   const uint32_t* pa_row = params + static_cast<int64_t>(tile * 16 + lane / 4) * G;
   const uint32_t* pb_row = pa_row + 8 * static_cast<int64_t>(G);
@@ -233,8 +235,8 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
   const uint32_t magic = biased_codes_magic();
   bool waited = false;
   for (int c0 = warp; c0 < chunks; c0 += 4 * S, w_warp += 4 * S * 32, x_warp += 4 * S * 32) {
-    // The four chunks' weights and group parameters are loaded before any arithmetic, with
-    // predicates rather than an early exit, so none of them waits behind it: at M = 1 a warp
+    // The four chunks' weights and group parameters are loaded before any arithmetic, all of
+    // them (past the end into padding) rather than behind an early exit, so none waits on it: at M = 1 a warp
     // has only a few iterations, and each dependent HBM or L2 round trip is one more latency
     // on the kernel's critical path. x words come from L1 (every block reads the same x) and
     // are loaded where used: holding them too would halve the resident blocks.
@@ -619,10 +621,6 @@ void launch_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, c
     launch_pdl(gemv_kernel<MT, false>, dim3(grid), dim3(kWarps * 32), 0, s, packed, params, x, y, M, w.N, w.K, w.group_size / 8, w.G);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
-
-}  // namespace
-
-namespace {
 
 // A device copy of v followed by tail zero bytes.
 DeviceBuffer with_tail(const std::vector<uint32_t>& v, size_t tail) {
