@@ -231,6 +231,12 @@ struct RowLayout {
   static_assert(kLanes >= 1 && kLanes <= 32 && kPieces * kRows == 4, "RowLayout");
 };
 
+// Piece k (16 bytes) of lane group c's share of cache row jj of `rows` (rows kv_dim apart).
+template <class Lay>
+__device__ __forceinline__ const uint4* row_piece(const bf16* rows, int kv_dim, int jj, int c, int k) {
+  return reinterpret_cast<const uint4*>(rows + static_cast<int64_t>(jj) * kv_dim + (c + k * Lay::kLanes) * 8);
+}
+
 // One step's K or V loads of a thread (rows j0 + u * kSlots + slot of `rows`, kv_dim apart);
 // rows at or past n are not read (they may hold NaN) and come back as zeros.
 template <class Lay>
@@ -241,9 +247,7 @@ __device__ __forceinline__ void load_step(uint4 (&raw)[Lay::kRows][Lay::kPieces]
     const int jj = j0 + u * Lay::kSlots + slot;
 #pragma unroll
     for (int k = 0; k < Lay::kPieces; ++k)
-      raw[u][k] = jj < n ? __ldg(reinterpret_cast<const uint4*>(rows + static_cast<int64_t>(jj) * kv_dim +
-                                                                (c + k * Lay::kLanes) * 8))
-                         : make_uint4(0, 0, 0, 0);
+      raw[u][k] = jj < n ? __ldg(row_piece<Lay>(rows, kv_dim, jj, c, k)) : make_uint4(0, 0, 0, 0);
   }
 }
 
@@ -341,9 +345,7 @@ struct CacheRows {
       const int jj = u * Lay::kSlots + slot;
 #pragma unroll
       for (int k = 0; k < Lay::kPieces; ++k)
-        if (jj >= now && jj < n)
-          first[u][k] = load_after_wait(reinterpret_cast<const uint4*>(rows + static_cast<int64_t>(jj) * kv_dim +
-                                                                       (c + k * Lay::kLanes) * 8));
+        if (jj >= now && jj < n) first[u][k] = load_after_wait(row_piece<Lay>(rows, kv_dim, jj, c, k));
     }
   }
 };

@@ -201,8 +201,8 @@ void attend(const LayerEnv& env, LayerBuffers& b, const LayerRows& rows, bf16* k
                       env.stream);
   env.marks.mark("rope_and_cache", env.stream);
   gpu::AttentionArgs args{b.qkv.as<const bf16>(), q_dim + 2 * kv_dim, k_cache, v_cache, rows.pos, rows.seq,
-                                b.attn.as<bf16>(), M, n_q, n_kv, hd, env.capacity, b.attn_ws.as<float>(),
-                                b.attn_ws_rows};
+                          b.attn.as<bf16>(), M, n_q, n_kv, hd, env.capacity, b.attn_ws.as<float>(),
+                          b.attn_ws_rows};
   args.history_settled = rows.one_row_per_slot;
   if (!rows.spans || rows.spans->empty()) gpu::attention(args, env.stream);
   else gpu::attention(args, *rows.spans, env.stream);

@@ -216,6 +216,8 @@ __global__ void __launch_bounds__(S * 32) mma_direct_kernel(const uint4* __restr
                                                              GemvEpilogue epi) {
   // pdl_wait comes after the first iteration's weight and parameter loads (never written by
   // the kernel before): they stream while that kernel finishes.
+  static_assert(3 * S * 512 <= W4A16Weights::kPackedTail && 3 * S * 4 <= W4A16Weights::kParamsTail,
+                "a warp's loads past the end (three chunks of S apart) must stay inside the buffers' tails");
   __shared__ float partial[S][32][4];
   __shared__ float out[8][16];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
