@@ -93,9 +93,15 @@ struct Engine::Impl {
     const int hidden = static_cast<int>(c.hidden_size);
     bf16* h = bufs.h.as<bf16>();
     gpu::embed(x.as<const bf16>(), rows, h, S, hidden, stream);  // gather the rows
-    gpu::rms_norm(h, final_norm.as<const bf16>(), h, S, hidden, static_cast<float>(c.rms_norm_eps), stream);
-    mark("final_norm");
-    linear(lm_head, {h, false}, logits.as<bf16>(), S, {});
+    LinearIn in{h, false};
+    if (lm_head.fuses_norm(S)) {  // the GEMV normalizes (decode)
+      in.norm_weight = final_norm.as<const bf16>();
+      in.norm_eps = static_cast<float>(c.rms_norm_eps);
+    } else {
+      gpu::rms_norm(h, final_norm.as<const bf16>(), h, S, hidden, static_cast<float>(c.rms_norm_eps), stream);
+      mark("final_norm");
+    }
+    linear(lm_head, in, logits.as<bf16>(), S, {});
     mark("lm_head");
   }
 

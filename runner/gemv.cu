@@ -33,6 +33,10 @@
 //     (halves traded between partners), then over the warps in shared memory in a fixed
 //     order (deterministic), and one thread per output (per swiglu pair) applies the scale
 //     and the epilogue and stores.
+//   - the BF16 kernel may apply the RMSNorm before it (GemvEpilogue::norm_weight): a block
+//     owns all of K, so it meets every activation of its tokens anyway; each thread multiplies
+//     them by the norm weights and adds their squares, which are reduced beside the products,
+//     and the finishing thread multiplies its sum by 1 / rms.
 // Thread t sums chunks t, t + kThreads, ... of a row in order, on either path and for either
 // R; only the shuffle tree depends on R (any summation order keeps the f32 bound of gemv.h).
 // FP8 avoids cvt (quarter-rate): codes become f32 with shifts and masks (gemv.h's trick,
@@ -40,6 +44,8 @@
 // value (one exact FMUL), so products are value products · 2^-120 (see Fp8Format for why
 // that is exact); INT8 uses dp4a on exact int32 sums, BF16 is a shift or a mask to f32.
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
@@ -66,6 +72,8 @@ struct GemvArgs {
   bool swiglu;
   int N;
   int row_bytes;          // a multiple of 16
+  const uint16_t* norm_w; // [K] bf16 or null: GemvEpilogue::norm_weight (register path only)
+  float norm_eps;
 };
 
 // cp.async of 16 bytes into shared memory (the pipeline at the top of the file) with the
@@ -231,20 +239,30 @@ __device__ __forceinline__ Acc block_total(const Acc (&sums)[kWarps][kValues], i
 }
 
 // Scales, rounds and stores the block's outputs with the epilogue (values m * R + r of sums).
-template <class F, int M, int kRows, class Acc, int kValues>
-__device__ __forceinline__ void finish(const Acc (&sums)[kWarps][kValues], const EpilogueIn& in, const GemvArgs& a,
-                                       int n0) {
+// With kNorm, sum_sq holds the warps' sums of token m's squares (GemvEpilogue::norm_weight).
+template <class F, int M, int kRows, bool kNorm, class Acc, int kValues>
+__device__ __forceinline__ void finish(const Acc (&sums)[kWarps][kValues], const float (&sum_sq)[kWarps][M],
+                                       const EpilogueIn& in, const GemvArgs& a, int n0) {
   int m = 0, n = 0;
   if (!finisher<M, kRows>(a, n0, m, n)) return;
   const int v = m * kRows + (n - n0);
+  float inv_rms = 1.0f;
+  if constexpr (kNorm) {
+    const float variance = block_total(sum_sq, m) / static_cast<float>(a.row_bytes / 2);
+    inv_rms = 1.0f / sqrtf(variance + a.norm_eps);  // IEEE div and sqrt, as rms_norm
+  }
+  const auto output = [&](int i, float sw) {
+    const float o = F::output(block_total(sums, i), in.sx, sw);
+    return kNorm ? o * inv_rms : o;
+  };
   if (a.swiglu) {
-    const float g = bf16_value(F::output(block_total(sums, v), in.sx, in.sw0));
-    const float u = bf16_value(F::output(block_total(sums, v + 1), in.sx, in.sw1));
+    const float g = bf16_value(output(v, in.sw0));
+    const float u = bf16_value(output(v + 1, in.sw1));
     const float silu = bf16_value(g / (1.0f + expf(-g)));
     a.y[static_cast<int64_t>(m) * (a.N / 2) + n / 2] = f32_to_bf16(silu * u);
     return;
   }
-  const float o = bf16_value(F::output(block_total(sums, v), in.sx, in.sw0));
+  const float o = bf16_value(output(v, in.sw0));
   a.y[static_cast<int64_t>(m) * a.N + n] = f32_to_bf16(a.residual ? bf16_to_f32(in.residual) + o : o);
 }
 
@@ -264,15 +282,27 @@ __host__ __device__ constexpr int smem_bytes() {
 // The register path's rows per block (see the top of the file).
 constexpr int register_rows(int M) { return M <= 2 ? 4 : 8; }
 
-// Adds one chunk's products into acc: activation chunks xv[m] with weight chunks wv[r].
-template <class F, int M, int kRows>
+// Adds one chunk's products into acc: activation chunks xv[m] with weight chunks wv[r]. With
+// kNorm (BF16) each activation is first multiplied by its norm weight in gv (exact in f32:
+// two 8-bit significands) and its square added to sum_sq[m].
+template <class F, int M, int kRows, bool kNorm = false>
 __device__ __forceinline__ void mac_chunk(typename F::Acc (&acc)[M][kRows], const uint4 (&xv)[M],
-                                          const uint4 (&wv)[kRows]) {
+                                          const uint4 (&wv)[kRows], const uint4& gv, float (&sum_sq)[M]) {
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     typename F::XWord xw[M];
 #pragma unroll
     for (int m = 0; m < M; ++m) xw[m] = F::x_word(word(xv[m], j));
+    if constexpr (kNorm) {
+      const typename F::XWord gw = F::x_word(word(gv, j));
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        sum_sq[m] = fmaf(xw[m].lo, xw[m].lo, sum_sq[m]);
+        sum_sq[m] = fmaf(xw[m].hi, xw[m].hi, sum_sq[m]);
+        xw[m].lo *= gw.lo;
+        xw[m].hi *= gw.hi;
+      }
+    }
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const typename F::WWord ww = F::w_word(word(wv[r], j));
@@ -283,10 +313,12 @@ __device__ __forceinline__ void mac_chunk(typename F::Acc (&acc)[M][kRows], cons
 }
 
 // The register path's main loop (BF16; top of the file). The first step's weight loads are
-// issued before pdl_wait (weights never depend on the kernel before).
-template <class F, int M, int kRows>
-__device__ __forceinline__ void sum_registers(typename F::Acc (&acc)[M][kRows], const uint4* const (&w_rows)[kRows],
-                                              const uint4* x_rows, int chunks) {
+// issued before pdl_wait (weights never depend on the kernel before). With kNorm the norm
+// weights' chunks (g, written only by plain launches) come with the activations.
+template <class F, int M, int kRows, bool kNorm>
+__device__ __forceinline__ void sum_registers(typename F::Acc (&acc)[M][kRows], float (&sum_sq)[M],
+                                              const uint4* const (&w_rows)[kRows], const uint4* x_rows,
+                                              const uint4* g, int chunks) {
   constexpr int kUnroll = kStepLoads / kRows, kStepChunks = kThreads * kUnroll;
   bool waited = false;
   for (int c0 = threadIdx.x; c0 < chunks; c0 += kStepChunks) {
@@ -309,22 +341,29 @@ __device__ __forceinline__ void sum_registers(typename F::Acc (&acc)[M][kRows], 
       uint4 xv[M];
 #pragma unroll
       for (int m = 0; m < M; ++m) xv[m] = load_after_wait(x_rows + static_cast<int64_t>(m) * chunks + c);
-      mac_chunk<F>(acc, xv, wv[u]);
+      uint4 gv{};
+      if constexpr (kNorm) gv = __ldg(g + c);
+      mac_chunk<F, M, kRows, kNorm>(acc, xv, wv[u], gv, sum_sq);
     }
   }
   if (!waited) pdl_wait();
 }
 
-template <class F, int M, int kRows>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
+// The fused RMSNorm at M = 1 took 96 registers unbounded (the plain kernel 64): bounded to 8
+// resident blocks per SM (64 registers, no spill), so as many weight loads are in flight as
+// without it. A minimum of 0 leaves the other kernels' code as it was (an explicit 1 did not).
+template <class F, int M, int kRows, bool kNorm = false>
+__global__ void __launch_bounds__(kThreads, kNorm && M == 1 ? 8 : 0) gemv_kernel(const GemvArgs a) {
   // pdl_wait comes after the first step's weight loads or copies are issued (on the register
   // path in sum_registers): nothing the kernel before writes is read ahead of it.
   using Acc = typename F::Acc;
   static_assert(kRows % 2 == 0 && kStepLoads % kRows == 0, "swiglu pairs (2i, 2i+1) must fall in one block");
+  static_assert(!kNorm || std::is_same_v<F, Bf16Format>, "the fused RMSNorm is BF16's (GemvEpilogue)");
   // Values to sum over the warp, in groups of at most 32 (one per lane after the sum).
   constexpr int kValues = pow2_at_least(M * kRows);
   constexpr int kGroups = kValues > 32 ? kValues / 32 : 1, kPerGroup = kValues / kGroups;
   __shared__ Acc warp_sums[kWarps][kValues];
+  __shared__ float warp_sum_sq[kWarps][M];  // kNorm: each warp's sums of the squares
 
   const int t = threadIdx.x, n0 = blockIdx.x * kRows, lane = t % 32, warp = t / 32;
   EpilogueIn in;  // loaded at the start on the ring path, after the sum on the register path (top of the file)
@@ -342,6 +381,9 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
   for (int m = 0; m < M; ++m)
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[m][r] = Acc(0);
+  float sum_sq[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) sum_sq[m] = 0.0f;
 
   // On either path step s of this thread covers chunks t + s * kStepChunks + u * kThreads
   // (u < kUnroll) of each row, so each thread sums its chunks in the same order.
@@ -397,11 +439,12 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
         for (int m = 0; m < M; ++m) xv[m] = slot[(kStepLoads + u * M + m) * kThreads];
 #pragma unroll
         for (int r = 0; r < kRows; ++r) wv[r] = slot[(u * kRows + r) * kThreads];
-        mac_chunk<F>(acc, xv, wv);
+        mac_chunk<F>(acc, xv, wv, uint4{}, sum_sq);
       }
     }
   } else {
-    sum_registers<F>(acc, w_rows, x_rows, chunks);
+    sum_registers<F, M, kRows, kNorm>(acc, sum_sq, w_rows, x_rows, static_cast<const uint4*>(
+        static_cast<const void*>(a.norm_w)), chunks);
   }
 
   Acc v[kGroups][kPerGroup];
@@ -412,9 +455,16 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const GemvArgs a) {
     warp_sum_spread<kPerGroup / 2>(v[g], lane, 16);
     if (lane % (32 / kPerGroup) == 0) warp_sums[warp][g * kPerGroup + lane / (32 / kPerGroup)] = v[g][0];
   }
+  if constexpr (kNorm) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      for (int off = 16; off >= 1; off /= 2) sum_sq[m] += __shfl_xor_sync(0xFFFFFFFFu, sum_sq[m], off);
+      if (lane == 0) warp_sum_sq[warp][m] = sum_sq[m];
+    }
+  }
   if constexpr (!F::kRing) in = epilogue_inputs<F, M, kRows>(a, n0);
   __syncthreads();
-  finish<F, M, kRows>(warp_sums, in, a, n0);
+  finish<F, M, kRows, kNorm>(warp_sums, warp_sum_sq, in, a, n0);
 }
 
 // Ring path: set up once per format and M, at the first call, for the device current then
@@ -479,7 +529,9 @@ void launch(const GemvArgs& a, cudaStream_t s) {
     launch_ring<F, M>(a, s);
   } else {
     constexpr int kRows = register_rows(M);
-    launch_pdl(gemv_kernel<F, M, kRows>, dim3((a.N + kRows - 1) / kRows), dim3(kThreads), 0, s, a);
+    const dim3 grid((a.N + kRows - 1) / kRows);
+    if (a.norm_w) launch_pdl(gemv_kernel<F, M, kRows, true>, grid, dim3(kThreads), 0, s, a);
+    else launch_pdl(gemv_kernel<F, M, kRows>, grid, dim3(kThreads), 0, s, a);
   }
 }
 
@@ -496,6 +548,9 @@ void run(const GemvArgs& a, int M, cudaStream_t s, const char* name) {
   LLMQ_CHECK(reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && reinterpret_cast<uintptr_t>(a.w) % 16 == 0,
              "" << name << ": x and w must be 16-byte aligned");
   LLMQ_CHECK(!(a.swiglu && a.residual), "" << name << ": the swiglu and residual epilogues are exclusive");
+  LLMQ_CHECK(!a.norm_w || !F::kRing, "" << name << ": the fused RMSNorm is gemv_bf16's");
+  LLMQ_CHECK(!a.norm_w || reinterpret_cast<uintptr_t>(a.norm_w) % 16 == 0,
+             "" << name << ": the norm weight must be 16-byte aligned");
   LLMQ_CHECK(!a.swiglu || a.N % 2 == 0, "" << name << ": swiglu needs interleaved row pairs, N " << a.N << " is odd");
   launches[M - 1](a, s);  // after the checks: they run without a GPU
   LLMQ_CUDA_CHECK_LAUNCH();
@@ -503,7 +558,7 @@ void run(const GemvArgs& a, int M, cudaStream_t s, const char* name) {
 
 GemvArgs args(const void* x, const float* sx, const void* w, const float* sw, bf16* y, int N, int row_bytes,
               const GemvEpilogue& e) {
-  return GemvArgs{x, sx, w, sw, y, e.residual, e.swiglu, N, row_bytes};
+  return GemvArgs{x, sx, w, sw, y, e.residual, e.swiglu, N, row_bytes, e.norm_weight, e.norm_eps};
 }
 
 }  // namespace

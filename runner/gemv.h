@@ -30,6 +30,14 @@ struct GemvEpilogue {
   // [M, N/2]: y[m, i] = bf16(round_bf16(silu(g)) · u) with g = o[m, 2i], u = o[m, 2i + 1],
   // silu(g) = g / (1 + expf(-g)) (the rounding points of ref::silu_mul_ref).
   bool swiglu = false;
+  // If set (gemv_bf16 only): x is the residual stream and the GEMV normalizes it on the way
+  // in (the RMSNorm before q/k/v and gate/up, fused so decode runs no norm kernel):
+  // o[m, n] = bf16(r_m · Σ_k w[n, k] · (x[m, k] · norm_weight[k])) with the exact products
+  // x · g summed in f32 and r_m = 1 / sqrt(Σ_k x[m, k]² / K + norm_eps), its squares summed
+  // in f32. The unfused ops round the normalized x to bf16 twice (x · r, then · g); here it
+  // is never rounded, so o differs from them by about those roundings (ref::gemv_bf16_norm_ref).
+  const uint16_t* norm_weight = nullptr;  // [K] bf16
+  float norm_eps = 0.0f;
 };
 
 // y = bf16(Σ_k x[m, k] · w[n, k]) with f32 accumulation. x [M, K], w [N, K] bf16; K % 8 == 0

@@ -154,6 +154,7 @@ void run(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw,
              "" << name << ": x and w must be 16-byte aligned");
   LLMQ_CHECK(!(e.swiglu && e.residual), "" << name << ": the swiglu and residual epilogues are exclusive");
   LLMQ_CHECK(!e.swiglu || N % 2 == 0, "" << name << ": swiglu needs interleaved row pairs, N " << N << " is odd");
+  LLMQ_CHECK(!e.norm_weight, "" << name << ": the fused RMSNorm is gemv_bf16's");
   // The device queries after the argument checks, which run without a GPU.
   LLMQ_CHECK(compute_capability() >= min_cc, "" << name << ": needs compute capability " << min_cc / 10 << "."
                                                 << min_cc % 10 << " or newer");

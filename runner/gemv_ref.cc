@@ -2,9 +2,11 @@
 #include "runner/gemv_ref.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "core/check.h"
+#include "core/numeric.h"
 #include "runner/kernels_ref.h"
 
 namespace llmq::ref {
@@ -34,6 +36,25 @@ void gemv_epilogue_ref(const bf16* o, const bf16* residual, bool swiglu, bf16* y
 void gemv_bf16_ref(const bf16* x, const bf16* w, const bf16* residual, bool swiglu, bf16* y, int M, int N, int K) {
   std::vector<bf16> o(static_cast<size_t>(M) * N);
   gemm_bf16_ref(x, w, o.data(), M, N, K);
+  gemv_epilogue_ref(o.data(), residual, swiglu, y, M, N);
+}
+
+void gemv_bf16_norm_ref(const bf16* x, const bf16* g, float eps, const bf16* w, const bf16* residual, bool swiglu,
+                        bf16* y, int M, int N, int K) {
+  std::vector<bf16> o(static_cast<size_t>(M) * N);
+  for (int m = 0; m < M; ++m) {
+    const bf16* xm = x + static_cast<int64_t>(m) * K;
+    double sum_sq = 0.0;
+    for (int k = 0; k < K; ++k) sum_sq += static_cast<double>(bf16_to_f32(xm[k])) * bf16_to_f32(xm[k]);
+    const double r = 1.0 / std::sqrt(sum_sq / K + eps);
+    for (int n = 0; n < N; ++n) {
+      const bf16* wn = w + static_cast<int64_t>(n) * K;
+      double dot = 0.0;
+      for (int k = 0; k < K; ++k)
+        dot += static_cast<double>(bf16_to_f32(xm[k])) * bf16_to_f32(g[k]) * bf16_to_f32(wn[k]);
+      o[static_cast<size_t>(m) * N + n] = f32_to_bf16(static_cast<float>(dot * r));
+    }
+  }
   gemv_epilogue_ref(o.data(), residual, swiglu, y, M, N);
 }
 

@@ -17,6 +17,10 @@ void gemv_epilogue_ref(const bf16* o, const bf16* residual, bool swiglu, bf16* y
 
 // x [M, K], w [N, K] bf16; y = epilogue(bf16(Σ x · w)) with the sum in double.
 void gemv_bf16_ref(const bf16* x, const bf16* w, const bf16* residual, bool swiglu, bf16* y, int M, int N, int K);
+// gpu::GemvEpilogue::norm_weight's product in double: o = bf16(r_m · Σ x · g · w) with
+// r_m = 1 / sqrt(Σ x² / K + eps), then the epilogue.
+void gemv_bf16_norm_ref(const bf16* x, const bf16* g, float eps, const bf16* w, const bf16* residual, bool swiglu,
+                        bf16* y, int M, int N, int K);
 // xq [M, ld], wq [N, ld] codes, sx [M], sw [N]; y = epilogue(bf16(float(acc · sx · sw))) with
 // the exact sum (gemm_w8a8_*_ref).
 void gemv_w8a8_int8_ref(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, const bf16* residual,

@@ -32,9 +32,17 @@ struct Fwd {
   }
 
   // x += pending (if any), then RMSNorm of x with weight w for the linear `next`: into h, or
-  // straight into the per-token codes when next is a W8A8 linear (and no hook needs h).
+  // straight into the per-token codes when next is a W8A8 linear (and no hook needs h), or
+  // (nothing pending, no hook) left to next's GEMV when it fuses the norm.
   LinearIn norm(const bf16* pending, const DeviceBuffer& w, const GpuLinear& next) const {
     const LlamaConfig& c = *env.config;
+    if (x && !pending && !hook && next.fuses_norm(M)) {
+      LinearIn in;
+      in.x = x;
+      in.norm_weight = w.as<const bf16>();
+      in.norm_eps = static_cast<float>(c.rms_norm_eps);
+      return in;
+    }
     if (x32) {  // no fused quantization: a W8A8 linear quantizes the bf16 h itself, to the same codes
       gpu::RmsNormF32Args a;
       a.x = x32;

@@ -2,7 +2,9 @@
 // (runner/engine.cc: prefill and decode over all layers) and the quantize pipeline
 // (pipeline/quantize_gpu.h: calibration samples through one layer at a time).
 //
-// Forward semantics are model/llama.h's Precision::kBFloat16, as the engine's. Rows are
+// Forward semantics are model/llama.h's Precision::kBFloat16, as the engine's, except that a
+// BF16 linear run as a GEMV (decode rows) normalizes its input itself with nothing pending
+// and no hook (GpuLinear::fuses_norm): the normed rows are never rounded to bf16 there. Rows are
 // (position, KV slot) pairs on the device; each slot is one sequence whose positions before
 // pos[r] are already in the layer's cache. A residual branch that a GEMV did not add in its
 // epilogue stays `pending` and is returned: the next layer's first RMSNorm adds it (one pass
@@ -12,7 +14,7 @@
 // Linear-input hooks (LayerInputHook) see the bf16 input [rows, in] of each distinct linear
 // input on the device (calibration/stats.h's four: attn_in, attn_out, mlp_in, mlp_out). With a
 // hook the RMSNorms never fuse the W8A8 activation quantization (the hook needs the bf16 rows;
-// the linear then quantizes them itself, to the same codes), so results are unchanged.
+// the linear then quantizes them itself, to the same codes) nor move into a BF16 GEMV.
 #pragma once
 
 #include <cuda_runtime.h>

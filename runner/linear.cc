@@ -70,9 +70,15 @@ void GpuLinear::forward(LinearIn in, bf16* y, int M, const gpu::GemvEpilogue& ep
                         cudaStream_t st) const {
   const bool gemv = uses_gemv(M);
   LLMQ_CHECK(gemv || (!epi.residual && !epi.swiglu), "linear: epilogue without a GEMV (M " << M << ")");
+  LLMQ_CHECK(!in.norm_weight || fuses_norm(M), "linear: a fused RMSNorm outside the BF16 GEMV (M " << M << ")");
   if (kind == LinearKind::kBf16) {
     const bf16* w = shared_weight ? shared_weight : weight.as<const bf16>();
-    if (gemv) return gpu::gemv_bf16(in.x, w, y, M, N, K, epi, st);
+    if (gemv) {
+      gpu::GemvEpilogue e = epi;
+      e.norm_weight = in.norm_weight;
+      e.norm_eps = in.norm_eps;
+      return gpu::gemv_bf16(in.x, w, y, M, N, K, e, st);
+    }
     return blas.gemm_bf16(in.x, w, y, M, N, K, st);
   }
   if (kind == LinearKind::kW4A16)

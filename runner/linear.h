@@ -51,10 +51,13 @@ struct LinearScratch {
 enum class LinearKind { kBf16, kFp8, kInt8, kW4A16 };
 
 // A linear's input: bf16 activations, or already quantized per token into the scratch codes
-// and scales (W8A8 after an RMSNorm that fused the quantization in).
+// and scales (W8A8 after an RMSNorm that fused the quantization in), or with norm_weight set
+// the residual stream that the linear's GEMV normalizes itself (GpuLinear::fuses_norm).
 struct LinearIn {
   const bf16* x = nullptr;
   bool quantized = false;
+  const bf16* norm_weight = nullptr;  // [K]: gpu::GemvEpilogue::norm_weight
+  float norm_eps = 0.0f;
 };
 
 // One linear on the device in its checkpoint form.
@@ -72,6 +75,9 @@ struct GpuLinear {
   // Decode shapes run as GEMVs (one pass over the weights at HBM bandwidth instead of GEMM
   // tiles made for large M), which also apply the epilogue (residual add, SwiGLU) in-kernel.
   bool uses_gemv(int M) const;
+  // Whether forward takes a LinearIn with norm_weight at M rows: the BF16 GEMV applies the
+  // RMSNorm before it on the way in, so decode runs no norm kernel (gemv.h).
+  bool fuses_norm(int M) const { return kind == LinearKind::kBf16 && uses_gemv(M); }
   // The per-token quantization the RMSNorm before this linear may produce for it (W8A8 inputs
   // that need no zero padding).
   gpu::ActQuant input_quant() const;

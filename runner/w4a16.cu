@@ -651,6 +651,7 @@ W4A16Weights W4A16Weights::upload(const W4A16Layout& l) {
 void w4a16_gemv(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, cudaStream_t s, const GemvEpilogue& epi,
                 void* split, size_t split_bytes, int direct_warps) {
   if (M == 0) return;
+  LLMQ_CHECK(!epi.norm_weight, "W4A16 GEMV: the fused RMSNorm is gemv_bf16's");
   if (w.mma) {
     LLMQ_CHECK(M <= kW4A16MmaMaxM, "W4A16 tensor-core GEMV takes at most " << kW4A16MmaMaxM << " rows, got " << M);
     LLMQ_CHECK(!epi.swiglu || w.N % 2 == 0, "W4A16 SwiGLU epilogue needs an even N, got " << w.N);

@@ -94,6 +94,11 @@ TEST(RunnerGemv, ReferencesOnHandComputedCase) {
   ref::gemv_bf16_ref(x.data(), w.data(), r.data(), false, r.data(), 1, 2, K);
   EXPECT_EQ(bf16_to_f32(r[0]), 3.5f);
   EXPECT_EQ(bf16_to_f32(r[1]), 0.0f);
+  // Fused RMSNorm: x all 3 (r = 1/3 with eps 0), norm weights 2: row 0 gives 8 · 3 · 2 · 0.25 / 3.
+  const std::vector<uint16_t> x3(K, f32_to_bf16(3.0f)), g(K, f32_to_bf16(2.0f));
+  ref::gemv_bf16_norm_ref(x3.data(), g.data(), 0.0f, w.data(), nullptr, false, y.data(), 1, 2, K);
+  EXPECT_EQ(bf16_to_f32(y[0]), 4.0f);
+  EXPECT_EQ(bf16_to_f32(y[1]), 8.0f);
   // W8A8: codes 2 and 3 over 16 columns, scales 0.5 and 0.25: 16 · 6 · 0.125 = 12.
   std::vector<int8_t> xq(16, 2), wq(16, 3);
   const float sx = 0.5f, sw = 0.25f;
@@ -117,6 +122,11 @@ TEST(RunnerGemv, RejectsBadArguments) {
                "multiple of 64");
   EXPECT_DEATH(gpu::gemv_w8a8_int8_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 9, 4, 64, none, nullptr), "M 9");
   EXPECT_DEATH(gpu::gemv_w8a8_int8_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 5, 64, swiglu, nullptr), "odd");
+  gpu::GemvEpilogue norm;
+  const uint16_t g[8] = {};
+  norm.norm_weight = g;
+  EXPECT_DEATH(gpu::gemv_w8a8_fp8(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 4, 16, norm, nullptr), "RMSNorm");
+  EXPECT_DEATH(gpu::gemv_w8a8_int8_mma(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 4, 64, norm, nullptr), "RMSNorm");
 }
 
 // The direct GEMVs' warps per tile (runner/direct_warps.h), with residencies of the H200's
@@ -334,6 +344,61 @@ void check_shapes(std::initializer_list<int> ks, int seed_offset) {
 TEST(RunnerGemv, Bf16MatchesReference) {
   LLMQ_REQUIRE_GPU();
   check_shapes<Bf16Case>({8, 48, 4096 + 16, 14336}, 0);
+}
+
+// The BF16 GEMV with the RMSNorm fused in (GemvEpilogue::norm_weight) against
+// gemv_bf16_norm_ref. Bound: the f32 sum of the exact products x · g · w (f32_sum_tolerance of
+// their absolute sum) times r, plus r's own error times r Σ|x g w|: Σ x² of positive terms in
+// f32 is within K 2^-24 relative, the sqrt halves that, and /K, + eps, sqrt, the division
+// and the final product by r add a rounding each (5 · 2^-24 covers them). SwiGLU is checked
+// against the reference's epilogue applied to the kernel's own normed product (2 ulps, as
+// check_all_epilogues).
+void check_norm_case(int M, int N, int K, uint32_t seed) {
+  SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " K " << K << " seed " << seed);
+  std::mt19937 rng(seed);
+  const Bf16Case c(M, N, K, rng);
+  const std::vector<uint16_t> g = random_bf16(static_cast<size_t>(K), rng, 1.0f);
+  const float eps = 1e-5f;
+  DeviceBuffer dg = up(g), dy(static_cast<size_t>(M) * N * 2);
+  gpu::GemvEpilogue e;
+  e.norm_weight = dg.as<uint16_t>();
+  e.norm_eps = eps;
+  c.gpu(dy.as<uint16_t>(), e);
+  const std::vector<uint16_t> got = dy.to_host<uint16_t>();
+  std::vector<uint16_t> want(got.size());
+  ref::gemv_bf16_norm_ref(c.x.data(), g.data(), eps, c.w.data(), nullptr, false, want.data(), M, N, K);
+  std::vector<double> tol(got.size());
+  const double u = std::ldexp(1.0, -24);
+  for (int m = 0; m < M; ++m) {
+    double sum_sq = 0.0;
+    for (int k = 0; k < K; ++k) sum_sq += std::pow(bf16_to_f32(c.x[static_cast<size_t>(m) * K + k]), 2);
+    const double r = 1.0 / std::sqrt(sum_sq / K + eps);
+    for (int n = 0; n < N; ++n) {
+      double abs_sum = 0.0;
+      for (int k = 0; k < K; ++k)
+        abs_sum += std::fabs(double(bf16_to_f32(c.x[static_cast<size_t>(m) * K + k])) * bf16_to_f32(g[k]) *
+                             bf16_to_f32(c.w[static_cast<size_t>(n) * K + k]));
+      tol[static_cast<size_t>(m) * N + n] = r * abs_sum * (2.0 * K * u + (K / 2.0 + 5.0) * u);
+    }
+  }
+  expect_bf16_near(got, want, 1.0, tol, "normed");
+  c.gpu(dy.as<uint16_t>(), e);
+  EXPECT_EQ(dy.to_host<uint16_t>(), got) << "not deterministic";
+  if (N % 2 != 0) return;
+  std::vector<uint16_t> want_act(got.size() / 2);
+  ref::gemv_epilogue_ref(got.data(), nullptr, true, want_act.data(), M, N);
+  DeviceBuffer act(got.size());
+  e.swiglu = true;
+  c.gpu(act.as<uint16_t>(), e);
+  expect_bf16_near(act.to_host<uint16_t>(), want_act, 2.0, {}, "normed swiglu");
+}
+
+TEST(RunnerGemv, Bf16NormMatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  for (int K : {8, 48, 4096 + 16})
+    for (int N : {2, 17, 118})
+      for (int M : kMs) check_norm_case(M, N, K, kSeed + 5 + M * 131 + N * 7 + K);
+  for (int M : {1, 2, 8}) check_norm_case(M, kLargeN, 4096, kSeed + 6 + M);
 }
 
 // W8A8 K = 40 pads to ld = 48 with zero codes.
