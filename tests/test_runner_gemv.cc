@@ -367,18 +367,20 @@ void check_norm_case(int M, int N, int K, uint32_t seed) {
   const std::vector<uint16_t> got = dy.to_host<uint16_t>();
   std::vector<uint16_t> want(got.size());
   ref::gemv_bf16_norm_ref(c.x.data(), g.data(), eps, c.w.data(), nullptr, false, want.data(), M, N, K);
-  std::vector<double> tol(got.size());
+  // The kernel's operands as doubles: x · g (exact) against w.
+  std::vector<double> xg(c.x.size()), wd(c.w.size());
+  for (size_t i = 0; i < xg.size(); ++i) xg[i] = double(bf16_to_f32(c.x[i])) * bf16_to_f32(g[i % K]);
+  for (size_t i = 0; i < wd.size(); ++i) wd[i] = bf16_to_f32(c.w[i]);
+  const std::vector<double> abs_sum = abs_sums(xg, wd, M, N, K, [](double v) { return v; });
+  std::vector<double> tol = f32_sum_tolerance(abs_sum, K);
   const double u = std::ldexp(1.0, -24);
   for (int m = 0; m < M; ++m) {
     double sum_sq = 0.0;
     for (int k = 0; k < K; ++k) sum_sq += std::pow(bf16_to_f32(c.x[static_cast<size_t>(m) * K + k]), 2);
     const double r = 1.0 / std::sqrt(sum_sq / K + eps);
     for (int n = 0; n < N; ++n) {
-      double abs_sum = 0.0;
-      for (int k = 0; k < K; ++k)
-        abs_sum += std::fabs(double(bf16_to_f32(c.x[static_cast<size_t>(m) * K + k])) * bf16_to_f32(g[k]) *
-                             bf16_to_f32(c.w[static_cast<size_t>(n) * K + k]));
-      tol[static_cast<size_t>(m) * N + n] = r * abs_sum * (2.0 * K * u + (K / 2.0 + 5.0) * u);
+      const size_t i = static_cast<size_t>(m) * N + n;
+      tol[i] = r * (tol[i] + (K / 2.0 + 5.0) * u * abs_sum[i]);
     }
   }
   expect_bf16_near(got, want, 1.0, tol, "normed");
