@@ -10,9 +10,10 @@
 // per warp. Keys come in tiles of 64 positions, copied with cp.async into two shared-memory
 // stages (the next tile loads while this one computes), positions past the tile's last row
 // zero-filled, never read. A warp skips key tiles wholly past its rows' positions (the
-// causal upper triangle) and masks per element (key j visible to row r iff j <= pos[r]).
+// causal upper triangle) and masks per element (key j visible to row r iff j <= pos[r]) only
+// in the tiles that reach past its smallest position (the diagonal).
 // Two passes over the keys, both on mma.sync.m16n8k16 (bf16 in, f32 accumulate):
-//   pass 1: S = Q·Kᵀ, row maxima m over visible keys;
+//   pass 1: S = Q·Kᵀ, row maxima over visible keys of the unscaled scores, scaled once;
 //   pass 2: S again (same instructions, same order: bit-identical), p = exp(s - m), l += p,
 //           P·V with p rounded to bf16 (the A operand comes straight from the S registers).
 // Recomputing Q·Kᵀ costs a third more tensor work than an online softmax but keeps p exactly
@@ -127,9 +128,11 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
   if (threadIdx.x < kTileRows) row_pos[threadIdx.x] = threadIdx.x < n ? a.pos[r0 + threadIdx.x] : -1;
   __syncthreads();
   const int pos_lo = row_pos[w0 + g], pos_hi = row_pos[w0 + g + 8];  // this thread's rows g, g + 8
-  int warp_max = max(pos_lo, pos_hi), block_max = max(row_pos[lane], row_pos[lane + 32]);
+  int warp_max = max(pos_lo, pos_hi), warp_min = min(pos_lo, pos_hi);
+  int block_max = max(row_pos[lane], row_pos[lane + 32]);
   for (int o = 16; o > 0; o >>= 1) {
     warp_max = max(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, o));
+    warp_min = min(warp_min, __shfl_xor_sync(0xffffffffu, warp_min, o));
     block_max = max(block_max, __shfl_xor_sync(0xffffffffu, block_max, o));
   }
   const int key_tiles = block_max / kKeys + 1;  // keys 0..block_max (row 0 exists: block_max >= 0)
@@ -164,18 +167,27 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
     }
   };
 
-  // Scores of key tile kt (in stage k_tile) for this thread's rows, e < 2: row g (pos_lo),
-  // else row g + 8 (pos_hi): s · scale rounded to f32 (__fmul_rn: no FMA contraction, as the
-  // reference and the per-row kernel round it) where the key is visible, -inf where masked.
-  const auto scaled_scores = [&](const bf16* k_tile, int kt, float (&s)[8][4]) {
+  // Q·Kᵀ of key tile kt (in stage k_tile) for this thread's rows, e < 2: row g (pos_lo), else
+  // row g + 8 (pos_hi): s[nt][e] = visible(score, e) where the key is visible (j <= pos[r]),
+  // `masked` where not. A tile that ends at or before the warp's smallest position is visible
+  // to all its rows and skips the per-element test (a warp-uniform branch): only the tiles on
+  // the diagonal (and those of a tile's missing rows, pos -1) pay for it.
+  const auto scores = [&](const bf16* k_tile, int kt, float (&s)[8][4], float masked, auto visible) {
     qk_tile<HD>(qf, k_tile, lane, s);
+    if (kt * kKeys + kKeys - 1 <= warp_min) {
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+      for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = kt * kKeys + nt * 8 + 2 * t + (e & 1);
-        s[nt][e] = j <= (e < 2 ? pos_lo : pos_hi) ? __fmul_rn(s[nt][e], scale) : -INFINITY;
-      }
+        for (int e = 0; e < 4; ++e) s[nt][e] = visible(s[nt][e], e);
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = kt * kKeys + nt * 8 + 2 * t + (e & 1);
+          s[nt][e] = j <= (e < 2 ? pos_lo : pos_hi) ? visible(s[nt][e], e) : masked;
+        }
+    }
   };
 
   // Streams key tiles 0..key_tiles-1 (K, and V when with_v) through the two stages and calls
@@ -200,11 +212,14 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
     }
   };
 
-  // Pass 1: row maxima of the visible scores.
+  // Pass 1: row maxima of the visible scores, taken over the unscaled q·k and scaled once:
+  // x -> fl(x · scale) never decreases as x grows (scale > 0), so fl(max · scale) is the
+  // maximum of the scaled scores s = fl(q·k · scale) (__fmul_rn: no FMA contraction, as the
+  // reference and the per-row kernel round it), bit for bit.
   float m_lo = -INFINITY, m_hi = -INFINITY;
   stream_key_tiles(std::false_type{}, [&](int kt, const bf16* k_tile, const bf16*) {
     float s[8][4];
-    scaled_scores(k_tile, kt, s);
+    scores(k_tile, kt, s, -INFINITY, [](float x, int) { return x; });
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
@@ -217,6 +232,8 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
     m_lo = fmaxf(m_lo, __shfl_xor_sync(0xffffffffu, m_lo, o));
     m_hi = fmaxf(m_hi, __shfl_xor_sync(0xffffffffu, m_hi, o));
   }
+  m_lo = __fmul_rn(m_lo, scale);
+  m_hi = __fmul_rn(m_hi, scale);
 
   // Pass 2: p = exp(s - m), l = Σ p (unrounded), O = bf16(p)·V.
   float acc[HD / 8][4];
@@ -231,17 +248,14 @@ __global__ void __launch_bounds__(HB * 128) prefill_kernel(AttentionArgs a, floa
   const int v_off = (lane % 8 + (mi & 1) * 8) * kStride + (mi & 2) * 4;
   stream_key_tiles(std::true_type{}, [&](int kt, const bf16* k_tile, const bf16* v_stage) {
     float s[8][4];
-    scaled_scores(k_tile, kt, s);
+    // Masked keys (and rows past the tile, m = -inf) are 0: never exp of garbage.
+    scores(k_tile, kt, s, 0.0f, [&](float x, int e) { return expf(__fmul_rn(x, scale) - (e < 2 ? m_lo : m_hi)); });
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const bool lo = e < 2;
-        // Masked keys (and rows past the tile, m = -inf) select 0: never exp of garbage.
-        const float p = s[nt][e] == -INFINITY ? 0.0f : expf(s[nt][e] - (lo ? m_lo : m_hi));
-        s[nt][e] = p;
-        if (lo) l_lo += p;
-        else l_hi += p;
+        if (e < 2) l_lo += s[nt][e];
+        else l_hi += s[nt][e];
       }
     uint32_t pa[4][4];  // A fragments of bf16(p): keys 16k..16k+15
 #pragma unroll
