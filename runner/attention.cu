@@ -221,13 +221,13 @@ int max_chunks(int capacity) { return (capacity + kChunkMin - 1) / kChunkMin; }
 // one load instruction read consecutive bytes; each thread takes kRows rows of a step
 // (kPieces · kRows = 4 loads in flight). kPieces shrinks as G grows so that the per-thread q
 // (scores) or accumulator (P·V), G · kPieces · 8 floats, stays at 32 (64 for G = 8) registers.
-template <int G, int HD>
+template <int G, int HD, int T = kThreads>
 struct RowLayout {
   static constexpr int kPieces = cmin(HD / 8, cmax(1, 4 / G));
   static constexpr int kLanes = HD / 8 / kPieces;
   static constexpr int kRows = 4 / kPieces;
-  static constexpr int kSlots = kThreads / kLanes;  // rows side by side in one load instruction of the block
-  static constexpr int kStep = kSlots * kRows;      // positions per step of the block
+  static constexpr int kSlots = T / kLanes;      // rows side by side in one load instruction of the block
+  static constexpr int kStep = kSlots * kRows;  // positions per step of the block
   static_assert(kLanes >= 1 && kLanes <= 32 && kPieces * kRows == 4, "RowLayout");
 };
 
@@ -325,9 +325,9 @@ struct SplitWorkspace {
 // issued on construction for its first `now` rows (all of them unless the kernel reads them
 // before pdl_wait: then load_rest brings the others after it). V does not depend on the
 // softmax, so its first loads arrive while the softmax is computed.
-template <int G, int HD>
+template <int G, int HD, int T = kThreads>
 struct CacheRows {
-  using Lay = RowLayout<G, HD>;
+  using Lay = RowLayout<G, HD, T>;
   const bf16* rows;
   int kv_dim, n;
   uint4 first[Lay::kRows][Lay::kPieces];
@@ -353,10 +353,10 @@ struct CacheRows {
 // The scaled scores of the G heads of kv head kvh of row r against the K rows kr (their first
 // step issued, ahead of q's loads so that the two latencies overlap): tile[g * ld + j] for
 // j < kr.n.
-template <int G, int HD>
-__device__ __forceinline__ void chunk_scores(const AttentionArgs& a, int r, int kvh, CacheRows<G, HD>& kr, float* tile,
-                                             int ld) {
-  using Lay = RowLayout<G, HD>;
+template <int G, int HD, int T>
+__device__ __forceinline__ void chunk_scores(const AttentionArgs& a, int r, int kvh, CacheRows<G, HD, T>& kr,
+                                             float* tile, int ld) {
+  using Lay = RowLayout<G, HD, T>;
   const int n = kr.n;
   // head_dim**-0.5 rounded once from double, as the reference's pow(hd, -0.5).
   const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(HD)));
@@ -397,10 +397,10 @@ __device__ __forceinline__ void chunk_scores(const AttentionArgs& a, int r, int 
 }
 
 // Each head's maximum of tile [G, ld] over positions 0..n-1, to put(g, max) (one warp per head).
-template <int G, class Put>
+template <int G, int T = kThreads, class Put>
 __device__ __forceinline__ void head_maxima(const float* tile, int ld, int n, Put put) {
   const int lane = threadIdx.x % 32;
-  for (int g = threadIdx.x / 32; g < G; g += kWarps) {
+  for (int g = threadIdx.x / 32; g < G; g += T / 32) {
     float m = -FLT_MAX;
     for (int jj = lane; jj < n; jj += 32) m = fmaxf(m, tile[g * ld + jj]);
     m = warp_max(m);
@@ -413,19 +413,19 @@ constexpr int kBatch = 8;  // loads in flight per thread of the L2-resident scor
 // The softmax numerators of positions 0..n-1: e[g * ld + j] = exp(score(g, j) - row_max[g])
 // and p the same rounded to bf16 (e may be the scores' own storage: each element is read
 // before it is written, by the same thread); then put(g, l) with l each head's sum of e.
-template <int G, class Score, class Put>
+template <int G, int T = kThreads, class Score, class Put>
 __device__ __forceinline__ void numerators(int n, int ld, const float* row_max, Score score, float* e, float* p,
                                            Put put) {
-  for (int i0 = threadIdx.x; i0 < G * n; i0 += kBatch * kThreads) {
+  for (int i0 = threadIdx.x; i0 < G * n; i0 += kBatch * T) {
     float sv[kBatch];
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
-      const int i = i0 + u * kThreads;
+      const int i = i0 + u * T;
       sv[u] = i < G * n ? score(i / n, i % n) : 0.0f;
     }
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
-      const int i = i0 + u * kThreads, g = i / n, jj = i % n;
+      const int i = i0 + u * T, g = i / n, jj = i % n;
       if (i < G * n) {
         const float x = expf(sv[u] - row_max[g]);
         e[g * ld + jj] = x;
@@ -435,7 +435,7 @@ __device__ __forceinline__ void numerators(int n, int ld, const float* row_max, 
   }
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int g = warp; g < G; g += kWarps) {
+  for (int g = warp; g < G; g += T / 32) {
     float l = 0.0f;
     for (int jj = lane; jj < n; jj += 32) l += e[g * ld + jj];
     for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(kFull, l, o);
@@ -444,10 +444,10 @@ __device__ __forceinline__ void numerators(int n, int ld, const float* row_max, 
 }
 
 // P·V of the n positions of v weighted by p [G, ld]; store(i, o) gets element i = g * HD + d.
-// Uses `partial` [kWarps, G, HD] of shared memory, which may overlap p: a barrier comes first.
-template <int G, int HD, class Store>
-__device__ __forceinline__ void chunk_pv(CacheRows<G, HD>& v, const float* p, int ld, float* partial, Store store) {
-  using Lay = RowLayout<G, HD>;
+// Uses `partial` [T / 32, G, HD] of shared memory, which may overlap p: a barrier comes first.
+template <int G, int HD, int T, class Store>
+__device__ __forceinline__ void chunk_pv(CacheRows<G, HD, T>& v, const float* p, int ld, float* partial, Store store) {
+  using Lay = RowLayout<G, HD, T>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes, n = v.n;
   constexpr int A = G * Lay::kPieces * 8;
@@ -483,9 +483,9 @@ __device__ __forceinline__ void chunk_pv(CacheRows<G, HD>& v, const float* p, in
     partial[(warp * G + g) * HD + (c + k * Lay::kLanes) * 8 + i] = sum;
   });
   __syncthreads();
-  for (int i = threadIdx.x; i < G * HD; i += kThreads) {
+  for (int i = threadIdx.x; i < G * HD; i += T) {
     float o = 0.0f;
-    for (int k = 0; k < kWarps; ++k) o += partial[k * G * HD + i];
+    for (int k = 0; k < T / 32; ++k) o += partial[k * G * HD + i];
     store(i, o);
   }
 }
@@ -583,12 +583,15 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(A
 
 // Block (kv head, row) when one chunk covers the whole capacity: the two kernels above in one,
 // with no workspace. Its maximum, sum and P·V are the one chunk's, which the split pair would
-// sum from zero (0 + x = x): the same arithmetic as the split pair.
+// sum from zero (0 + x = x): the same arithmetic as the split pair at T = kThreads.
+// T threads a block: kThreads, or half as many at twice the blocks per SM where the grid holds
+// more than one wave of kThreads blocks (see launch_split_kernels); P·V then adds 4 warps'
+// partial sums instead of 8 (other f32 bits, the same bound).
 // Dynamic shared memory: scores, then e in their place, and p [G, chunk]; then partial sums.
 // With a.history_settled, K's first step (but the row's newest position) is read before
 // pdl_wait.
-template <int G, int HD>
-__global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(AttentionArgs a, int ld) {
+template <int G, int HD, int T>
+__global__ void __launch_bounds__(T, kSplitBlocksPerSm * kThreads / T) whole_row_kernel(AttentionArgs a, int ld) {
   const bool early = a.history_settled;
   if (!early) pdl_wait();
   extern __shared__ float smem[];
@@ -602,17 +605,17 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) whole_row_kernel(
   float* e = smem;           // [G, ld] the scores, then exp(s - M) in their place
   float* p = smem + G * ld;  // [G, ld] exp(s - M) rounded to bf16
   const int now = early ? n - 1 : n;
-  CacheRows<G, HD> kr(a, a.k_cache, slot_row, kvh, n, now);
+  CacheRows<G, HD, T> kr(a, a.k_cache, slot_row, kvh, n, now);
   if (early) {
     pdl_wait();
     kr.load_rest(now);
   }
   chunk_scores<G, HD>(a, r, kvh, kr, e, ld);
-  CacheRows<G, HD> v(a, a.v_cache, slot_row, kvh, n, n);
+  CacheRows<G, HD, T> v(a, a.v_cache, slot_row, kvh, n, n);
   __syncthreads();
-  head_maxima<G>(e, ld, n, [&](int g, float m) { row_max[g] = m; });
+  head_maxima<G, T>(e, ld, n, [&](int g, float m) { row_max[g] = m; });
   __syncthreads();
-  numerators<G>(
+  numerators<G, T>(
       n, ld, row_max, [&](int g, int jj) { return e[g * ld + jj]; }, e, p,
       [&](int g, float l) { inv_sum[g] = 1.0f / l; });
   bf16* out = a.out + static_cast<int64_t>(r) * a.n_q * HD + kvh * G * HD;
@@ -743,6 +746,15 @@ void launch_cluster_kernel(const AttentionArgs& a, int C, cudaStream_t s) {
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
+template <int G, int HD, int T>
+void launch_whole_row(const AttentionArgs& a, dim3 grid, int chunk, cudaStream_t s) {
+  const size_t bytes = sizeof(float) * std::max<size_t>(2 * G * chunk, T / 32 * G * HD);
+  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(whole_row_kernel<G, HD, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(bytes)));
+  launch_pdl(whole_row_kernel<G, HD, T>, grid, dim3(T), bytes, s, a, chunk);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
+
 template <int G, int HD>
 void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
   if (a.split_chunk == 0 && clusters_supported()) {
@@ -763,10 +775,13 @@ void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
   const size_t scores_bytes = sizeof(float) * G * w.chunk;
   const size_t pv_bytes = sizeof(float) * std::max<size_t>(2 * G * w.chunk, kWarps * G * HD);
   if (w.chunk >= a.capacity) {  // one chunk per row: one kernel, no workspace round trip
-    LLMQ_CUDA_CHECK(cudaFuncSetAttribute(whole_row_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(pv_bytes)));
-    launch_pdl(whole_row_kernel<G, HD>, dim3(grid), dim3(kThreads), pv_bytes, s, a, w.chunk);
-    LLMQ_CUDA_CHECK_LAUNCH();
+    // More (row, kv head) pairs than one wave of kThreads blocks holds: half-size blocks, twice
+    // as many per SM, so that one wave takes up to twice the pairs and the blocks' K, softmax
+    // and V phases overlap (64 x 640 at 8B heads, H200: see DESIGN.md).
+    if (static_cast<int64_t>(a.rows) * a.n_kv > static_cast<int64_t>(kSplitBlocksPerSm) * sm_count())
+      launch_whole_row<G, HD, kThreads / 2>(a, grid, w.chunk, s);
+    else
+      launch_whole_row<G, HD, kThreads>(a, grid, w.chunk, s);
     return;
   }
   LLMQ_CUDA_CHECK(cudaFuncSetAttribute(split_scores_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -407,11 +407,12 @@ TEST(RunnerKernels, AttentionMatchesReference) {
 // positions up to 639, capacity 640 and 2048 (where the first row sees all 2048 positions
 // and most chunks of the others are empty; rows 1 and 2 see 1 and 4 positions), GQA groups
 // 1, 4, 8, head_dim 64 and 128, the default path (thread-block clusters at the small
-// batches, else whole_row or the pair), the two-kernel pair with forced chunks (192: a
-// partial last chunk; 1024: one chunk per row) and forced cluster sizes 1, 2, 8 (1 at
-// capacity 2048 falls back to the pair). Cache positions past every row of a slot hold NaN,
-// so a chunk that lets an unwritten K/V row into a sum fails; the workspace starts as NaN /
-// all-ones counters, so nothing relies on zeroing.
+// batches, else whole_row or the pair; whole_row in half-size blocks at 64 rows of 8 kv
+// heads, more pairs than one wave of full blocks on a GPU of up to 256 SMs), the two-kernel
+// pair with forced chunks (192: a partial last chunk; 1024: one chunk per row) and forced
+// cluster sizes 1, 2, 8 (1 at capacity 2048 falls back to the pair). Cache positions past
+// every row of a slot hold NaN, so a chunk that lets an unwritten K/V row into a sum fails;
+// the workspace starts as NaN / all-ones counters, so nothing relies on zeroing.
 // Same tolerance as AttentionMatchesReference, two-sided: most outputs must equal the
 // reference bit for bit (a probability rounds the other way only near a bf16 boundary), and
 // a second call must give the same bits.
