@@ -1,6 +1,6 @@
 // llmq_runner_bench: the runner's benchmarks as a standalone program, for GPU machines where
-// the full CLI is not built. Until `llmq eval --bench` is wired to run_bench, this is how the
-// numbers are made.
+// the full CLI is not built. `llmq eval --bench` runs the same run_bench; this program also
+// synthesizes checkpoints, quantizes them in memory (--rtn) and times the linear kernels alone.
 //   llmq_runner_bench --synth llama-3.1-8b DIR     write a random-weight checkpoint
 //   llmq_runner_bench --model DIR [--batches 1,16,64] [--in 512] [--out 128] [--json FILE]
 //                     [--rtn fp8|int8|w4a16]   quantize a BF16 checkpoint in memory first

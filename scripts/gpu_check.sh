@@ -81,17 +81,23 @@ fi
 
 # STAGE=ncu: Nsight Compute on the kernel benchmark (llmq_runner_bench --kernels, or NCU_BIN),
 # kernels whose name matches NCU_KERNELS (a regex, default the W4A16 and W8A8 decode GEMVs),
-# NCU_COUNT launches of them (default 6), with the throughput, memory, warp-stall, occupancy and
-# launch sections. ncu is looked for on PATH and in the usual install folders.
+# NCU_COUNT launches of them (default 6) after skipping NCU_SKIP (default 0), with the
+# throughput, memory, warp-state, occupancy and launch sections plus each stall reason's share
+# of the warps' cycles and the tensor pipe's activity (printed where a stall reason is over 2%).
+# ncu is looked for on PATH and in the usual install folders (the H200 machine has
+# /usr/local/cuda/bin/ncu; it profiles at base clocks, so its durations run long).
 if [ "$STAGE" = ncu ]; then
   NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   if [ -z "$NCU" ]; then echo "ncu: not installed"; else
     echo "ncu: $NCU"
-    timeout 500 "$NCU" -k "regex:${NCU_KERNELS:-mma_direct|mma_gemv|gemv_kernel}" -c "${NCU_COUNT:-6}" \
+    timeout 500 "$NCU" -k "regex:${NCU_KERNELS:-mma_direct|mma_gemv|gemv_kernel}" -s "${NCU_SKIP:-0}" -c "${NCU_COUNT:-6}" \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
-      --section LaunchStats ${NCU_BIN:-$BIN/bin/llmq_runner_bench --kernels} > "$OUT/ncu.txt" 2>&1
+      --section LaunchStats --section InstructionStats \
+      --metrics "regex:smsp__warp_issue_stalled_.*_per_warp_active.pct,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active" \
+      ${NCU_BIN:-$BIN/bin/llmq_runner_bench --kernels} > "$OUT/ncu.txt" 2>&1
     echo "ncu: exit $?"
-    grep -E "^  [a-z_].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Waves Per SM|Stall|Warp Cycles Per Issued|Compute \(SM\)" "$OUT/ncu.txt" | head -${NCU_LINES:-150}
+    grep -E "^  [a-z_].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Waves Per SM|Warp Cycles Per Issued|Compute \(SM\)|Executed Instructions  |hmma|stalled_" "$OUT/ncu.txt" |
+      awk '!/stalled_/ || $NF + 0 > 2' | head -${NCU_LINES:-150}
   fi
 fi
 
