@@ -736,10 +736,17 @@ int cluster_size(const AttentionArgs& a) {
   return C;
 }
 
+// Dynamic shared memory of split_pv, whole_row and cluster_kernel: e and p [G, ld], later
+// overlaid by the P·V partial sums of T / 32 warps [T / 32, G, HD].
+template <int G, int HD, int T = kThreads>
+size_t pv_smem_bytes(int ld) {
+  return sizeof(float) * std::max<size_t>(2 * G * ld, T / 32 * G * HD);
+}
+
 template <int G, int HD>
 void launch_cluster_kernel(const AttentionArgs& a, int C, cudaStream_t s) {
   const int ld = (a.capacity + C - 1) / C;
-  const size_t bytes = sizeof(float) * std::max<size_t>(2 * G * ld, kWarps * G * HD);
+  const size_t bytes = pv_smem_bytes<G, HD>(ld);
   LLMQ_CUDA_CHECK(
       cudaFuncSetAttribute(cluster_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   launch_pdl_cluster(cluster_kernel<G, HD>, dim3(C, a.n_kv, a.rows), dim3(kThreads), bytes, C, s, a, ld);
@@ -748,7 +755,7 @@ void launch_cluster_kernel(const AttentionArgs& a, int C, cudaStream_t s) {
 
 template <int G, int HD, int T>
 void launch_whole_row(const AttentionArgs& a, dim3 grid, int chunk, cudaStream_t s) {
-  const size_t bytes = sizeof(float) * std::max<size_t>(2 * G * chunk, T / 32 * G * HD);
+  const size_t bytes = pv_smem_bytes<G, HD, T>(chunk);
   LLMQ_CUDA_CHECK(cudaFuncSetAttribute(whole_row_kernel<G, HD, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(bytes)));
   launch_pdl(whole_row_kernel<G, HD, T>, grid, dim3(T), bytes, s, a, chunk);
@@ -772,8 +779,6 @@ void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
   w.chunk = split_chunk(a);
   w.stride = static_cast<int>(stride);
   const dim3 grid((a.capacity + w.chunk - 1) / w.chunk, a.n_kv, a.rows);
-  const size_t scores_bytes = sizeof(float) * G * w.chunk;
-  const size_t pv_bytes = sizeof(float) * std::max<size_t>(2 * G * w.chunk, kWarps * G * HD);
   if (w.chunk >= a.capacity) {  // one chunk per row: one kernel, no workspace round trip
     // More (row, kv head) pairs than one wave of kThreads blocks holds: half-size blocks, twice
     // as many per SM, so that one wave takes up to twice the pairs and the blocks' K, softmax
@@ -784,6 +789,7 @@ void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
       launch_whole_row<G, HD, kThreads>(a, grid, w.chunk, s);
     return;
   }
+  const size_t scores_bytes = sizeof(float) * G * w.chunk, pv_bytes = pv_smem_bytes<G, HD>(w.chunk);
   LLMQ_CUDA_CHECK(cudaFuncSetAttribute(split_scores_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(scores_bytes)));
   LLMQ_CUDA_CHECK(cudaFuncSetAttribute(split_pv_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
