@@ -19,6 +19,9 @@
 #include <algorithm>
 #include <cfloat>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include <cooperative_groups.h>
 
@@ -714,33 +717,71 @@ int split_chunk(const AttentionArgs& a) {
   return static_cast<int>(std::clamp<int64_t>((c + kChunkMin - 1) / kChunkMin * kChunkMin, kChunkMin, kChunkMax));
 }
 
-// Blocks per (row, kv head) pair on the cluster path: the largest power of two up to the
-// portable cluster size whose grid fits in one wave of blocks. The default takes the path when
-// that is 2 or more and each block has at most kClusterLenMax positions of the capacity.
-// Measured on an H200 (Llama-3.1-8B heads, llmq_attention_bench --mode decode; us per layer
-// call, the split path's default against the cluster's):
-//   batch x capacity   1 x 2048   8 x 2048   (C = 8: 256 positions a block; C = 4: 512)
-//   split              13.58      28.62
-//   cluster            11.07      38.08
-// and in llmq_runner_bench's bf16 decode step (capacity 640) -2.4 us per layer at batch 1
-// (C = 8, 80 positions) and -5.5 at batch 16 (C = 2, 320). At batch 64 (C = 1) whole_row
-// stays: 51.7 against the cluster kernel's 55.3 at 64 x 640.
 constexpr int kMaxCluster = 8;
 constexpr int kClusterLenMax = 320;
 bool clusters_supported() { return compute_capability() >= 90; }  // thread-block clusters: sm_90 and up
-int cluster_size(const AttentionArgs& a) {
-  if (a.cluster > 0) return a.cluster;
-  const int64_t pairs = static_cast<int64_t>(a.rows) * a.n_kv, slots = int64_t{kSplitBlocksPerSm} * sm_count();
-  int C = 1;
-  while (C < kMaxCluster && pairs * C * 2 <= slots) C *= 2;
-  return C;
-}
 
 // Dynamic shared memory of split_pv, whole_row and cluster_kernel: e and p [G, ld], later
 // overlaid by the P·V partial sums of T / 32 warps [T / 32, G, HD].
 template <int G, int HD, int T = kThreads>
 size_t pv_smem_bytes(int ld) {
   return sizeof(float) * std::max<size_t>(2 * G * ld, T / 32 * G * HD);
+}
+
+// Clusters of C blocks of cluster_kernel<G, HD> (chunks of ld <= kChunkMax positions) that the
+// device runs at once: one wave. Asked of the driver once per (C, ld): a cluster must fit in
+// one GPC, so this is less than the SM slots over C (H200, 8B heads: 264, 132, 62 and 30 for
+// C = 1, 2, 4, 8, where 264 / C would give 66 and 33).
+template <int G, int HD>
+int max_active_clusters(const AttentionArgs& a, int C, int ld) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, int>, int> known;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = known.find({C, ld}); it != known.end()) return it->second;
+  const size_t bytes = pv_smem_bytes<G, HD>(ld);
+  LLMQ_CUDA_CHECK(
+      cudaFuncSetAttribute(cluster_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = static_cast<unsigned>(C);
+  attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(C, a.n_kv, a.rows);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = bytes;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, cluster_kernel<G, HD>, &cfg));
+  known.emplace(std::pair{C, ld}, n);
+  return n;
+}
+
+// Blocks per (row, kv head) pair on the cluster path: the largest power of two up to the
+// portable cluster size whose clusters all run at once (one wave; max_active_clusters).
+// launch_split_kernels takes the path when that is 2 or more and each block's chunk of the
+// capacity is at most kClusterLenMax positions or no longer than the split pair's chunks
+// would be (then the same blocks, without the pair's round trip through the workspace).
+// Measured on an H200 (Llama-3.1-8B heads, llmq_attention_bench --mode decode; us per layer
+// call, capacity 640 unless said):
+//   batch x length   1 x 512  4 x 512  8 x 512  16 x 512  1 x 2048  4 x 2048  8 x 2048  16 x 2048
+//   C = 8             5.92    13.19    21.33    37.29     10.52     24.06     38.49     66.47
+//   C = 4             7.17     8.85    16.59    26.10     15.66     20.91     37.67     58.84
+//   C = 2             9.71    10.16    11.14    13.75     26.95     28.10     30.46     40.57
+//   split pair        9.59    11.35    13.23    16.06     12.95     18.00     28.61     49.03
+// (the split pair at its best forced chunk; from 4 x 2048 up that is its default one.)
+// An earlier rule filled the SM slots (264 / C clusters) and so ran a second wave of a few
+// clusters at 3-8 rows: C = 8 at 4 rows, C = 4 at 8. At batch 64 (C = 1) whole_row stays:
+// 51.7 against the cluster kernel's 55.3 at 64 x 640. The cluster kernel in blocks of 128
+// threads (as whole_row at batch 64) measured slower everywhere (DESIGN.md).
+template <int G, int HD>
+int cluster_size(const AttentionArgs& a) {
+  if (a.cluster > 0) return a.cluster;
+  const int64_t pairs = static_cast<int64_t>(a.rows) * a.n_kv;
+  const auto ld = [&](int C) { return (a.capacity + C - 1) / C; };
+  int C = kMaxCluster;
+  while (C > 1 && (ld(C) > kChunkMax || pairs > max_active_clusters<G, HD>(a, C, ld(C)))) C /= 2;
+  return C;
 }
 
 template <int G, int HD>
@@ -765,9 +806,11 @@ void launch_whole_row(const AttentionArgs& a, dim3 grid, int chunk, cudaStream_t
 template <int G, int HD>
 void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
   if (a.split_chunk == 0 && clusters_supported()) {
-    const int C = cluster_size(a);
+    const int C = cluster_size<G, HD>(a);
     const int ld = (a.capacity + C - 1) / C;  // a forced C still needs chunks of <= kChunkMax
-    if (a.cluster > 0 ? ld <= kChunkMax : C >= 2 && ld <= kClusterLenMax) return launch_cluster_kernel<G, HD>(a, C, s);
+    const bool take = a.cluster > 0 ? ld <= kChunkMax
+                                    : C >= 2 && ld <= kChunkMax && (ld <= kClusterLenMax || ld <= split_chunk(a));
+    if (take) return launch_cluster_kernel<G, HD>(a, C, s);
   }
   const int64_t rh = static_cast<int64_t>(a.rows) * a.n_q, stride = max_chunks(a.capacity);
   SplitWorkspace w;
@@ -801,6 +844,22 @@ void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
 }
 
 template <int G>
+int max_active_clusters_g(const AttentionArgs& a, int C) {
+  const int ld = (a.capacity + C - 1) / C;
+  if (ld > kChunkMax) return 0;  // the cluster path never runs such chunks
+  switch (a.hd) {
+    case 8: return max_active_clusters<G, 8>(a, C, ld);
+    case 16: return max_active_clusters<G, 16>(a, C, ld);
+    case 32: return max_active_clusters<G, 32>(a, C, ld);
+    case 64: return max_active_clusters<G, 64>(a, C, ld);
+    case 128: return max_active_clusters<G, 128>(a, C, ld);
+    case 256: return max_active_clusters<G, 256>(a, C, ld);
+    default: LLMQ_CHECK(false, "attention: head_dim " << a.hd << " unsupported");
+  }
+  return 0;
+}
+
+template <int G>
 void launch_split(const AttentionArgs& a, cudaStream_t s) {
   switch (a.hd) {
     case 8: return launch_split_kernels<G, 8>(a, s);
@@ -822,6 +881,16 @@ int attention_max_capacity(int n_q, int n_kv, int hd) {
   const size_t fixed = smem_bytes(G, hd, 0);
   const size_t avail = static_cast<size_t>(max_dynamic_smem());
   return avail > fixed ? static_cast<int>((avail - fixed) / (sizeof(float) * G)) : 0;
+}
+
+int attention_max_active_clusters(const AttentionArgs& a, int cluster) {
+  if (!clusters_supported()) return 0;
+  switch (a.n_q / a.n_kv) {
+    case 1: return max_active_clusters_g<1>(a, cluster);
+    case 2: return max_active_clusters_g<2>(a, cluster);
+    case 4: return max_active_clusters_g<4>(a, cluster);
+    default: return max_active_clusters_g<8>(a, cluster);
+  }
 }
 
 size_t attention_workspace_floats(int rows, int n_q, int hd, int capacity) {

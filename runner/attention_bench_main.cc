@@ -8,8 +8,9 @@
 //  decode: one row per sequence at position len - 1 (batch x len, cache capacity), the
 //    one-block kernel (no workspace) against the split path (the default: clusters; then the
 //    same with AttentionArgs::history_settled, the two-kernel pair at each forced chunk size,
-//    then each forced cluster size). Calls are captured in a CUDA graph (as the engine's
-//    decode steps are) and cycle over enough layers' caches that K/V come from HBM, not L2.
+//    then each forced cluster size, history settled). Calls are captured in a CUDA graph (as
+//    the engine's decode steps are) and cycle over enough layers' caches that K/V come from
+//    HBM, not L2.
 //    Prints µs per call, the 32-layer step in ms, GB/s of K/V read (batch · len · n_kv · hd ·
 //    2 bytes, K and V) and its share of the measured HBM read bandwidth, and the outputs'
 //    distance to the one-block kernel's.
@@ -194,7 +195,10 @@ void bench_decode(const DecodeCase& c, int iters, double hbm_gbps) {
     if (chunk > 2 * c.capacity) break;
     run("split/" + std::to_string(chunk), ws.as<float>(), chunk);
   }
-  for (int cluster : {1, 2, 4, 8}) run("cluster/" + std::to_string(cluster), ws.as<float>(), 0, cluster);
+  for (int cluster : {1, 2, 4, 8}) run("cluster/" + std::to_string(cluster), ws.as<float>(), 0, cluster, true);
+  std::printf("%4d x %-5d cap %-5d clusters running at once (C = 1, 2, 4, 8): %d %d %d %d; grid has %d\n", c.batch,
+              c.len, c.capacity, gpu::attention_max_active_clusters(a, 1), gpu::attention_max_active_clusters(a, 2),
+              gpu::attention_max_active_clusters(a, 4), gpu::attention_max_active_clusters(a, 8), c.batch * kNkv);
 }
 
 }  // namespace
@@ -222,10 +226,12 @@ int main(int argc, char** argv) {
     std::printf("decode attention, heads %d/%d, head_dim %d, one row per sequence at position len - 1 (one layer's "
                 "call); measured HBM read %.0f GB/s\n",
                 llmq::kNq, llmq::kNkv, llmq::kHd, hbm);
-    for (const llmq::DecodeCase& c : {llmq::DecodeCase{1, 512, 640}, llmq::DecodeCase{1, 640, 640},
-                                      llmq::DecodeCase{16, 512, 640}, llmq::DecodeCase{16, 640, 640},
-                                      llmq::DecodeCase{64, 512, 640}, llmq::DecodeCase{64, 640, 640},
-                                      llmq::DecodeCase{1, 2048, 2048}, llmq::DecodeCase{8, 2048, 2048}})
+    using llmq::DecodeCase;
+    for (const DecodeCase& c : {DecodeCase{1, 512, 640}, DecodeCase{1, 640, 640}, DecodeCase{2, 512, 640},
+                                DecodeCase{4, 512, 640}, DecodeCase{8, 512, 640}, DecodeCase{12, 512, 640},
+                                DecodeCase{16, 512, 640}, DecodeCase{16, 640, 640}, DecodeCase{32, 512, 640},
+                                DecodeCase{64, 512, 640}, DecodeCase{64, 640, 640}, DecodeCase{1, 2048, 2048},
+                                DecodeCase{4, 2048, 2048}, DecodeCase{8, 2048, 2048}, DecodeCase{16, 2048, 2048}})
       llmq::bench_decode(c, iters, hbm);
   }
   return 0;

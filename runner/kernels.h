@@ -146,6 +146,10 @@ inline AttentionArgs attention_rows(const AttentionArgs& a, int r0, int n) {
 size_t attention_workspace_floats(int rows, int n_q, int hd, int capacity);
 // Largest cache capacity attention() supports for this head layout on this device.
 int attention_max_capacity(int n_q, int n_kv, int hd);
+// Thread-block clusters of `cluster` blocks per (row, kv head) that run at once on this device
+// for a call of this shape (cudaOccupancyMaxActiveClusters); 0 below sm_90 or where the
+// blocks' chunks of the capacity would be longer than the path takes. For benchmarks.
+int attention_max_active_clusters(const AttentionArgs& a, int cluster);
 
 // Per-token dynamic activation quantization exactly as vLLM (model/quantized_linear.h):
 // x [rows, k] bf16 -> codes [rows, ld_codes] (columns k.. untouched: the caller zeroes them
