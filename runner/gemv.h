@@ -19,6 +19,12 @@ namespace llmq::gpu {
 using bf16 = uint16_t;
 
 constexpr int kGemvMaxM = 8;
+// Token rows up to which the engine runs a BF16 linear as gemv_bf16 (with its fused norm and
+// epilogue) rather than cuBLASLt. The CUDA-core kernel turns compute-bound past 4 rows
+// (H200, 8B shapes, us against cuBLASLt: gate_up at M = 4 60.7 / 61.6, at M = 8 75.1 / 62.8;
+// down 30.6 / 32.8 and 47.7 / 33.3; lm_head 250.3 / 250.1 and 316.8 / 252.1), and the 8B
+// bf16 decode step at batch 8 took 7.14 ms with it against 4.94 with cuBLASLt (docs/DESIGN.md).
+constexpr int kBf16GemvMaxM = 4;
 
 // What the GEMV does with each bf16-rounded output o[m, n] before storing it.
 // residual and swiglu are exclusive.

@@ -50,7 +50,7 @@ void interleave_halves(Tensor& t) {
 
 bool GpuLinear::uses_gemv(int M) const {
   switch (kind) {
-    case LinearKind::kBf16: return M <= gpu::kGemvMaxM && K % 8 == 0;
+    case LinearKind::kBf16: return M <= gpu::kBf16GemvMaxM && K % 8 == 0;
     case LinearKind::kFp8:
     case LinearKind::kInt8: return gpu::w8a8_decode_gemv(kind == LinearKind::kFp8, M, K_pad) != gpu::W8A8Gemv::kNone;
     case LinearKind::kW4A16: return gpu::w4a16_fuses_epilogue(w4, M);
