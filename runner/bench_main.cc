@@ -21,9 +21,10 @@
 #include "formats/synth.h"
 #include "runner/bench.h"
 #include "runner/device_buffer.h"
-#include "runner/gemm.h"
 #include "runner/bench_timer.h"
 #include "runner/device_attribute.h"
+#include "runner/gemm.h"
+#include "runner/gemm_skinny.h"
 #include "runner/gemv.h"
 #include "runner/kernels.h"
 #include "runner/w4a16.h"
@@ -65,15 +66,19 @@ std::vector<DeviceBuffer> weight_copies(size_t bytes, uint32_t seed) {
   return out;
 }
 
+// The five Llama-3.1-8B linears of a decode step, as the GEMV and skinny tables time them.
+struct DecodeShape { const char* name; int N, K; };
+constexpr DecodeShape kDecodeShapes[] = {{"qkv 6144x4096", 6144, 4096},
+                                         {"o 4096x4096", 4096, 4096},
+                                         {"gate_up 28672x4096", 28672, 4096},
+                                         {"down 4096x14336", 4096, 14336},
+                                         {"lm_head 128256x4096", 128256, 4096}};
+
 // The decode GEMVs of runner/gemv.h (no epilogue) on the five Llama-3.1-8B linears for
 // M = 1, 4, 8: microseconds and percent of the measured HBM read bandwidth (weight bytes,
 // plus the per-channel scales for W8A8, over the time), BF16 next to cuBLASLt on the same
 // shape. The W8A8 columns time the GEMV alone (activations already quantized).
 void gemv_bench(double hbm_gbps, gpu::Blas& blas) {
-  struct Shape { const char* name; int N, K; };
-  const Shape shapes[] = {{"qkv 6144x4096", 6144, 4096}, {"o 4096x4096", 4096, 4096},
-                          {"gate_up 28672x4096", 28672, 4096}, {"down 4096x14336", 4096, 14336},
-                          {"lm_head 128256x4096", 128256, 4096}};
   const int max_m = gpu::kGemvMaxM, max_n = 128256, max_k = 14336;
   DeviceBuffer x = random_bytes(size_t(max_m) * max_k * 2, 11), xq = random_bytes(size_t(max_m) * max_k, 12);
   DeviceBuffer y(size_t(max_m) * max_n * 2), sx(max_m * 4), sw(max_n * 4);
@@ -85,7 +90,7 @@ void gemv_bench(double hbm_gbps, gpu::Blas& blas) {
   const bool fp8_mma = gpu::gemv_fp8_mma_supported(gpu::kGemvMmaLd);
   std::printf("%-22s %2s %18s %18s %18s %18s %18s %18s\n", "linear [N x K]", "M", "gemv_bf16", "cublasLt_bf16",
               "gemv_fp8", "gemv_int8", "gemv_int8_mma", fp8_mma ? "gemv_fp8_mma" : "");
-  for (const Shape& s : shapes) {
+  for (const DecodeShape& s : kDecodeShapes) {
     const std::vector<DeviceBuffer> w16 = weight_copies(size_t(s.N) * s.K * 2, 13);
     const std::vector<DeviceBuffer> w8 = weight_copies(size_t(s.N) * s.K, 14);
     for (int M : {1, 2, 4, 8}) {
@@ -147,6 +152,37 @@ void gemv_bench(double hbm_gbps, gpu::Blas& blas) {
         }),
     };
     std::printf("%-22s %2d %9.1f us %5s %18s %9.1f us %5s %9.1f us %5s\n", "", M, t16, "", "", t8[0], "", t8[1], "");
+  }
+}
+
+// The skinny BF16 GEMM (runner/gemm_skinny.h) against cuBLASLt on the five Llama-3.1-8B
+// linears for M = 9, 16, 32, 64: microseconds and percent of the measured HBM read bandwidth
+// (weight bytes over the time), and the skinny kernel's K splits.
+void skinny_bench(double hbm_gbps, gpu::Blas& blas) {
+  const int max_m = gpu::kSkinnyMaxM, max_n = 128256, max_k = 14336;
+  DeviceBuffer x = random_bytes(size_t(max_m) * max_k * 2, 21), y(size_t(max_m) * max_n * 2);
+  DeviceBuffer ws(gpu::skinny_workspace_bytes(max_m));
+  LLMQ_CUDA_CHECK(cudaMemset(ws.as(), 0, ws.bytes()));  // the kernel keeps its counters at zero
+  const int sms = gpu::device_attribute(cudaDevAttrMultiProcessorCount);
+  std::printf("\nskinny BF16 GEMM (us, %% of HBM %.0f GB/s)\n", hbm_gbps);
+  std::printf("%-22s %2s %18s %18s %7s\n", "linear [N x K]", "M", "cublasLt_bf16", "skinny_bf16", "splits");
+  for (const DecodeShape& s : kDecodeShapes) {
+    const std::vector<DeviceBuffer> w16 = weight_copies(size_t(s.N) * s.K * 2, 22);
+    for (int M : {9, 16, 32, 64}) {
+      size_t i = 0;
+      const auto* xs = x.as<const uint16_t>();
+      auto* ys = y.as<uint16_t>();
+      const double t[2] = {
+          time_us([&] { blas.gemm_bf16(xs, w16[i++ % w16.size()].as<const uint16_t>(), ys, M, s.N, s.K, nullptr); }),
+          time_us([&] {
+            gpu::gemm_bf16_skinny(xs, w16[i++ % w16.size()].as<const uint16_t>(), ys, M, s.N, s.K, ws.as(), ws.bytes(),
+                                  nullptr);
+          }),
+      };
+      std::printf("%-22s %2d", s.name, M);
+      for (double us : t) std::printf(" %9.1f us %4.0f%%", us, 100.0 * s.N * s.K * 2 / (us * 1e-6) / 1e9 / hbm_gbps);
+      std::printf(" %7d\n", gpu::skinny_splits(M, s.N, s.K, sms, ws.bytes()));
+    }
   }
 }
 
@@ -228,6 +264,7 @@ int kernels_bench() {
   for (int f = 0; f < 4; ++f)
     std::printf("%s M=1 %.1f M=16 %.1f M=64 %.1f%s", names[f], step_us[f][0], step_us[f][1], step_us[f][2], f < 3 ? " | " : "\n");
   gemv_bench(bw, blas);
+  skinny_bench(bw, blas);
   return 0;
 }
 

@@ -14,6 +14,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -23,6 +24,7 @@
 #include "core/numeric.h"
 #include "runner/device_buffer.h"
 #include "runner/direct_warps.h"
+#include "runner/gemm_skinny.h"
 #include "runner/gemv.h"
 #include "runner/gemv_ref.h"
 #include "runner_test_util.h"
@@ -344,6 +346,53 @@ void check_shapes(std::initializer_list<int> ks, int seed_offset) {
 TEST(RunnerGemv, Bf16MatchesReference) {
   LLMQ_REQUIRE_GPU();
   check_shapes<Bf16Case>({8, 48, 4096 + 16, 14336}, 0);
+}
+
+// The skinny BF16 GEMM (runner/gemm_skinny.h) against the GEMV reference, with the plain
+// product's bound (f32 sums in another order, then bf16): M across its three token tilings
+// (9, 16 | 17, 32 | 33, 64) and below them (1), N with a partial last column of 128 rows (200,
+// 17 * 128 + 5), K = 64 (one stage) to 4096 + 64; K split 1, 3 and 8 ways and by the default
+// rule (each deterministic: the splits are added in a fixed order).
+TEST(RunnerGemv, SkinnyBf16MatchesReference) {
+  LLMQ_REQUIRE_GPU();
+  const size_t forced = 16384 + sizeof(float) * 8 * gpu::kSkinnyMaxM * (17 * 128 + 5);  // 8 splits of the largest N
+  DeviceBuffer ws(std::max(gpu::skinny_workspace_bytes(gpu::kSkinnyMaxM), forced));
+  LLMQ_CUDA_CHECK(cudaMemset(ws.as(), 0, ws.bytes()));
+  for (int M : {1, 9, 16, 17, 32, 33, 64})
+    for (auto [N, K] : {std::pair{200, 64}, std::pair{128, 4096 + 64}, std::pair{17 * 128 + 5, 1024}}) {
+      SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " K " << K << " seed " << kSeed);
+      std::mt19937 rng(kSeed + M * 7 + N + K);
+      const Bf16Case c(M, N, K, rng);
+      std::vector<uint16_t> want(static_cast<size_t>(M) * N);
+      c.ref(nullptr, false, want.data());
+      const std::vector<double> tol = c.tolerance();
+      DeviceBuffer dy(want.size() * 2);
+      for (int splits : {0, 1, 3, 8}) {
+        SCOPED_TRACE(::testing::Message() << "splits " << splits);
+        LLMQ_CUDA_CHECK(cudaMemset(dy.as(), 0xFF, dy.bytes()));
+        gpu::gemm_bf16_skinny(c.dx.as<uint16_t>(), c.dw.as<uint16_t>(), dy.as<uint16_t>(), M, N, K, ws.as(),
+                              ws.bytes(), nullptr, splits);
+        const std::vector<uint16_t> got = dy.to_host<uint16_t>();
+        expect_bf16_near(got, want, 1.0, tol, "skinny");
+        gpu::gemm_bf16_skinny(c.dx.as<uint16_t>(), c.dw.as<uint16_t>(), dy.as<uint16_t>(), M, N, K, ws.as(),
+                              ws.bytes(), nullptr, splits);
+        EXPECT_EQ(dy.to_host<uint16_t>(), got) << "not deterministic";
+      }
+    }
+}
+
+// The skinny GEMM's shapes and default K splits: none once the columns of 128 rows fill the
+// SMs, about two blocks per SM below, at least 4 stages of 64 k each, within the workspace.
+TEST(RunnerGemv, SkinnySplitsFillTheGpu) {
+  EXPECT_TRUE(gpu::skinny_bf16_supported(64, 1, 64));
+  EXPECT_FALSE(gpu::skinny_bf16_supported(65, 128, 64));
+  EXPECT_FALSE(gpu::skinny_bf16_supported(16, 128, 96));
+  EXPECT_EQ(gpu::skinny_splits(64, 28672, 4096, 132, size_t(1) << 30), 1);   // gate_up: 224 columns
+  EXPECT_EQ(gpu::skinny_splits(64, 6144, 4096, 132, size_t(1) << 30), 6);    // q/k/v: 48 columns
+  EXPECT_EQ(gpu::skinny_splits(64, 4096, 14336, 132, size_t(1) << 30), 8);   // down: 32 columns
+  EXPECT_EQ(gpu::skinny_splits(64, 4096, 1024, 132, size_t(1) << 30), 4);    // 16 stages: 4 each
+  EXPECT_EQ(gpu::skinny_splits(64, 4096, 4096, 132, 0), 1);                  // no workspace
+  EXPECT_EQ(gpu::skinny_splits(64, 4096, 4096, 132, 16384 + 3 * 64 * 4096 * 4), 3);  // room for 3
 }
 
 // The BF16 GEMV with the RMSNorm fused in (GemvEpilogue::norm_weight) against
