@@ -172,15 +172,15 @@ bool skinny_bf16_supported(int M, int N, int K) {
 int skinny_splits(int M, int N, int K, int sms, size_t workspace_bytes) {
   const int columns = (N + kSkinnyBlockN - 1) / kSkinnyBlockN;
   if (columns >= sms || workspace_bytes <= kCounterBytes || columns > static_cast<int>(kCounterBytes / 4)) return 1;
-  const int by_grid = (2 * sms + columns - 1) / columns;
+  const int by_grid = 2 * sms / columns;  // rounded down: one wave at two blocks per SM
   const int by_k = K / kSkinnyChunkK / kMinStagesPerSplit;
   const int by_workspace = static_cast<int>((workspace_bytes - kCounterBytes) / (sizeof(float) * M * N));
   return std::max(1, std::min({by_grid, by_k, by_workspace, kMaxSplits}));
 }
 
 size_t skinny_workspace_bytes(int max_m) {
-  // A split call has columns < sms and splits <= ceil(2 sms / columns), so splits · N <=
-  // (2 sms + columns) · 128 < 3 sms · 128 rows.
+  // A split call has columns < sms and splits <= 2 sms / columns, so splits · N <= 2 sms · 128
+  // rows (3 sms · 128 leaves room).
   const size_t sms = static_cast<size_t>(device_attribute(cudaDevAttrMultiProcessorCount));
   return kCounterBytes + sizeof(float) * static_cast<size_t>(std::min(max_m, kSkinnyMaxM)) * 3 * sms * kSkinnyBlockN;
 }

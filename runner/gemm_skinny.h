@@ -22,8 +22,8 @@ constexpr int kSkinnyChunkK = 64;   // k per pipeline stage
 // Whether gemm_bf16_skinny takes the shape: 1 <= M <= 64, K a multiple of 64, N >= 1.
 bool skinny_bf16_supported(int M, int N, int K);
 // K splits per block column for N x K on `sms` SMs with `workspace_bytes` of workspace: one
-// where ceil(N / 128) columns already give a block per SM, else enough for about two blocks per
-// SM, at most 8 and at least 4 stages of K each, within the workspace.
+// where ceil(N / 128) columns already give a block per SM, else as many as fill two blocks per
+// SM in one wave, at most 8 and at least 4 stages of K each, within the workspace.
 int skinny_splits(int M, int N, int K, int sms, size_t workspace_bytes);
 // Workspace (arrival counters, then f32 partials) for every call of up to max_m rows on this
 // device; zero it once, the kernel leaves its counters at zero.
