@@ -1,8 +1,8 @@
-// The skinny BF16 GEMM (gemm_skinny.h). Block: 4 warps over 128 weight rows (32 each: two m16
-// tiles) and all M tokens (MT n8 tiles, M padded to 16, 32 or 64 with zero rows). Each stage
-// of 64 k, the weights (16 KB) and x (MT KB) arrive by cp.async in rows of 128 bytes whose
-// 16-byte chunks are XOR-swizzled by row (chunk c of row r at c ^ (r % 8)), so each
-// ldmatrix's eight row addresses hit eight different bank groups.
+// The skinny BF16 GEMM (gemm_skinny.h). Block: 4 warps over BN = 128 (or 64) weight rows (32
+// each: two m16 tiles; or one) and all M tokens (MT n8 tiles, M padded to 16, 32 or 64 with
+// zero rows). Each stage of 64 k, the weights (BN / 8 KB) and x (MT KB) arrive by cp.async in
+// rows of 128 bytes whose 16-byte chunks are XOR-swizzled by row (chunk c of row r at
+// c ^ (r % 8)), so each ldmatrix's eight row addresses hit eight different bank groups.
 #include "runner/gemm_skinny.h"
 
 #include <algorithm>
@@ -27,22 +27,25 @@ constexpr size_t kCounterBytes = 16384;  // [4096] uint32 arrival counters, one 
 
 __device__ __forceinline__ int swizzled(int row, int chunk) { return row * kRowBytes + ((chunk ^ (row & 7)) << 4); }
 
-template <int MT>
+template <int MT, int BN>
 struct Stage {
   static constexpr int kXRows = MT * 8;
-  static constexpr int kBytes = (kSkinnyBlockN + kXRows) * kRowBytes;
+  static constexpr int kBytes = (BN + kXRows) * kRowBytes;
 };
 
-// Block (column of 128 weight rows, split of K). chunks_per_split stages of 64 k per split;
-// partials [splits, M, N] f32 and counters [columns] when gridDim.y > 1.
-template <int MT>
+// Block (column of BN weight rows, split of K): warp w takes rows BN / 4 · w .. in MA m16
+// tiles. chunks_per_split stages of 64 k per split; partials [splits, M, N] f32 and counters
+// [columns] when gridDim.y > 1.
+template <int MT, int BN>
 __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                              bf16* y, int M, int N, int K, int chunks_per_split,
                                                              float* partials, uint32_t* counters) {
   extern __shared__ __align__(128) uint8_t smem[];
-  using St = Stage<MT>;
+  using St = Stage<MT, BN>;
+  constexpr int kWarpRows = BN / kWarps, MA = kWarpRows / 16;
+  static_assert(MA >= 1 && kWarpRows % 16 == 0, "skinny_kernel: BN");
   const int column = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
-  const int n0 = column * kSkinnyBlockN;
+  const int n0 = column * BN;
   const int c_begin = split * chunks_per_split;
   const int count = max(0, min(K / kSkinnyChunkK, c_begin + chunks_per_split) - c_begin);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -51,13 +54,13 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restr
     uint8_t* dst = smem + (i % kStages) * St::kBytes;
     const int k0 = (c_begin + i) * kSkinnyChunkK;
 #pragma unroll
-    for (int j = 0; j < kSkinnyBlockN * 8 / (kWarps * 32); ++j) {  // a constant count: unrolled
+    for (int j = 0; j < BN * 8 / (kWarps * 32); ++j) {  // a constant count: unrolled
       const int p = j * kWarps * 32 + threadIdx.x, r = p / 8, c = p % 8, n = n0 + r;
       cp_async16(dst + swizzled(r, c), w + static_cast<int64_t>(n < N ? n : 0) * K + k0 + c * 8, n < N);
     }
   };
   const auto load_x = [&](int i) {
-    uint8_t* dst = smem + (i % kStages) * St::kBytes + kSkinnyBlockN * kRowBytes;
+    uint8_t* dst = smem + (i % kStages) * St::kBytes + BN * kRowBytes;
     const int k0 = (c_begin + i) * kSkinnyChunkK;
 #pragma unroll
     for (int j = 0; j < St::kXRows * 8 / (kWarps * 32); ++j) {
@@ -76,9 +79,9 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restr
     cp_async_commit();
   }
 
-  float acc[2][MT][4];
+  float acc[MA][MT][4];
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
+  for (int mt = 0; mt < MA; ++mt)
 #pragma unroll
     for (int nt = 0; nt < MT; ++nt)
 #pragma unroll
@@ -93,13 +96,13 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restr
     }
     cp_async_commit();
     const uint8_t* ws = smem + (i % kStages) * St::kBytes;
-    const uint8_t* xs = ws + kSkinnyBlockN * kRowBytes;
+    const uint8_t* xs = ws + BN * kRowBytes;
 #pragma unroll
     for (int kk = 0; kk < kSkinnyChunkK / 16; ++kk) {
-      uint32_t a[2][4];
+      uint32_t a[MA][4];
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {  // A: rows g, g + 8 at k 0..7, then at k 8..15
-        const int row = warp * 32 + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+      for (int mt = 0; mt < MA; ++mt) {  // A: rows g, g + 8 at k 0..7, then at k 8..15
+        const int row = warp * kWarpRows + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         ldmatrix_x4(a[mt], smem_addr(ws + swizzled(row, kk * 2 + (lane >> 4))));
       }
 #pragma unroll
@@ -108,7 +111,7 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restr
         const int row = np * 16 + (lane & 7) + (lane >> 4) * 8;
         ldmatrix_x4(b, smem_addr(xs + swizzled(row, kk * 2 + ((lane >> 3) & 1))));
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
+        for (int mt = 0; mt < MA; ++mt) {
           mma_bf16(acc[mt][2 * np], a[mt], b[0], b[1]);
           mma_bf16(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
         }
@@ -117,17 +120,17 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restr
   }
   cp_async_wait(0);
 
-  // acc[mt][nt][e]: weight row n0 + 32 warp + 16 mt + g (+ 8 for e >= 2), token 8 nt + 2t (+ 1
-  // for odd e).
+  // acc[mt][nt][e]: weight row n0 + kWarpRows warp + 16 mt + g (+ 8 for e >= 2), token 8 nt +
+  // 2t (+ 1 for odd e).
   const int g = lane / 4, t = lane % 4;
   const auto for_each = [&](auto f) {
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < MA; ++mt)
 #pragma unroll
       for (int nt = 0; nt < MT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int n = n0 + warp * 32 + mt * 16 + g + (e >= 2 ? 8 : 0), m = nt * 8 + 2 * t + (e & 1);
+          const int n = n0 + warp * kWarpRows + mt * 16 + g + (e >= 2 ? 8 : 0), m = nt * 8 + 2 * t + (e & 1);
           if (n < N && m < M) f(m, n, acc[mt][nt][e]);
         }
   };
@@ -151,16 +154,24 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restr
   if (threadIdx.x == 0) counters[column] = 0;  // ready for the next launch
 }
 
-template <int MT>
+template <int MT, int BN>
 void launch(const bf16* x, const bf16* w, bf16* y, int M, int N, int K, int splits, float* partials,
             uint32_t* counters, cudaStream_t s) {
   const int chunks = K / kSkinnyChunkK, per_split = (chunks + splits - 1) / splits;
-  const size_t smem = static_cast<size_t>(kStages) * Stage<MT>::kBytes;
-  LLMQ_CUDA_CHECK(
-      cudaFuncSetAttribute(skinny_kernel<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  const dim3 grid((N + kSkinnyBlockN - 1) / kSkinnyBlockN, (chunks + per_split - 1) / per_split);
-  launch_pdl(skinny_kernel<MT>, grid, dim3(kWarps * 32), smem, s, x, w, y, M, N, K, per_split, partials, counters);
+  const size_t smem = static_cast<size_t>(kStages) * Stage<MT, BN>::kBytes;
+  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(skinny_kernel<MT, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem)));
+  const dim3 grid((N + BN - 1) / BN, (chunks + per_split - 1) / per_split);
+  launch_pdl(skinny_kernel<MT, BN>, grid, dim3(kWarps * 32), smem, s, x, w, y, M, N, K, per_split, partials, counters);
   LLMQ_CUDA_CHECK_LAUNCH();
+}
+
+template <int BN>
+void launch_rows(const bf16* x, const bf16* w, bf16* y, int M, int N, int K, int splits, float* partials,
+                 uint32_t* counters, cudaStream_t s) {
+  if (M <= 16) return launch<2, BN>(x, w, y, M, N, K, splits, partials, counters, s);
+  if (M <= 32) return launch<4, BN>(x, w, y, M, N, K, splits, partials, counters, s);
+  return launch<8, BN>(x, w, y, M, N, K, splits, partials, counters, s);
 }
 
 }  // namespace
@@ -169,8 +180,8 @@ bool skinny_bf16_supported(int M, int N, int K) {
   return M >= 1 && M <= kSkinnyMaxM && N >= 1 && K >= kSkinnyChunkK && K % kSkinnyChunkK == 0;
 }
 
-int skinny_splits(int M, int N, int K, int sms, size_t workspace_bytes) {
-  const int columns = (N + kSkinnyBlockN - 1) / kSkinnyBlockN;
+int skinny_splits(int M, int N, int K, int sms, size_t workspace_bytes, int block_n) {
+  const int columns = (N + block_n - 1) / block_n;
   if (columns >= sms || workspace_bytes <= kCounterBytes || columns > static_cast<int>(kCounterBytes / 4)) return 1;
   const int by_grid = 2 * sms / columns;  // rounded down: one wave at two blocks per SM
   const int by_k = K / kSkinnyChunkK / kMinStagesPerSplit;
@@ -186,21 +197,22 @@ size_t skinny_workspace_bytes(int max_m) {
 }
 
 void gemm_bf16_skinny(const uint16_t* x, const uint16_t* w, uint16_t* y, int M, int N, int K, void* workspace,
-                      size_t workspace_bytes, cudaStream_t s, int splits) {
+                      size_t workspace_bytes, cudaStream_t s, int splits, int block_n) {
   LLMQ_CHECK(skinny_bf16_supported(M, N, K), "gemm_bf16_skinny: M " << M << " N " << N << " K " << K);
+  if (block_n <= 0) block_n = kSkinnyBlockN;
+  LLMQ_CHECK(block_n == 64 || block_n == 128, "gemm_bf16_skinny: block_n " << block_n << " is not 64 or 128");
   if (workspace == nullptr) workspace_bytes = 0;
   const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
-  if (splits <= 0) splits = skinny_splits(M, N, K, sms, workspace_bytes);
-  const int columns = (N + kSkinnyBlockN - 1) / kSkinnyBlockN;
+  if (splits <= 0) splits = skinny_splits(M, N, K, sms, workspace_bytes, block_n);
+  const int columns = (N + block_n - 1) / block_n;
   if (splits > 1)
     LLMQ_CHECK(columns <= static_cast<int>(kCounterBytes / 4) &&
                    workspace_bytes >= kCounterBytes + sizeof(float) * splits * static_cast<size_t>(M) * N,
                "gemm_bf16_skinny: " << splits << " splits need more workspace than " << workspace_bytes << " bytes");
   auto* counters = static_cast<uint32_t*>(workspace);
   auto* partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + kCounterBytes);
-  if (M <= 16) return launch<2>(x, w, y, M, N, K, splits, partials, counters, s);
-  if (M <= 32) return launch<4>(x, w, y, M, N, K, splits, partials, counters, s);
-  return launch<8>(x, w, y, M, N, K, splits, partials, counters, s);
+  if (block_n == 64) return launch_rows<64>(x, w, y, M, N, K, splits, partials, counters, s);
+  return launch_rows<128>(x, w, y, M, N, K, splits, partials, counters, s);
 }
 
 }  // namespace llmq::gpu

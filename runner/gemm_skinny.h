@@ -16,7 +16,7 @@
 namespace llmq::gpu {
 
 constexpr int kSkinnyMaxM = 64;
-constexpr int kSkinnyBlockN = 128;  // weight rows per block
+constexpr int kSkinnyBlockN = 128;  // weight rows per block (by default; 64 may be asked for)
 constexpr int kSkinnyChunkK = 64;   // k per pipeline stage
 
 // Whether gemm_bf16_skinny takes the shape: 1 <= M <= 64, K a multiple of 64, N >= 1.
@@ -24,12 +24,13 @@ bool skinny_bf16_supported(int M, int N, int K);
 // K splits per block column for N x K on `sms` SMs with `workspace_bytes` of workspace: one
 // where ceil(N / 128) columns already give a block per SM, else as many as fill two blocks per
 // SM in one wave, at most 8 and at least 4 stages of K each, within the workspace.
-int skinny_splits(int M, int N, int K, int sms, size_t workspace_bytes);
+int skinny_splits(int M, int N, int K, int sms, size_t workspace_bytes, int block_n = kSkinnyBlockN);
 // Workspace (arrival counters, then f32 partials) for every call of up to max_m rows on this
 // device; zero it once, the kernel leaves its counters at zero.
 size_t skinny_workspace_bytes(int max_m);
 // splits 0: skinny_splits; otherwise forced (tests), within what the workspace holds.
+// block_n: weight rows per block, 64 or 128 (0: kSkinnyBlockN).
 void gemm_bf16_skinny(const uint16_t* x, const uint16_t* w, uint16_t* y, int M, int N, int K, void* workspace,
-                      size_t workspace_bytes, cudaStream_t s, int splits = 0);
+                      size_t workspace_bytes, cudaStream_t s, int splits = 0, int block_n = 0);
 
 }  // namespace llmq::gpu

@@ -352,7 +352,8 @@ TEST(RunnerGemv, Bf16MatchesReference) {
 // product's bound (f32 sums in another order, then bf16): M across its three token tilings
 // (9, 16 | 17, 32 | 33, 64) and below them (1), N with a partial last column of 128 rows (200,
 // 17 * 128 + 5), K = 64 (one stage) to 4096 + 64; K split 1, 3 and 8 ways and by the default
-// rule (each deterministic: the splits are added in a fixed order).
+// rule (each deterministic: the splits are added in a fixed order), in blocks of 128 and of 64
+// weight rows.
 TEST(RunnerGemv, SkinnyBf16MatchesReference) {
   LLMQ_REQUIRE_GPU();
   const size_t forced = 16384 + sizeof(float) * 8 * gpu::kSkinnyMaxM * (17 * 128 + 5);  // 8 splits of the largest N
@@ -367,17 +368,18 @@ TEST(RunnerGemv, SkinnyBf16MatchesReference) {
       c.ref(nullptr, false, want.data());
       const std::vector<double> tol = c.tolerance();
       DeviceBuffer dy(want.size() * 2);
-      for (int splits : {0, 1, 3, 8}) {
-        SCOPED_TRACE(::testing::Message() << "splits " << splits);
-        LLMQ_CUDA_CHECK(cudaMemset(dy.as(), 0xFF, dy.bytes()));
-        gpu::gemm_bf16_skinny(c.dx.as<uint16_t>(), c.dw.as<uint16_t>(), dy.as<uint16_t>(), M, N, K, ws.as(),
-                              ws.bytes(), nullptr, splits);
-        const std::vector<uint16_t> got = dy.to_host<uint16_t>();
-        expect_bf16_near(got, want, 1.0, tol, "skinny");
-        gpu::gemm_bf16_skinny(c.dx.as<uint16_t>(), c.dw.as<uint16_t>(), dy.as<uint16_t>(), M, N, K, ws.as(),
-                              ws.bytes(), nullptr, splits);
-        EXPECT_EQ(dy.to_host<uint16_t>(), got) << "not deterministic";
-      }
+      for (int block_n : {128, 64})
+        for (int splits : {0, 1, 3, 8}) {
+          SCOPED_TRACE(::testing::Message() << "block_n " << block_n << " splits " << splits);
+          LLMQ_CUDA_CHECK(cudaMemset(dy.as(), 0xFF, dy.bytes()));
+          gpu::gemm_bf16_skinny(c.dx.as<uint16_t>(), c.dw.as<uint16_t>(), dy.as<uint16_t>(), M, N, K, ws.as(),
+                                ws.bytes(), nullptr, splits, block_n);
+          const std::vector<uint16_t> got = dy.to_host<uint16_t>();
+          expect_bf16_near(got, want, 1.0, tol, "skinny");
+          gpu::gemm_bf16_skinny(c.dx.as<uint16_t>(), c.dw.as<uint16_t>(), dy.as<uint16_t>(), M, N, K, ws.as(),
+                                ws.bytes(), nullptr, splits, block_n);
+          EXPECT_EQ(dy.to_host<uint16_t>(), got) << "not deterministic";
+        }
     }
 }
 
@@ -394,6 +396,8 @@ TEST(RunnerGemv, SkinnySplitsFillTheGpu) {
   EXPECT_EQ(gpu::skinny_splits(64, 4096, 1024, 132, size_t(1) << 30), 4);    // 16 stages: 4 each
   EXPECT_EQ(gpu::skinny_splits(64, 4096, 4096, 132, 0), 1);                  // no workspace
   EXPECT_EQ(gpu::skinny_splits(64, 4096, 4096, 132, 16384 + 3 * 64 * 4096 * 4), 3);  // room for 3
+  EXPECT_EQ(gpu::skinny_splits(64, 6144, 4096, 132, size_t(1) << 30, 64), 2);  // 96 columns of 64 rows
+  EXPECT_EQ(gpu::skinny_splits(64, 28672, 4096, 132, size_t(1) << 30, 64), 1);
 }
 
 // The BF16 GEMV with the RMSNorm fused in (GemvEpilogue::norm_weight) against
