@@ -50,22 +50,30 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restr
   const int count = max(0, min(K / kSkinnyChunkK, c_begin + chunks_per_split) - c_begin);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
+  // A thread copies 16-byte chunk tid % 8 of rows tid / 8 + 16 j: the same chunk, and (row % 8
+  // being the same) the same swizzle, for every j, so its addresses are a base plus strides.
+  constexpr int kThreads = kWarps * 32, kRowStep = kThreads / 8;
+  const int r0 = threadIdx.x / 8, c = threadIdx.x % 8;
+  const int dst0 = swizzled(r0, c);
+  const bf16* w0 = w + static_cast<int64_t>(min(n0 + r0, N - 1)) * K + c * 8;
+  const bf16* x0 = x + static_cast<int64_t>(min(r0, M - 1)) * K + c * 8;
+  const int64_t step = static_cast<int64_t>(kRowStep) * K;
   const auto load_w = [&](int i) {
-    uint8_t* dst = smem + (i % kStages) * St::kBytes;
-    const int k0 = (c_begin + i) * kSkinnyChunkK;
+    uint8_t* dst = smem + (i % kStages) * St::kBytes + dst0;
+    const bf16* src = w0 + (c_begin + i) * kSkinnyChunkK;
 #pragma unroll
-    for (int j = 0; j < BN * 8 / (kWarps * 32); ++j) {  // a constant count: unrolled
-      const int p = j * kWarps * 32 + threadIdx.x, r = p / 8, c = p % 8, n = n0 + r;
-      cp_async16(dst + swizzled(r, c), w + static_cast<int64_t>(n < N ? n : 0) * K + k0 + c * 8, n < N);
+    for (int j = 0; j < BN / kRowStep; ++j) {  // rows past N: zeros, their (clamped) source unread
+      const bool ok = n0 + r0 + j * kRowStep < N;
+      cp_async16(dst + j * kRowStep * kRowBytes, ok ? src + j * step : src, ok);
     }
   };
   const auto load_x = [&](int i) {
-    uint8_t* dst = smem + (i % kStages) * St::kBytes + BN * kRowBytes;
-    const int k0 = (c_begin + i) * kSkinnyChunkK;
+    uint8_t* dst = smem + (i % kStages) * St::kBytes + BN * kRowBytes + dst0;
+    const bf16* src = x0 + (c_begin + i) * kSkinnyChunkK;
 #pragma unroll
-    for (int j = 0; j < St::kXRows * 8 / (kWarps * 32); ++j) {
-      const int p = j * kWarps * 32 + threadIdx.x, r = p / 8, c = p % 8;
-      cp_async16(dst + swizzled(r, c), x + static_cast<int64_t>(r < M ? r : 0) * K + k0 + c * 8, r < M);
+    for (int j = 0; j < St::kXRows / kRowStep; ++j) {  // token rows past M: zeros
+      const bool ok = r0 + j * kRowStep < M;
+      cp_async16(dst + j * kRowStep * kRowBytes, ok ? src + j * step : src, ok);
     }
   };
 
