@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 
 #include <cooperative_groups.h>
@@ -30,6 +31,7 @@
 #include "runner/device_attribute.h"
 #include "runner/kernels.h"
 #include "runner/pdl.cuh"
+#include "runner/split_arrival.cuh"
 
 namespace llmq::gpu {
 namespace {
@@ -528,7 +530,6 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(A
   extern __shared__ float smem[];
   __shared__ float row_max[G];
   __shared__ float inv_sum[G];
-  __shared__ bool last;
   const int chunk = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
   const int L = a.pos[r] + 1, j_begin = chunk * w.chunk;
   const int seq = a.seq[r];
@@ -558,12 +559,7 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(A
 
   // Last block arrives: publish this chunk's acc / chunk_l, count it, and the block that brings
   // the count to `used` reads everyone's (from L2: __ldcg) and sums them in chunk order.
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(&w.arrived[r * a.n_kv + kvh], 1u) == static_cast<unsigned>(used - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!last_block_to_arrive(&w.arrived[r * a.n_kv + kvh], static_cast<unsigned>(used))) return;
   // Sums over k = 0 .. used - 1 in that order, kBatch loads issued before their adds.
   const auto sum_chunks = [&](const float* x, int step) {
     float total = 0.0f;
@@ -728,19 +724,33 @@ size_t pv_smem_bytes(int ld) {
   return sizeof(float) * std::max<size_t>(2 * G * ld, T / 32 * G * HD);
 }
 
-// Clusters of C blocks of cluster_kernel<G, HD> (chunks of ld <= kChunkMax positions) that the
-// device runs at once: one wave. Asked of the driver once per (C, ld): a cluster must fit in
-// one GPC, so this is less than the SM slots over C (H200, 8B heads: 264, 132, 62 and 30 for
-// C = 1, 2, 4, 8, where 264 / C would give 66 and 33).
+// Positions of the capacity per block of a cluster of C blocks.
+int cluster_chunk(const AttentionArgs& a, int C) { return (a.capacity + C - 1) / C; }
+
+// cluster_kernel<G, HD>'s dynamic shared memory for chunks of ld positions, allowed on the
+// kernel (as its launch and the occupancy query need).
 template <int G, int HD>
-int max_active_clusters(const AttentionArgs& a, int C, int ld) {
+size_t allow_cluster_smem(int ld) {
+  const size_t bytes = pv_smem_bytes<G, HD>(ld);
+  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(cluster_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(bytes)));
+  return bytes;
+}
+
+// Clusters of C blocks of cluster_kernel<G, HD> that the device runs at once: one wave; 0 where
+// the blocks' chunks would be longer than kChunkMax (the path never runs those). Asked of the
+// driver once per (C, chunk): a cluster must fit in one GPC, so this is less than the SM slots
+// over C (H200, 8B heads: 264, 132, 62 and 30 for C = 1, 2, 4, 8, where 264 / C would give 66
+// and 33).
+template <int G, int HD>
+int max_active_clusters(const AttentionArgs& a, int C) {
+  const int ld = cluster_chunk(a, C);
+  if (ld > kChunkMax) return 0;
   static std::mutex mutex;
   static std::map<std::pair<int, int>, int> known;
   const std::lock_guard<std::mutex> lock(mutex);
   if (const auto it = known.find({C, ld}); it != known.end()) return it->second;
-  const size_t bytes = pv_smem_bytes<G, HD>(ld);
-  LLMQ_CUDA_CHECK(
-      cudaFuncSetAttribute(cluster_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  const size_t bytes = allow_cluster_smem<G, HD>(ld);
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeClusterDimension;
   attr.val.clusterDim.x = static_cast<unsigned>(C);
@@ -778,18 +788,15 @@ template <int G, int HD>
 int cluster_size(const AttentionArgs& a) {
   if (a.cluster > 0) return a.cluster;
   const int64_t pairs = static_cast<int64_t>(a.rows) * a.n_kv;
-  const auto ld = [&](int C) { return (a.capacity + C - 1) / C; };
   int C = kMaxCluster;
-  while (C > 1 && (ld(C) > kChunkMax || pairs > max_active_clusters<G, HD>(a, C, ld(C)))) C /= 2;
+  while (C > 1 && pairs > max_active_clusters<G, HD>(a, C)) C /= 2;
   return C;
 }
 
 template <int G, int HD>
 void launch_cluster_kernel(const AttentionArgs& a, int C, cudaStream_t s) {
-  const int ld = (a.capacity + C - 1) / C;
-  const size_t bytes = pv_smem_bytes<G, HD>(ld);
-  LLMQ_CUDA_CHECK(
-      cudaFuncSetAttribute(cluster_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  const int ld = cluster_chunk(a, C);
+  const size_t bytes = allow_cluster_smem<G, HD>(ld);
   launch_pdl_cluster(cluster_kernel<G, HD>, dim3(C, a.n_kv, a.rows), dim3(kThreads), bytes, C, s, a, ld);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
@@ -807,7 +814,7 @@ template <int G, int HD>
 void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
   if (a.split_chunk == 0 && clusters_supported()) {
     const int C = cluster_size<G, HD>(a);
-    const int ld = (a.capacity + C - 1) / C;  // a forced C still needs chunks of <= kChunkMax
+    const int ld = cluster_chunk(a, C);  // a forced C still needs chunks of <= kChunkMax
     const bool take = a.cluster > 0 ? ld <= kChunkMax
                                     : C >= 2 && ld <= kChunkMax && (ld <= kClusterLenMax || ld <= split_chunk(a));
     if (take) return launch_cluster_kernel<G, HD>(a, C, s);
@@ -843,35 +850,35 @@ void launch_split_kernels(const AttentionArgs& a, cudaStream_t s) {
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
-template <int G>
-int max_active_clusters_g(const AttentionArgs& a, int C) {
-  const int ld = (a.capacity + C - 1) / C;
-  if (ld > kChunkMax) return 0;  // the cluster path never runs such chunks
-  switch (a.hd) {
-    case 8: return max_active_clusters<G, 8>(a, C, ld);
-    case 16: return max_active_clusters<G, 16>(a, C, ld);
-    case 32: return max_active_clusters<G, 32>(a, C, ld);
-    case 64: return max_active_clusters<G, 64>(a, C, ld);
-    case 128: return max_active_clusters<G, 128>(a, C, ld);
-    case 256: return max_active_clusters<G, 256>(a, C, ld);
-    default: LLMQ_CHECK(false, "attention: head_dim " << a.hd << " unsupported");
-  }
-  return 0;
-}
-
-template <int G>
-void launch_split(const AttentionArgs& a, cudaStream_t s) {
-  switch (a.hd) {
-    case 8: return launch_split_kernels<G, 8>(a, s);
-    case 16: return launch_split_kernels<G, 16>(a, s);
-    case 32: return launch_split_kernels<G, 32>(a, s);
-    case 64: return launch_split_kernels<G, 64>(a, s);
-    case 128: return launch_split_kernels<G, 128>(a, s);
-    case 256: return launch_split_kernels<G, 256>(a, s);
-    default: LLMQ_CHECK(false, "attention: head_dim " << a.hd << " unsupported");
+// Calls f(std::integral_constant<int, G>{}, std::integral_constant<int, HD>{}) for the call's
+// GQA group and head dim, which the caller has checked (G in 1, 2, 4, 8; supported_head_dim).
+template <class F>
+decltype(auto) with_split_shape(const AttentionArgs& a, F f) {
+  const auto by_head_dim = [&](auto g) -> decltype(auto) {
+    switch (a.hd) {
+      case 8: return f(g, std::integral_constant<int, 8>{});
+      case 16: return f(g, std::integral_constant<int, 16>{});
+      case 32: return f(g, std::integral_constant<int, 32>{});
+      case 64: return f(g, std::integral_constant<int, 64>{});
+      case 128: return f(g, std::integral_constant<int, 128>{});
+      default: return f(g, std::integral_constant<int, 256>{});
+    }
+  };
+  switch (a.n_q / a.n_kv) {
+    case 1: return by_head_dim(std::integral_constant<int, 1>{});
+    case 2: return by_head_dim(std::integral_constant<int, 2>{});
+    case 4: return by_head_dim(std::integral_constant<int, 4>{});
+    default: return by_head_dim(std::integral_constant<int, 8>{});
   }
 }
 
+// The checks attention() makes on the head layout.
+void check_heads(const AttentionArgs& a) {
+  LLMQ_CHECK(supported_head_dim(a.hd), "attention: head_dim " << a.hd << " unsupported");
+  LLMQ_CHECK(a.n_q % a.n_kv == 0, "attention: " << a.n_q << " heads over " << a.n_kv << " kv heads");
+  const int G = a.n_q / a.n_kv;
+  LLMQ_CHECK(G == 1 || G == 2 || G == 4 || G == 8, "attention: GQA group " << G << " unsupported (1, 2, 4, 8)");
+}
 
 }  // namespace
 
@@ -884,13 +891,10 @@ int attention_max_capacity(int n_q, int n_kv, int hd) {
 }
 
 int attention_max_active_clusters(const AttentionArgs& a, int cluster) {
+  check_heads(a);
   if (!clusters_supported()) return 0;
-  switch (a.n_q / a.n_kv) {
-    case 1: return max_active_clusters_g<1>(a, cluster);
-    case 2: return max_active_clusters_g<2>(a, cluster);
-    case 4: return max_active_clusters_g<4>(a, cluster);
-    default: return max_active_clusters_g<8>(a, cluster);
-  }
+  return with_split_shape(
+      a, [&](auto g, auto hd) { return max_active_clusters<decltype(g)::value, decltype(hd)::value>(a, cluster); });
 }
 
 size_t attention_workspace_floats(int rows, int n_q, int hd, int capacity) {
@@ -901,10 +905,8 @@ size_t attention_workspace_floats(int rows, int n_q, int hd, int capacity) {
 
 void attention(const AttentionArgs& a, cudaStream_t s) {
   if (a.rows == 0) return;
-  LLMQ_CHECK(supported_head_dim(a.hd), "attention: head_dim " << a.hd << " unsupported");
-  LLMQ_CHECK(a.n_q % a.n_kv == 0, "attention: " << a.n_q << " heads over " << a.n_kv << " kv heads");
+  check_heads(a);
   const int G = a.n_q / a.n_kv;
-  LLMQ_CHECK(G == 1 || G == 2 || G == 4 || G == 8, "attention: GQA group " << G << " unsupported (1, 2, 4, 8)");
   LLMQ_CHECK(a.cluster == 0 || a.cluster == 1 || a.cluster == 2 || a.cluster == 4 || a.cluster == 8,
              "attention: cluster " << a.cluster << " is not 1, 2, 4 or 8");
   LLMQ_CHECK(a.split_chunk == 0 || (a.split_chunk % kChunkMin == 0 && a.split_chunk <= kChunkMax),
@@ -923,12 +925,7 @@ void attention(const AttentionArgs& a, cudaStream_t s) {
   // Groups of workspace_rows rows, one after another on the stream (they share the workspace).
   for (int r0 = 0; r0 < a.rows; r0 += a.workspace_rows) {
     const AttentionArgs b = attention_rows(a, r0, std::min(a.workspace_rows, a.rows - r0));
-    switch (G) {
-      case 1: launch_split<1>(b, s); break;
-      case 2: launch_split<2>(b, s); break;
-      case 4: launch_split<4>(b, s); break;
-      default: launch_split<8>(b, s); break;
-    }
+    with_split_shape(b, [&](auto g, auto hd) { launch_split_kernels<decltype(g)::value, decltype(hd)::value>(b, s); });
   }
 }
 

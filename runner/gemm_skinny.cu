@@ -12,6 +12,7 @@
 #include "runner/device_attribute.h"
 #include "runner/mma.cuh"
 #include "runner/pdl.cuh"
+#include "runner/split_arrival.cuh"
 
 namespace llmq::gpu {
 namespace {
@@ -147,13 +148,7 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restr
     return;
   }
   for_each([&](int m, int n, float v) { partials[(static_cast<int64_t>(split) * M + m) * N + n] = v; });
-  __threadfence();  // this block's partials are visible device-wide before it arrives
-  __syncthreads();
-  __shared__ bool last;
-  if (threadIdx.x == 0) last = atomicAdd(counters + column, 1u) == static_cast<uint32_t>(splits - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!last_block_to_arrive(counters + column, static_cast<unsigned>(splits))) return;
   for_each([&](int m, int n, float) {
     float sum = 0.0f;
     for (int q = 0; q < splits; ++q) sum += __ldcg(partials + (static_cast<int64_t>(q) * M + m) * N + n);

@@ -13,6 +13,7 @@
 #include "runner/mma.cuh"
 #include "runner/mma_gemv.cuh"
 #include "runner/pdl.cuh"
+#include "runner/split_arrival.cuh"
 #include "runner/w4a16.h"
 
 namespace llmq::gpu {
@@ -477,18 +478,12 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
   const auto at = [&](int tok, int r) -> float& { return out[((r / 16) * kTokens + tok) * 16 + r % 16]; };
 
   if (splits > 1) {
-    __shared__ bool last;
     float* mine = partials + static_cast<int64_t>(split) * M * N;
     for (int e = threadIdx.x; e < M * kBlockRows; e += blockDim.x) {
       const int tok = e / kBlockRows, r = e % kBlockRows;
       if (r < rows) mine[static_cast<int64_t>(tok) * N + n0 + r] = at(tok, r);
     }
-    __threadfence();  // this block's partials are visible device-wide before it arrives
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(counters + blockIdx.x, 1u) == static_cast<uint32_t>(splits - 1);
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!last_block_to_arrive(counters + blockIdx.x, static_cast<unsigned>(splits))) return;
     for (int e = threadIdx.x; e < M * kBlockRows; e += blockDim.x) {
       const int tok = e / kBlockRows, r = e % kBlockRows;
       if (r >= rows) continue;
