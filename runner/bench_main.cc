@@ -157,9 +157,10 @@ void gemv_bench(double hbm_gbps, gpu::Blas& blas) {
 
 // The skinny BF16 GEMM (runner/gemm_skinny.h) against cuBLASLt on the five Llama-3.1-8B
 // linears for M = 9, 16, 32, 64: microseconds and percent of the measured HBM read bandwidth
-// (weight bytes over the time) at the default K splits, in blocks of 128 and of 64 weight rows,
-// then, for the shapes whose columns of 128 do not fill the GPU, the microseconds at 1, 2, 4
-// and 8 splits (to tune skinny_splits and the block size).
+// (weight bytes over the time) at the default K splits, in blocks of 128 and of 64 weight rows
+// and stages of 64 and 128 k, then, for the shapes whose columns of 128 do not fill the GPU, the
+// microseconds at 1, 2, 4 and 8 splits (blocks of 128, stages of 128 k), to tune skinny_splits
+// and the block and stage sizes.
 void skinny_bench(double hbm_gbps, gpu::Blas& blas) {
   const int max_m = gpu::kSkinnyMaxM, max_n = 128256, max_k = 14336, sweep[] = {1, 2, 4, 8};
   DeviceBuffer x = random_bytes(size_t(max_m) * max_k * 2, 21), y(size_t(max_m) * max_n * 2);
@@ -169,8 +170,9 @@ void skinny_bench(double hbm_gbps, gpu::Blas& blas) {
                            16384 + sizeof(float) * 8 * max_m * size_t(sms) * gpu::kSkinnyBlockN));
   LLMQ_CUDA_CHECK(cudaMemset(ws.as(), 0, ws.bytes()));  // the kernel keeps its counters at zero
   std::printf("\nskinny BF16 GEMM (us, %% of HBM %.0f GB/s)\n", hbm_gbps);
-  std::printf("%-22s %2s %18s %18s %18s %7s %9s %9s %9s %9s\n", "linear [N x K]", "M", "cublasLt_bf16",
-              "skinny_bf16", "skinny_bf16/64", "splits", "1 split", "2", "4", "8");
+  std::printf("%-22s %2s %18s %18s %18s %18s %18s %7s %9s %9s %9s %9s\n", "linear [N x K]", "M", "cublasLt_bf16",
+              "skinny 128x64k", "skinny 64x64k", "skinny 128x128k", "skinny 64x128k", "splits/k", "1 split", "2", "4",
+              "8");
   for (const DecodeShape& s : kDecodeShapes) {
     const std::vector<DeviceBuffer> w16 = weight_copies(size_t(s.N) * s.K * 2, 22);
     const bool splits_k = (s.N + gpu::kSkinnyBlockN - 1) / gpu::kSkinnyBlockN < sms;
@@ -178,22 +180,25 @@ void skinny_bench(double hbm_gbps, gpu::Blas& blas) {
       size_t i = 0;
       const auto* xs = x.as<const uint16_t>();
       auto* ys = y.as<uint16_t>();
-      const auto skinny_us = [&](int splits, int block_n = 0) {
+      const auto skinny_us = [&](int splits, int block_n, int chunk_k) {
         return time_us([&] {
           gpu::gemm_bf16_skinny(xs, w16[i++ % w16.size()].as<const uint16_t>(), ys, M, s.N, s.K, ws.as(), ws.bytes(),
-                                nullptr, splits, block_n);
+                                nullptr, splits, block_n, chunk_k);
         });
       };
-      const double t[3] = {
+      const double t[5] = {
           time_us([&] { blas.gemm_bf16(xs, w16[i++ % w16.size()].as<const uint16_t>(), ys, M, s.N, s.K, nullptr); }),
-          skinny_us(0),
-          skinny_us(0, 64),
+          skinny_us(0, 128, 64),
+          skinny_us(0, 64, 64),
+          skinny_us(0, 128, 128),
+          skinny_us(0, 64, 128),
       };
       std::printf("%-22s %2d", s.name, M);
       for (double us : t) std::printf(" %9.1f us %4.0f%%", us, 100.0 * s.N * s.K * 2 / (us * 1e-6) / 1e9 / hbm_gbps);
-      std::printf(" %7d", gpu::skinny_splits(M, s.N, s.K, sms, ws.bytes()));
+      std::printf(" %3d/%3d", gpu::skinny_splits(M, s.N, s.K, sms, ws.bytes()),
+                  gpu::skinny_chunk_k(M, s.N, s.K, sms, ws.bytes()));
       if (splits_k)
-        for (int splits : sweep) std::printf(" %6.1f us", skinny_us(splits));
+        for (int splits : sweep) std::printf(" %6.1f us", skinny_us(splits, 128, 128));
       std::printf("\n");
     }
   }

@@ -16,21 +16,38 @@
 namespace llmq::gpu {
 
 constexpr int kSkinnyMaxM = 64;
+// Token rows at which the engine runs a BF16 linear as gemm_bf16_skinny rather than cuBLASLt,
+// where its stages are 128 k deep (skinny_chunk_k). At 9..16 rows (H200, 8B shapes, us,
+// skinny against cuBLASLt) o 12.0 / 13.4, gate_up 56.4 / 56.8, down 30.9 / 32.6, lm_head
+// 239.6 / 243.4; q/k/v (stages of 64) only ties, 16.7 / 16.9; from 32 rows on cuBLASLt is as
+// fast or faster. 5..8 rows (past kBf16GemvMaxM) were not measured in the engine.
+constexpr int kBf16SkinnyMinM = 9;
+constexpr int kBf16SkinnyMaxM = 16;
 constexpr int kSkinnyBlockN = 128;  // weight rows per block (by default; 64 may be asked for)
-constexpr int kSkinnyChunkK = 64;   // k per pipeline stage
+constexpr int kSkinnyChunkK = 64;   // K granularity (k per pipeline stage: 64 or 128)
 
 // Whether gemm_bf16_skinny takes the shape: 1 <= M <= 64, K a multiple of 64, N >= 1.
 bool skinny_bf16_supported(int M, int N, int K);
-// K splits per block column for N x K on `sms` SMs with `workspace_bytes` of workspace: one
-// where ceil(N / 128) columns already give a block per SM, else as many as fill two blocks per
-// SM in one wave, at most 8 and at least 4 stages of K each, within the workspace.
-int skinny_splits(int M, int N, int K, int sms, size_t workspace_bytes, int block_n = kSkinnyBlockN);
+// K splits per block column for N x K on `sms` SMs with `workspace_bytes` of workspace: the
+// count (at most 8) that best evens the blocks over the SMs, less what the f32 partial sums
+// cost (so fewer at more rows), with at least 4 stages of chunk_k each, at most 4 blocks per SM,
+// within the workspace.
+// chunk_k 0: skinny_chunk_k's choice.
+int skinny_splits(int M, int N, int K, int sms, size_t workspace_bytes, int block_n = kSkinnyBlockN,
+                  int chunk_k = 0);
+// k per pipeline stage by default: 128 (each weight row read in 256-byte pieces: gate_up at
+// M <= 16 reads HBM at 93-96% so, 65-76% in pieces of 128) where K allows and each of the
+// `splits` (0: the default at 128) still runs at least 8 stages, twice the cp.async ring;
+// else 64 (q/k/v at 8B: 8 splits of 4096 leave 4 stages of 128).
+int skinny_chunk_k(int M, int N, int K, int sms, size_t workspace_bytes, int block_n = kSkinnyBlockN,
+                   int splits = 0);
 // Workspace (arrival counters, then f32 partials) for every call of up to max_m rows on this
 // device; zero it once, the kernel leaves its counters at zero.
 size_t skinny_workspace_bytes(int max_m);
 // splits 0: skinny_splits; otherwise forced (tests), within what the workspace holds.
-// block_n: weight rows per block, 64 or 128 (0: kSkinnyBlockN).
+// block_n: weight rows per block, 64 or 128 (0: kSkinnyBlockN). chunk_k: k per stage, 64 or
+// 128 dividing K (0: skinny_chunk_k for the given or default splits).
 void gemm_bf16_skinny(const uint16_t* x, const uint16_t* w, uint16_t* y, int M, int N, int K, void* workspace,
-                      size_t workspace_bytes, cudaStream_t s, int splits = 0, int block_n = 0);
+                      size_t workspace_bytes, cudaStream_t s, int splits = 0, int block_n = 0, int chunk_k = 0);
 
 }  // namespace llmq::gpu

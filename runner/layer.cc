@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "runner/cuda_check.h"
+#include "runner/gemm_skinny.h"
 #include "runner/kernels_ref.h"
 
 namespace llmq {
@@ -158,7 +159,8 @@ size_t LayerBuffers::activation_bytes(const LlamaConfig& c, int max_rows, int ca
   const int ws_rows = std::min(max_rows, 64);
   const size_t ws = gpu::attention_workspace_floats(ws_rows, static_cast<int>(c.num_attention_heads),
                                                     static_cast<int>(c.head_dim), capacity) * sizeof(float);
-  return size_t(max_rows) * 2 * (c.hidden_size + c.q_dim() + 2 * c.kv_dim() + c.q_dim() + 3 * c.intermediate_size) + ws;
+  return size_t(max_rows) * 2 * (c.hidden_size + c.q_dim() + 2 * c.kv_dim() + c.q_dim() + 3 * c.intermediate_size) + ws +
+         gpu::skinny_workspace_bytes(std::min(max_rows, gpu::kSkinnyMaxM));
 }
 
 size_t LayerBuffers::scratch_bytes(const LlamaConfig& c, int max_rows) {
@@ -179,6 +181,8 @@ LayerBuffers LayerBuffers::create(const LlamaConfig& c, int max_rows, int capaci
   b.attn_ws = DeviceBuffer(gpu::attention_workspace_floats(b.attn_ws_rows, static_cast<int>(c.num_attention_heads),
                                                            static_cast<int>(c.head_dim), capacity) *
                            sizeof(float));
+  b.scratch.skinny = DeviceBuffer(gpu::skinny_workspace_bytes(std::min(max_rows, gpu::kSkinnyMaxM)));
+  LLMQ_CUDA_CHECK(cudaMemset(b.scratch.skinny.as(), 0, b.scratch.skinny.bytes()));  // the kernel keeps it so
   if (quantized) {
     const int64_t max_n = max_linear_n(c), max_k = max_linear_k(c);
     b.scratch.codes = DeviceBuffer(rows * round_up(max_k, 16));
@@ -195,7 +199,7 @@ LayerBuffers LayerBuffers::create(const LlamaConfig& c, int max_rows, int capaci
 size_t LayerBuffers::bytes() const {
   return h.bytes() + qkv.bytes() + attn.bytes() + gate_up.bytes() + act.bytes() + attn_ws.bytes() +
          scratch.codes.bytes() + scratch.scales.bytes() + scratch.acc.bytes() + scratch.x_perm.bytes() +
-         scratch.w_bf16.bytes() + scratch.split.bytes();
+         scratch.w_bf16.bytes() + scratch.split.bytes() + scratch.skinny.bytes();
 }
 
 void attend(const LayerEnv& env, LayerBuffers& b, const LayerRows& rows, bf16* k_cache, bf16* v_cache) {

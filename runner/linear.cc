@@ -7,6 +7,8 @@
 #include "formats/quant_formats.h"
 #include "quantizers/fp8.h"
 #include "quantizers/rtn.h"
+#include "runner/device_attribute.h"
+#include "runner/gemm_skinny.h"
 
 namespace llmq {
 
@@ -58,6 +60,16 @@ bool GpuLinear::uses_gemv(int M) const {
   return false;
 }
 
+static_assert(gpu::kBf16SkinnyMinM > gpu::kBf16GemvMaxM, "the skinny GEMM takes over where the GEMV stops");
+
+bool GpuLinear::uses_skinny(int M) const {
+  if (kind != LinearKind::kBf16 || M < gpu::kBf16SkinnyMinM || M > gpu::kBf16SkinnyMaxM ||
+      !gpu::skinny_bf16_supported(M, N, K))
+    return false;
+  static const int sms = gpu::device_attribute(cudaDevAttrMultiProcessorCount);
+  return gpu::skinny_chunk_k(M, N, K, sms, gpu::skinny_workspace_bytes(M)) == 128;
+}
+
 gpu::ActQuant GpuLinear::input_quant() const {
   if (K_pad != K) return gpu::ActQuant::kNone;
   if (kind == LinearKind::kFp8) return gpu::ActQuant::kFp8;
@@ -79,6 +91,7 @@ void GpuLinear::forward(LinearIn in, bf16* y, int M, const gpu::GemvEpilogue& ep
       e.norm_eps = in.norm_eps;
       return gpu::gemv_bf16(in.x, w, y, M, N, K, e, st);
     }
+    if (uses_skinny(M)) return gpu::gemm_bf16_skinny(in.x, w, y, M, N, K, s.skinny.as(), s.skinny.bytes(), st);
     return blas.gemm_bf16(in.x, w, y, M, N, K, st);
   }
   if (kind == LinearKind::kW4A16)

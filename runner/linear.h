@@ -46,6 +46,7 @@ struct LinearScratch {
   DeviceBuffer x_perm;  // [rows, max K] bf16 (act-order W4A16)
   DeviceBuffer w_bf16;  // [max N * max K] bf16 (W4A16 at M > kW4A16GemvMaxM)
   DeviceBuffer split;   // W4A16 GEMV split-K workspace (w4a16_split_bytes), zeroed once
+  DeviceBuffer skinny;  // BF16 skinny GEMM workspace (gpu::skinny_workspace_bytes), zeroed once
 };
 
 enum class LinearKind { kBf16, kFp8, kInt8, kW4A16 };
@@ -78,6 +79,9 @@ struct GpuLinear {
   // Whether forward takes a LinearIn with norm_weight at M rows: the BF16 GEMV applies the
   // RMSNorm before it on the way in, so decode runs no norm kernel (gemv.h).
   bool fuses_norm(int M) const { return kind == LinearKind::kBf16 && uses_gemv(M); }
+  // BF16 linears at kBf16SkinnyMinM..kBf16SkinnyMaxM rows whose skinny GEMM runs 128-k stages
+  // go to gemm_bf16_skinny rather than cuBLASLt (gemm_skinny.h).
+  bool uses_skinny(int M) const;
   // The per-token quantization the RMSNorm before this linear may produce for it (W8A8 inputs
   // that need no zero padding).
   gpu::ActQuant input_quant() const;

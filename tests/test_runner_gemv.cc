@@ -353,10 +353,10 @@ TEST(RunnerGemv, Bf16MatchesReference) {
 // (9, 16 | 17, 32 | 33, 64) and below them (1), N with a partial last column of 128 rows (200,
 // 17 * 128 + 5), K = 64 (one stage) to 4096 + 64; K split 1, 3 and 8 ways and by the default
 // rule (each deterministic: the splits are added in a fixed order), in blocks of 128 and of 64
-// weight rows.
+// weight rows, in stages of 64 and (where K allows) 128 k.
 TEST(RunnerGemv, SkinnyBf16MatchesReference) {
   LLMQ_REQUIRE_GPU();
-  const size_t forced = 16384 + sizeof(float) * 8 * gpu::kSkinnyMaxM * (17 * 128 + 5);  // 8 splits of the largest N
+  const size_t forced = 16384 + sizeof(float) * 8 * gpu::kSkinnyMaxM * 18 * 128;  // 8 splits of the largest N's 18 columns
   DeviceBuffer ws(std::max(gpu::skinny_workspace_bytes(gpu::kSkinnyMaxM), forced));
   LLMQ_CUDA_CHECK(cudaMemset(ws.as(), 0, ws.bytes()));
   for (int M : {1, 9, 16, 17, 32, 33, 64})
@@ -368,36 +368,49 @@ TEST(RunnerGemv, SkinnyBf16MatchesReference) {
       c.ref(nullptr, false, want.data());
       const std::vector<double> tol = c.tolerance();
       DeviceBuffer dy(want.size() * 2);
-      for (int block_n : {128, 64})
-        for (int splits : {0, 1, 3, 8}) {
-          SCOPED_TRACE(::testing::Message() << "block_n " << block_n << " splits " << splits);
-          LLMQ_CUDA_CHECK(cudaMemset(dy.as(), 0xFF, dy.bytes()));
-          gpu::gemm_bf16_skinny(c.dx.as<uint16_t>(), c.dw.as<uint16_t>(), dy.as<uint16_t>(), M, N, K, ws.as(),
-                                ws.bytes(), nullptr, splits, block_n);
-          const std::vector<uint16_t> got = dy.to_host<uint16_t>();
-          expect_bf16_near(got, want, 1.0, tol, "skinny");
-          gpu::gemm_bf16_skinny(c.dx.as<uint16_t>(), c.dw.as<uint16_t>(), dy.as<uint16_t>(), M, N, K, ws.as(),
-                                ws.bytes(), nullptr, splits, block_n);
-          EXPECT_EQ(dy.to_host<uint16_t>(), got) << "not deterministic";
-        }
+      for (int chunk_k : {64, 128})
+        for (int block_n : {128, 64})
+          for (int splits : {0, 1, 3, 8}) {
+            if (K % chunk_k != 0) continue;
+            SCOPED_TRACE(::testing::Message() << "chunk_k " << chunk_k << " block_n " << block_n << " splits " << splits);
+            LLMQ_CUDA_CHECK(cudaMemset(dy.as(), 0xFF, dy.bytes()));
+            gpu::gemm_bf16_skinny(c.dx.as<uint16_t>(), c.dw.as<uint16_t>(), dy.as<uint16_t>(), M, N, K, ws.as(),
+                                  ws.bytes(), nullptr, splits, block_n, chunk_k);
+            const std::vector<uint16_t> got = dy.to_host<uint16_t>();
+            expect_bf16_near(got, want, 1.0, tol, "skinny");
+            gpu::gemm_bf16_skinny(c.dx.as<uint16_t>(), c.dw.as<uint16_t>(), dy.as<uint16_t>(), M, N, K, ws.as(),
+                                  ws.bytes(), nullptr, splits, block_n, chunk_k);
+            EXPECT_EQ(dy.to_host<uint16_t>(), got) << "not deterministic";
+          }
     }
 }
 
-// The skinny GEMM's shapes and default K splits: none once the columns of 128 rows fill the
-// SMs, below that as many as fill two blocks per SM in one wave, at least 4 stages of 64 k
-// each, within the workspace.
+// The skinny GEMM's shapes and default K splits: the count that best evens the blocks over
+// the SMs, less what more partial sums cost (fewer splits at more rows), with at least 4
+// stages each, at most 4 blocks per SM, within the workspace; and the stage depth.
 TEST(RunnerGemv, SkinnySplitsFillTheGpu) {
   EXPECT_TRUE(gpu::skinny_bf16_supported(64, 1, 64));
   EXPECT_FALSE(gpu::skinny_bf16_supported(65, 128, 64));
   EXPECT_FALSE(gpu::skinny_bf16_supported(16, 128, 96));
-  EXPECT_EQ(gpu::skinny_splits(64, 28672, 4096, 132, size_t(1) << 30), 1);   // gate_up: 224 columns
-  EXPECT_EQ(gpu::skinny_splits(64, 6144, 4096, 132, size_t(1) << 30), 5);    // q/k/v: 48 columns, 240 blocks
-  EXPECT_EQ(gpu::skinny_splits(64, 4096, 14336, 132, size_t(1) << 30), 8);   // down: 32 columns
-  EXPECT_EQ(gpu::skinny_splits(64, 4096, 1024, 132, size_t(1) << 30), 4);    // 16 stages: 4 each
-  EXPECT_EQ(gpu::skinny_splits(64, 4096, 4096, 132, 0), 1);                  // no workspace
+  const size_t ample = size_t(1) << 30;
+  EXPECT_EQ(gpu::skinny_splits(64, 28672, 4096, 132, ample), 1);  // gate_up: 224 columns
+  EXPECT_EQ(gpu::skinny_splits(16, 6144, 4096, 132, ample), 8);   // q/k/v: 48 columns, 384 blocks: 3 per SM
+  EXPECT_EQ(gpu::skinny_splits(64, 6144, 4096, 132, ample), 5);   // at 64 rows 240 blocks, fewer partials
+  EXPECT_EQ(gpu::skinny_splits(64, 4096, 14336, 132, ample), 4);  // down: 32 columns, 128 blocks
+  EXPECT_EQ(gpu::skinny_splits(64, 4096, 512, 132, ample), 2);           // 8 stages of 64: 4 each
+  EXPECT_EQ(gpu::skinny_splits(64, 4096, 512, 132, ample, 128, 128), 1);  // 4 stages of 128
+  EXPECT_EQ(gpu::skinny_splits(64, 4096, 4096, 132, 0), 1);  // no workspace
   EXPECT_EQ(gpu::skinny_splits(64, 4096, 4096, 132, 16384 + 3 * 64 * 4096 * 4), 3);  // room for 3
-  EXPECT_EQ(gpu::skinny_splits(64, 6144, 4096, 132, size_t(1) << 30, 64), 2);  // 96 columns of 64 rows
-  EXPECT_EQ(gpu::skinny_splits(64, 28672, 4096, 132, size_t(1) << 30, 64), 1);
+  EXPECT_EQ(gpu::skinny_splits(64, 6144, 4096, 132, ample, 64), 4);  // 96 columns of 64 rows
+  EXPECT_EQ(gpu::skinny_splits(64, 28672, 4096, 132, ample, 64), 1);
+  // Stages of 128 k where every split keeps 8 of them: not q/k/v's 8 splits of 4096.
+  EXPECT_EQ(gpu::skinny_chunk_k(16, 6144, 4096, 132, ample), 64);
+  EXPECT_EQ(gpu::skinny_splits(16, 6144, 4096, 132, ample), 8);
+  EXPECT_EQ(gpu::skinny_chunk_k(16, 4096, 4096, 132, ample), 128);  // o: 4 splits of 8 stages
+  EXPECT_EQ(gpu::skinny_chunk_k(16, 4096, 14336, 132, ample), 128);
+  EXPECT_EQ(gpu::skinny_chunk_k(16, 28672, 4096, 132, ample), 128);
+  EXPECT_EQ(gpu::skinny_chunk_k(16, 4096, 4096 + 64, 132, ample), 64);  // K not a multiple of 128
+  EXPECT_EQ(gpu::skinny_chunk_k(16, 4096, 4096, 132, ample, 128, 8), 64);  // forced 8 splits
 }
 
 // The BF16 GEMV with the RMSNorm fused in (GemvEpilogue::norm_weight) against
