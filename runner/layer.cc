@@ -160,7 +160,7 @@ size_t LayerBuffers::activation_bytes(const LlamaConfig& c, int max_rows, int ca
   const size_t ws = gpu::attention_workspace_floats(ws_rows, static_cast<int>(c.num_attention_heads),
                                                     static_cast<int>(c.head_dim), capacity) * sizeof(float);
   return size_t(max_rows) * 2 * (c.hidden_size + c.q_dim() + 2 * c.kv_dim() + c.q_dim() + 3 * c.intermediate_size) + ws +
-         gpu::skinny_workspace_bytes(std::min(max_rows, gpu::kSkinnyMaxM));
+         gpu::skinny_workspace_bytes(std::min(max_rows, gpu::kBf16SkinnyMaxM));
 }
 
 size_t LayerBuffers::scratch_bytes(const LlamaConfig& c, int max_rows) {
@@ -181,7 +181,7 @@ LayerBuffers LayerBuffers::create(const LlamaConfig& c, int max_rows, int capaci
   b.attn_ws = DeviceBuffer(gpu::attention_workspace_floats(b.attn_ws_rows, static_cast<int>(c.num_attention_heads),
                                                            static_cast<int>(c.head_dim), capacity) *
                            sizeof(float));
-  b.scratch.skinny = DeviceBuffer(gpu::skinny_workspace_bytes(std::min(max_rows, gpu::kSkinnyMaxM)));
+  b.scratch.skinny = DeviceBuffer(gpu::skinny_workspace_bytes(std::min(max_rows, gpu::kBf16SkinnyMaxM)));
   LLMQ_CUDA_CHECK(cudaMemset(b.scratch.skinny.as(), 0, b.scratch.skinny.bytes()));  // the kernel keeps it so
   if (quantized) {
     const int64_t max_n = max_linear_n(c), max_k = max_linear_k(c);
