@@ -167,7 +167,7 @@ void skinny_bench(double hbm_gbps, gpu::Blas& blas) {
   // Room for 8 splits of every shape that splits at all (N < 128 SMs' columns).
   const int sms = gpu::device_attribute(cudaDevAttrMultiProcessorCount);
   DeviceBuffer ws(std::max(gpu::skinny_workspace_bytes(max_m),
-                           16384 + sizeof(float) * 8 * max_m * size_t(sms) * gpu::kSkinnyBlockN));
+                           gpu::skinny_split_workspace_bytes(max_m, sms * gpu::kSkinnyBlockN, 8)));
   LLMQ_CUDA_CHECK(cudaMemset(ws.as(), 0, ws.bytes()));  // the kernel keeps its counters at zero
   std::printf("\nskinny BF16 GEMM (us, %% of HBM %.0f GB/s)\n", hbm_gbps);
   std::printf("%-22s %2s %18s %18s %18s %18s %18s %7s %9s %9s %9s %9s\n", "linear [N x K]", "M", "cublasLt_bf16",

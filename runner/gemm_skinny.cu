@@ -1,8 +1,8 @@
 // The skinny BF16 GEMM (gemm_skinny.h). Block: 4 warps over BN = 128 (or 64) weight rows (32
 // each: two m16 tiles; or one) and all M tokens (MT n8 tiles, M padded to 16, 32 or 64 with
-// zero rows). Each stage of 64 k, the weights (BN / 8 KB) and x (MT KB) arrive by cp.async in
-// rows of 128 bytes whose 16-byte chunks are XOR-swizzled by row (chunk c of row r at
-// c ^ (r % 8)), so each ldmatrix's eight row addresses hit eight different bank groups.
+// zero rows). Each stage of CK = 64 or 128 k, the weights and x arrive by cp.async in rows of
+// 2 CK bytes whose 16-byte chunks are XOR-swizzled by row (chunk c of row r at c ^ (r % 8)),
+// so each ldmatrix's eight row addresses hit eight different bank groups.
 #include "runner/gemm_skinny.h"
 
 #include <algorithm>
@@ -259,6 +259,11 @@ size_t skinny_workspace_bytes(int max_m) {
                              sms * kSkinnyBlockN;
 }
 
+size_t skinny_split_workspace_bytes(int M, int N, int splits, int block_n) {
+  const size_t columns = static_cast<size_t>((N + block_n - 1) / block_n);
+  return kCounterBytes + sizeof(float) * static_cast<size_t>(splits) * M * columns * block_n;
+}
+
 int skinny_chunk_k(int M, int N, int K, int sms, size_t workspace_bytes, int block_n, int splits) {
   if (K % 128 != 0) return 64;
   if (splits <= 0) splits = skinny_splits(M, N, K, sms, workspace_bytes, block_n, 128);
@@ -276,10 +281,10 @@ void gemm_bf16_skinny(const uint16_t* x, const uint16_t* w, uint16_t* y, int M, 
   LLMQ_CHECK((chunk_k == 64 || chunk_k == 128) && K % chunk_k == 0,
              "gemm_bf16_skinny: chunk_k " << chunk_k << " is not 64 or 128 dividing K " << K);
   if (splits <= 0) splits = skinny_splits(M, N, K, sms, workspace_bytes, block_n, chunk_k);
-  const int columns = (N + block_n - 1) / block_n;
+  const int columns = (N + block_n - 1) / block_n;  // one arrival counter each
   if (splits > 1)
     LLMQ_CHECK(columns <= static_cast<int>(kCounterBytes / 4) &&
-                   workspace_bytes >= kCounterBytes + sizeof(float) * splits * static_cast<size_t>(M) * columns * block_n,
+                   workspace_bytes >= skinny_split_workspace_bytes(M, N, splits, block_n),
                "gemm_bf16_skinny: " << splits << " splits need more workspace than " << workspace_bytes << " bytes");
   auto* counters = static_cast<uint32_t*>(workspace);
   auto* partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + kCounterBytes);

@@ -44,6 +44,8 @@ int skinny_chunk_k(int M, int N, int K, int sms, size_t workspace_bytes, int blo
 // Workspace (arrival counters, then f32 partials) for every call of up to max_m rows on this
 // device; zero it once, the kernel leaves its counters at zero.
 size_t skinny_workspace_bytes(int max_m);
+// Workspace one call of M x N at `splits` K splits needs (forced splits: tests, benchmarks).
+size_t skinny_split_workspace_bytes(int M, int N, int splits, int block_n = kSkinnyBlockN);
 // splits 0: skinny_splits; otherwise forced (tests), within what the workspace holds.
 // block_n: weight rows per block, 64 or 128 (0: kSkinnyBlockN). chunk_k: k per stage, 64 or
 // 128 dividing K (0: skinny_chunk_k for the given or default splits).

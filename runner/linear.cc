@@ -91,7 +91,8 @@ void GpuLinear::forward(LinearIn in, bf16* y, int M, const gpu::GemvEpilogue& ep
       e.norm_eps = in.norm_eps;
       return gpu::gemv_bf16(in.x, w, y, M, N, K, e, st);
     }
-    if (uses_skinny(M)) return gpu::gemm_bf16_skinny(in.x, w, y, M, N, K, s.skinny.as(), s.skinny.bytes(), st);
+    if (uses_skinny(M))  // stages of 128 k, as uses_skinny found
+      return gpu::gemm_bf16_skinny(in.x, w, y, M, N, K, s.skinny.as(), s.skinny.bytes(), st, 0, 0, 128);
     return blas.gemm_bf16(in.x, w, y, M, N, K, st);
   }
   if (kind == LinearKind::kW4A16)

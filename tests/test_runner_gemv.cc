@@ -356,7 +356,7 @@ TEST(RunnerGemv, Bf16MatchesReference) {
 // weight rows, in stages of 64 and (where K allows) 128 k.
 TEST(RunnerGemv, SkinnyBf16MatchesReference) {
   LLMQ_REQUIRE_GPU();
-  const size_t forced = 16384 + sizeof(float) * 8 * gpu::kSkinnyMaxM * 18 * 128;  // 8 splits of the largest N's 18 columns
+  const size_t forced = gpu::skinny_split_workspace_bytes(gpu::kSkinnyMaxM, 17 * 128 + 5, 8);  // the largest N
   DeviceBuffer ws(std::max(gpu::skinny_workspace_bytes(gpu::kSkinnyMaxM), forced));
   LLMQ_CUDA_CHECK(cudaMemset(ws.as(), 0, ws.bytes()));
   for (int M : {1, 9, 16, 17, 32, 33, 64})
@@ -400,7 +400,7 @@ TEST(RunnerGemv, SkinnySplitsFillTheGpu) {
   EXPECT_EQ(gpu::skinny_splits(64, 4096, 512, 132, ample), 2);           // 8 stages of 64: 4 each
   EXPECT_EQ(gpu::skinny_splits(64, 4096, 512, 132, ample, 128, 128), 1);  // 4 stages of 128
   EXPECT_EQ(gpu::skinny_splits(64, 4096, 4096, 132, 0), 1);  // no workspace
-  EXPECT_EQ(gpu::skinny_splits(64, 4096, 4096, 132, 16384 + 3 * 64 * 4096 * 4), 3);  // room for 3
+  EXPECT_EQ(gpu::skinny_splits(64, 4096, 4096, 132, gpu::skinny_split_workspace_bytes(64, 4096, 3)), 3);  // room for 3
   EXPECT_EQ(gpu::skinny_splits(64, 6144, 4096, 132, ample, 64), 4);  // 96 columns of 64 rows
   EXPECT_EQ(gpu::skinny_splits(64, 28672, 4096, 132, ample, 64), 1);
   // Stages of 128 k where every split keeps 8 of them: not q/k/v's 8 splits of 4096.
