@@ -112,7 +112,10 @@ Expected<BenchResult> run_bench(const BenchOptions& o) {
     peak = std::max(peak, used_bytes());
 
     BenchRow row;
-    if (o.profile) {  // the first profiled step also creates its events: keep the second
+    if (o.profile) {
+      // First: the profiles' prefill rewrites the rows (positions, slots) the graph reads.
+      LLMQ_ASSIGN_OR_RETURN(row.replay_ms_per_step, engine->replay_decode_steps(B, o.output_len - 1));
+      // The first profiled step also creates its events: keep the second.
       for (int i = 0; i < 2; ++i) {
         LLMQ_ASSIGN_OR_RETURN(row.step_profile, engine->profile_decode_step(next));
       }

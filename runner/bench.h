@@ -41,6 +41,10 @@ struct BenchRow {
   // With BenchOptions::profile: ms per op kind of one prefill of the batch's prompts (eager, as
   // every prefill), summed over layers and row chunks, in forward order.
   std::vector<std::pair<std::string, double>> prefill_profile;
+  // With BenchOptions::profile: ms per decode step replayed back to back from the step's CUDA
+  // graph (Engine::replay_decode_steps), against decode_ms_per_step's loop with the host round
+  // trip between steps.
+  double replay_ms_per_step = 0;
 };
 
 struct BenchResult {

@@ -7,6 +7,9 @@
 //                     [--profile 1]            and time one eager decode step and one prefill per op kind
 //   llmq_runner_bench --kernels                   linear kernels on Llama-3.1-8B shapes, then the
 //                                                 decode GEMVs (runner/gemv.h) against cuBLASLt
+//   llmq_runner_bench --algos [normal]            cuBLASLt's candidate algorithms for the BF16
+//                                                 prefill GEMMs at Llama-3.1-8B shapes, each timed
+//                                                 (normal: on Gaussian operands)
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -156,7 +159,7 @@ void gemv_bench(double hbm_gbps, gpu::Blas& blas) {
 }
 
 // The skinny BF16 GEMM (runner/gemm_skinny.h) against cuBLASLt on the five Llama-3.1-8B
-// linears for M = 9, 16, 32, 64: microseconds and percent of the measured HBM read bandwidth
+// linears for M = 5, 8, 9, 16, 32, 64: microseconds and percent of the measured HBM read bandwidth
 // (weight bytes over the time) at the default K splits, in blocks of 128 and of 64 weight rows
 // and stages of 64 and 128 k, then, for the shapes whose columns of 128 do not fill the GPU, the
 // microseconds at 1, 2, 4 and 8 splits (blocks of 128, stages of 128 k), to tune skinny_splits
@@ -176,7 +179,7 @@ void skinny_bench(double hbm_gbps, gpu::Blas& blas) {
   for (const DecodeShape& s : kDecodeShapes) {
     const std::vector<DeviceBuffer> w16 = weight_copies(size_t(s.N) * s.K * 2, 22);
     const bool splits_k = (s.N + gpu::kSkinnyBlockN - 1) / gpu::kSkinnyBlockN < sms;
-    for (int M : {9, 16, 32, 64}) {
+    for (int M : {5, 8, 9, 16, 32, 64}) {
       size_t i = 0;
       const auto* xs = x.as<const uint16_t>();
       auto* ys = y.as<uint16_t>();
@@ -286,6 +289,45 @@ int kernels_bench() {
   return 0;
 }
 
+// n bf16 values drawn from N(0, sigma²), as real activations and weights (and llmq synth's).
+DeviceBuffer random_normal_bf16(size_t n, uint32_t seed, float sigma) {
+  std::vector<uint16_t> v(n);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, sigma);
+  for (auto& x : v) x = f32_to_bf16(dist(rng));
+  return DeviceBuffer::from_host(v);
+}
+
+// cuBLASLt's heuristic candidates (up to 16) for the BF16 prefill GEMMs of the four
+// Llama-3.1-8B linears at the engine's prefill chunk sizes: ms per call, TFLOP/s and whether
+// the output is bit-identical to the heuristic's first choice (the one the engine runs).
+// Operands: random bits of small magnitude (few toggling bits), or with `normal` Gaussian
+// values (the tensor cores then draw more power, and the clock may drop).
+int algos_bench(bool normal) {
+  struct Shape { const char* name; int N, K; };
+  const Shape shapes[] = {{"qkv 6144x4096", 6144, 4096}, {"o 4096x4096", 4096, 4096},
+                          {"gate_up 28672x4096", 28672, 4096}, {"down 4096x14336", 4096, 14336}};
+  const int max_m = 8192;
+  const size_t x_n = size_t(max_m) * 14336, w_n = size_t(28672) * 4096;
+  DeviceBuffer x = normal ? random_normal_bf16(x_n, 31, 1.0f) : random_bytes(x_n * 2, 31);
+  DeviceBuffer w = normal ? random_normal_bf16(w_n, 32, 0.02f) : random_bytes(w_n * 2, 32);
+  std::printf("operands: %s\n", normal ? "N(0, 1) activations, N(0, 0.02^2) weights" : "random bits & 0x3C3C");
+  DeviceBuffer y(size_t(max_m) * 28672 * 2);
+  gpu::Blas blas;
+  std::printf("%-22s %5s %4s %5s %6s %7s %8s %10s %9s %5s\n", "linear [N x K]", "M", "algo", "tile", "stages",
+              "split-k", "cluster", "ms", "TFLOP/s", "bits");
+  for (const Shape& s : shapes)
+    for (int M : {2048, 4096, 8192}) {
+      const auto t = blas.time_bf16_algos(x.as<const uint16_t>(), w.as<const uint16_t>(), y.as<uint16_t>(), M, s.N, s.K,
+                                          16, 20);
+      for (size_t a = 0; a < t.size(); ++a)
+        std::printf("%-22s %5d %4zu %5d %6d %7d %8d %10.3f %9.1f %5s\n", s.name, M, a, t[a].tile, t[a].stages,
+                    t[a].splitk, t[a].cluster, t[a].ms, 2.0 * M * s.N * s.K / (t[a].ms * 1e-3) / 1e12,
+                    t[a].same_bits ? "same" : "diff");
+    }
+  return 0;
+}
+
 std::vector<int> parse_list(const char* s) {
   std::vector<int> out;
   for (const char* p = s; *p;) {
@@ -307,6 +349,8 @@ int main_impl(int argc, char** argv) {
     return 0;
   }
   if (argc >= 2 && std::strcmp(argv[1], "--kernels") == 0) return kernels_bench();
+  if (argc >= 2 && std::strcmp(argv[1], "--algos") == 0)
+    return algos_bench(argc >= 3 && std::strcmp(argv[2], "normal") == 0);
   BenchOptions o;
   std::string json_path;
   for (int i = 1; i + 1 < argc; i += 2) {

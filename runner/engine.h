@@ -75,6 +75,12 @@ class Engine {
   // One decode step like decode_greedy, run eagerly with an event after every op: GPU
   // milliseconds per op kind (summed over layers), in forward order. For the benchmark.
   Expected<std::vector<std::pair<std::string, double>>> profile_decode_step(const std::vector<int32_t>& tokens);
+  // GPU milliseconds per decode step of batch B replayed n times back to back from its CUDA
+  // graph (after a decode of this batch size made it), inputs unchanged: the step without the
+  // host round trip (tokens in, argmax out, synchronize) that decode_greedy has between steps.
+  // It replays the rows of the last decode_greedy (a prefill since rewrites them: call it
+  // right after a decode); the replays rewrite the same cache rows with the same values.
+  Expected<double> replay_decode_steps(int B, int n);
   // prefill_greedy(prompts) with the same per-op events: GPU milliseconds per op kind over the
   // whole prefill (all row chunks), plus "rows_in" for the host copy before each chunk.
   Expected<std::vector<std::pair<std::string, double>>> profile_prefill(const std::vector<std::vector<int32_t>>& prompts);

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <tuple>
+#include <vector>
 
 #include "runner/cuda_check.h"
 #include "runner/device_buffer.h"
@@ -32,10 +33,8 @@ struct Blas::Impl {
   DeviceBuffer workspace{kWorkspaceBytes};
   std::map<std::tuple<Kind, int, int, int>, Plan> plans;
 
-  const Plan& plan(Kind kind, int M, int N, int K) {
-    const auto key = std::make_tuple(kind, M, N, K);
-    auto it = plans.find(key);
-    if (it != plans.end()) return it->second;
+  // Descriptor and layouts of a (kind, M, N, K) product; no algorithm yet.
+  static Plan describe(Kind kind, int M, int N, int K) {
     cudaDataType_t ab = CUDA_R_16BF, cd = CUDA_R_16BF, scale = CUDA_R_32F;
     cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
     if (kind == Kind::kFp8) ab = CUDA_R_8F_E4M3, cd = CUDA_R_32F;
@@ -49,6 +48,18 @@ struct Blas::Impl {
     LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, ab, K, N, K));
     LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, ab, K, M, K));
     LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, cd, N, M, N));
+    return p;
+  }
+
+  static void destroy(Plan& p) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.desc);
+  }
+
+  // Up to `count` of the heuristic's algorithms for p, best first.
+  std::vector<cublasLtMatmulHeuristicResult_t> heuristics(const Plan& p, int count) {
     cublasLtMatmulPreference_t pref = nullptr;
     LLMQ_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const size_t ws = kWorkspaceBytes;
@@ -58,37 +69,49 @@ struct Blas::Impl {
     const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
     LLMQ_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
                                                            sizeof(schemes)));
-    cublasLtMatmulHeuristicResult_t result{};
+    std::vector<cublasLtMatmulHeuristicResult_t> results(count);
     int found = 0;
-    LLMQ_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
+    LLMQ_CUBLAS_CHECK(
+        cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, count, results.data(), &found));
     cublasLtMatmulPreferenceDestroy(pref);
-    LLMQ_CHECK(found > 0, "cuBLASLt has no algorithm for a " << (kind == Kind::kBf16 ? "bf16" : kind == Kind::kFp8 ? "fp8" : "int8")
-                                                             << " GEMM M=" << M << " N=" << N << " K=" << K);
-    p.algo = result.algo;
+    results.resize(found);
+    return results;
+  }
+
+  const Plan& plan(Kind kind, int M, int N, int K) {
+    const auto key = std::make_tuple(kind, M, N, K);
+    auto it = plans.find(key);
+    if (it != plans.end()) return it->second;
+    Plan p = describe(kind, M, N, K);
+    const auto results = heuristics(p, 1);
+    LLMQ_CHECK(!results.empty(), "cuBLASLt has no algorithm for a "
+                                     << (kind == Kind::kBf16 ? "bf16" : kind == Kind::kFp8 ? "fp8" : "int8")
+                                     << " GEMM M=" << M << " N=" << N << " K=" << K);
+    p.algo = results[0].algo;
     return plans.emplace(key, p).first->second;
+  }
+
+  void matmul(Kind kind, const Plan& p, const cublasLtMatmulAlgo_t& algo, const void* x, const void* w, void* y,
+              cudaStream_t s) {
+    const float alpha_f = 1.0f, beta_f = 0.0f;
+    const int32_t alpha_i = 1, beta_i = 0;
+    const void* alpha = kind == Kind::kInt8 ? static_cast<const void*>(&alpha_i) : &alpha_f;
+    const void* beta = kind == Kind::kInt8 ? static_cast<const void*>(&beta_i) : &beta_f;
+    LLMQ_CUBLAS_CHECK(cublasLtMatmul(handle, p.desc, alpha, w, p.a, x, p.b, beta, y, p.c, y, p.c, &algo,
+                                     workspace.as(), kWorkspaceBytes, s));
   }
 
   void run(Kind kind, const void* x, const void* w, void* y, int M, int N, int K, cudaStream_t s) {
     if (M == 0) return;
     const Plan& p = plan(kind, M, N, K);
-    const float alpha_f = 1.0f, beta_f = 0.0f;
-    const int32_t alpha_i = 1, beta_i = 0;
-    const void* alpha = kind == Kind::kInt8 ? static_cast<const void*>(&alpha_i) : &alpha_f;
-    const void* beta = kind == Kind::kInt8 ? static_cast<const void*>(&beta_i) : &beta_f;
-    LLMQ_CUBLAS_CHECK(cublasLtMatmul(handle, p.desc, alpha, w, p.a, x, p.b, beta, y, p.c, y, p.c, &p.algo,
-                                     workspace.as(), kWorkspaceBytes, s));
+    matmul(kind, p, p.algo, x, w, y, s);
   }
 };
 
 Blas::Blas() : impl_(std::make_unique<Impl>()) { LLMQ_CUBLAS_CHECK(cublasLtCreate(&impl_->handle)); }
 
 Blas::~Blas() {
-  for (auto& [key, p] : impl_->plans) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.desc);
-  }
+  for (auto& [key, p] : impl_->plans) Impl::destroy(p);
   cublasLtDestroy(impl_->handle);
 }
 
@@ -104,6 +127,46 @@ void Blas::gemm_fp8(const uint8_t* xq, const uint8_t* wq, float* acc, int M, int
 void Blas::gemm_int8(const int8_t* xq, const int8_t* wq, int32_t* acc, int M, int N, int K, cudaStream_t s) {
   LLMQ_CHECK(K % 4 == 0, "int8 GEMM needs K % 4 == 0, got " << K);
   impl_->run(Kind::kInt8, xq, wq, acc, M, N, K, s);
+}
+
+std::vector<Blas::AlgoTiming> Blas::time_bf16_algos(const uint16_t* x, const uint16_t* w, uint16_t* y, int M, int N,
+                                                    int K, int max_algos, int iters) {
+  Plan p = Impl::describe(Kind::kBf16, M, N, K);
+  const auto results = impl_->heuristics(p, max_algos);
+  std::vector<AlgoTiming> out;
+  std::vector<uint16_t> first, bits(size_t(M) * N);
+  cudaEvent_t a, b;
+  LLMQ_CUDA_CHECK(cudaEventCreate(&a));
+  LLMQ_CUDA_CHECK(cudaEventCreate(&b));
+  for (const auto& r : results) {
+    AlgoTiming t;
+    const auto attr = [&](cublasLtMatmulAlgoConfigAttributes_t which) {
+      uint32_t v = 0;
+      size_t written = 0;
+      cublasLtMatmulAlgoConfigGetAttribute(&r.algo, which, &v, sizeof(v), &written);
+      return int(v);
+    };
+    t.tile = attr(CUBLASLT_ALGO_CONFIG_TILE_ID);
+    t.stages = attr(CUBLASLT_ALGO_CONFIG_STAGES_ID);
+    t.splitk = attr(CUBLASLT_ALGO_CONFIG_SPLITK_NUM);
+    t.cluster = attr(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID);
+    impl_->matmul(Kind::kBf16, p, r.algo, x, w, y, nullptr);
+    LLMQ_CUDA_CHECK(cudaMemcpy(bits.data(), y, bits.size() * 2, cudaMemcpyDeviceToHost));
+    if (first.empty()) first = bits;
+    t.same_bits = bits == first;
+    LLMQ_CUDA_CHECK(cudaEventRecord(a));
+    for (int i = 0; i < iters; ++i) impl_->matmul(Kind::kBf16, p, r.algo, x, w, y, nullptr);
+    LLMQ_CUDA_CHECK(cudaEventRecord(b));
+    LLMQ_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0.0f;
+    LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.ms = ms / iters;
+    out.push_back(t);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  Impl::destroy(p);
+  return out;
 }
 
 }  // namespace llmq::gpu

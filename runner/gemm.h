@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace llmq::gpu {
 
@@ -27,6 +28,17 @@ class Blas {
   void gemm_fp8(const uint8_t* xq, const uint8_t* wq, float* acc, int M, int N, int K, cudaStream_t s);
   // acc int32 [M, N] = xq [M, K] · wq [N, K]ᵀ exactly (K % 4 == 0).
   void gemm_int8(const int8_t* xq, const int8_t* wq, int32_t* acc, int M, int N, int K, cudaStream_t s);
+
+  // The benchmark's look at cuBLASLt's choice: up to max_algos of the algorithms its heuristic
+  // offers for this bf16 product, in its order, each run on these operands (ms per call over
+  // `iters` calls after one) with its output compared bit for bit with the first one's.
+  struct AlgoTiming {
+    int tile = 0, stages = 0, splitk = 0, cluster = 0;  // cublasLtMatmulAlgoConfigAttributes_t ids
+    double ms = 0.0;
+    bool same_bits = false;
+  };
+  std::vector<AlgoTiming> time_bf16_algos(const uint16_t* x, const uint16_t* w, uint16_t* y, int M, int N, int K,
+                                          int max_algos, int iters);
 
  private:
   struct Impl;

@@ -11,6 +11,7 @@
 #include "core/numeric.h"
 #include "runner/cuda_check.h"
 #include "runner/device_attribute.h"
+#include "runner/epilogue.cuh"
 #include "runner/mma.cuh"
 #include "runner/pdl.cuh"
 #include "runner/split_arrival.cuh"
@@ -41,39 +42,59 @@ struct Stage {
 };
 
 // The last block of a column: y[m, n0 + j] = bf16 of the column's split tiles summed in split
-// order, four outputs a thread at a time with every split's load issued before the adds (the
-// loads, not the adds, are the tail's cost: a dependent load per split and output took the
-// tail to tens of microseconds at M = 64).
+// order, with the epilogue, four outputs a thread at a time with every split's load (and the
+// residual's) issued before the adds (the loads, not the adds, are the tail's cost: a dependent
+// load per split and output took the tail to tens of microseconds at M = 64).
 template <int BN>
 __device__ __forceinline__ void reduce_splits(const float* tiles, int64_t split_stride, int splits, int M, int N, int n0,
-                                              bf16* y) {
+                                              bf16* y, const bf16* residual, bool swiglu) {
   constexpr int kThreads = kWarps * 32, kUnroll = 2;
   const int quads = M * BN / 4;
+  // Whether every quad (n a multiple of 4) lies inside N and on 8-byte (SwiGLU: 4-byte) bounds.
+  const bool whole = N % 4 == 0;
+  const auto at = [&](int quad, int& m, int& n) {
+    m = quad * 4 / BN, n = n0 + quad * 4 % BN;
+    return quad < quads && n < N;
+  };
   for (int base = threadIdx.x; base < quads; base += kThreads * kUnroll) {
     float4 v[kUnroll][kMaxSplits];
+    uint2 r[kUnroll] = {};  // residual[m, n..n + 3]: a plain load, y may alias it (this thread's outputs)
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
+    for (int u = 0; u < kUnroll; ++u) {
+      int m, n;
+      if (residual && whole && at(base + u * kThreads, m, n))
+        r[u] = *reinterpret_cast<const uint2*>(residual + static_cast<int64_t>(m) * N + n);
 #pragma unroll
       for (int q = 0; q < kMaxSplits; ++q)
         if (q < splits && base + u * kThreads < quads)
           v[u][q] = __ldcg(reinterpret_cast<const float4*>(tiles + q * split_stride) + base + u * kThreads);
+    }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int quad = base + u * kThreads;
-      if (quad >= quads) break;
+      int m, n;
+      if (!at(base + u * kThreads, m, n)) continue;
       float4 sum = v[u][0];
 #pragma unroll
       for (int q = 1; q < kMaxSplits; ++q)
         if (q < splits) sum = make_float4(sum.x + v[u][q].x, sum.y + v[u][q].y, sum.z + v[u][q].z, sum.w + v[u][q].w);
-      const int m = quad * 4 / BN, n = n0 + quad * 4 % BN;
-      bf16* out = y + static_cast<int64_t>(m) * N + n;
       const float f[4] = {sum.x, sum.y, sum.z, sum.w};
-      if (n + 4 <= N && N % 4 == 0) {  // 8-byte aligned
-        const uint2 packed = {f32_to_bf16(f[0]) | uint32_t(f32_to_bf16(f[1])) << 16,
-                              f32_to_bf16(f[2]) | uint32_t(f32_to_bf16(f[3])) << 16};
-        *reinterpret_cast<uint2*>(out) = packed;
+      if (swiglu) {  // n even: whole (gate, up) pairs
+        bf16* out = y + static_cast<int64_t>(m) * (N / 2) + n / 2;
+        if (whole)
+          *reinterpret_cast<uint32_t*>(out) = swiglu_out(f[0], f[1]) | uint32_t(swiglu_out(f[2], f[3])) << 16;
+        else
+          for (int j = 0; j < 4 && n + j < N; j += 2) out[j / 2] = swiglu_out(f[j], f[j + 1]);
+        continue;
+      }
+      const int64_t i = static_cast<int64_t>(m) * N + n;
+      if (whole) {
+        bf16 o[4];
+        const bf16 rv[4] = {bf16(r[u].x), bf16(r[u].x >> 16), bf16(r[u].y), bf16(r[u].y >> 16)};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) o[j] = residual ? residual_add_out(f[j], rv[j]) : f32_to_bf16(f[j]);
+        *reinterpret_cast<uint2*>(y + i) = {o[0] | uint32_t(o[1]) << 16, o[2] | uint32_t(o[3]) << 16};
       } else {
-        for (int j = 0; j < 4 && n + j < N; ++j) out[j] = f32_to_bf16(f[j]);
+        for (int j = 0; j < 4 && n + j < N; ++j) y[i + j] = residual_out(f[j], residual ? residual + i + j : nullptr);
       }
     }
   }
@@ -85,7 +106,8 @@ __device__ __forceinline__ void reduce_splits(const float* tiles, int64_t split_
 template <int MT, int BN, int CK>
 __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                              bf16* y, int M, int N, int K, int chunks_per_split,
-                                                             float* partials, uint32_t* counters) {
+                                                             float* partials, uint32_t* counters,
+                                                             const bf16* residual, bool swiglu) {
   extern __shared__ __align__(128) uint8_t smem[];
   using St = Stage<MT, BN, CK>;
   constexpr int kRowBytes = St::kRowBytes, kChunks = CK / 8;
@@ -180,19 +202,34 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restr
   // acc[mt][nt][e]: weight row n0 + kWarpRows warp + 16 mt + g (+ 8 for e >= 2), token 8 nt +
   // 2t (+ 1 for odd e).
   const int g = lane / 4, t = lane % 4;
-  const auto for_each = [&](auto f) {
+  // f(m, n, value) for every fragment value, in range or not: every lane takes the same path,
+  // so f may shuffle.
+  const auto for_all = [&](auto f) {
 #pragma unroll
     for (int mt = 0; mt < MA; ++mt)
 #pragma unroll
       for (int nt = 0; nt < MT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int n = n0 + warp * kWarpRows + mt * 16 + g + (e >= 2 ? 8 : 0), m = nt * 8 + 2 * t + (e & 1);
-          if (n < N && m < M) f(m, n, acc[mt][nt][e]);
-        }
+        for (int e = 0; e < 4; ++e)
+          f(nt * 8 + 2 * t + (e & 1), n0 + warp * kWarpRows + mt * 16 + g + (e >= 2 ? 8 : 0), acc[mt][nt][e]);
+  };
+  const auto for_each = [&](auto f) {
+    for_all([&](int m, int n, float v) {
+      if (n < N && m < M) f(m, n, v);
+    });
   };
   if (splits == 1) {
-    for_each([&](int m, int n, float v) { y[static_cast<int64_t>(m) * N + n] = f32_to_bf16(v); });
+    if (swiglu) {  // rows n (gate, g even) and n + 1 (up) sit in lanes 4 apart
+      for_all([&](int m, int n, float v) {
+        const float up = __shfl_xor_sync(0xFFFFFFFFu, v, 4);
+        if (g % 2 == 0 && n < N && m < M) y[static_cast<int64_t>(m) * (N / 2) + n / 2] = swiglu_out(v, up);
+      });
+      return;
+    }
+    for_each([&](int m, int n, float v) {
+      const int64_t i = static_cast<int64_t>(m) * N + n;
+      y[i] = residual_out(v, residual ? residual + i : nullptr);
+    });
     return;
   }
   // Partials as one [M, BN] f32 tile per (split, column): the fragments' stores fill whole
@@ -201,29 +238,29 @@ __global__ void __launch_bounds__(kWarps * 32) skinny_kernel(const bf16* __restr
   float* mine = partials + split * split_stride + column * tile;
   for_each([&](int m, int n, float v) { mine[m * BN + n - n0] = v; });
   if (!last_block_to_arrive(counters + column, static_cast<unsigned>(splits))) return;
-  reduce_splits<BN>(partials + column * tile, split_stride, splits, M, N, n0, y);
+  reduce_splits<BN>(partials + column * tile, split_stride, splits, M, N, n0, y, residual, swiglu);
   if (threadIdx.x == 0) counters[column] = 0;  // ready for the next launch
 }
 
 template <int MT, int BN, int CK>
 void launch(const bf16* x, const bf16* w, bf16* y, int M, int N, int K, int splits, float* partials,
-            uint32_t* counters, cudaStream_t s) {
+            uint32_t* counters, const GemvEpilogue& e, cudaStream_t s) {
   const int chunks = K / CK, per_split = (chunks + splits - 1) / splits;
   const size_t smem = static_cast<size_t>(kStages) * Stage<MT, BN, CK>::kBytes;
   LLMQ_CUDA_CHECK(cudaFuncSetAttribute(skinny_kernel<MT, BN, CK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem)));
   const dim3 grid((N + BN - 1) / BN, (chunks + per_split - 1) / per_split);
   launch_pdl(skinny_kernel<MT, BN, CK>, grid, dim3(kWarps * 32), smem, s, x, w, y, M, N, K, per_split, partials,
-             counters);
+             counters, e.residual, e.swiglu);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 template <int BN, int CK>
 void launch_rows(const bf16* x, const bf16* w, bf16* y, int M, int N, int K, int splits, float* partials,
-                 uint32_t* counters, cudaStream_t s) {
-  if (M <= 16) return launch<2, BN, CK>(x, w, y, M, N, K, splits, partials, counters, s);
-  if (M <= 32) return launch<4, BN, CK>(x, w, y, M, N, K, splits, partials, counters, s);
-  return launch<8, BN, CK>(x, w, y, M, N, K, splits, partials, counters, s);
+                 uint32_t* counters, const GemvEpilogue& e, cudaStream_t s) {
+  if (M <= 16) return launch<2, BN, CK>(x, w, y, M, N, K, splits, partials, counters, e, s);
+  if (M <= 32) return launch<4, BN, CK>(x, w, y, M, N, K, splits, partials, counters, e, s);
+  return launch<8, BN, CK>(x, w, y, M, N, K, splits, partials, counters, e, s);
 }
 
 }  // namespace
@@ -271,8 +308,11 @@ int skinny_chunk_k(int M, int N, int K, int sms, size_t workspace_bytes, int blo
 }
 
 void gemm_bf16_skinny(const uint16_t* x, const uint16_t* w, uint16_t* y, int M, int N, int K, void* workspace,
-                      size_t workspace_bytes, cudaStream_t s, int splits, int block_n, int chunk_k) {
+                      size_t workspace_bytes, cudaStream_t s, int splits, int block_n, int chunk_k,
+                      const GemvEpilogue& e) {
   LLMQ_CHECK(skinny_bf16_supported(M, N, K), "gemm_bf16_skinny: M " << M << " N " << N << " K " << K);
+  LLMQ_CHECK(!(e.residual && e.swiglu) && !e.norm_weight && (!e.swiglu || N % 2 == 0),
+             "gemm_bf16_skinny: a residual or (N even) swiglu epilogue, no fused norm");
   if (block_n <= 0) block_n = kSkinnyBlockN;
   LLMQ_CHECK(block_n == 64 || block_n == 128, "gemm_bf16_skinny: block_n " << block_n << " is not 64 or 128");
   if (workspace == nullptr) workspace_bytes = 0;
@@ -289,7 +329,7 @@ void gemm_bf16_skinny(const uint16_t* x, const uint16_t* w, uint16_t* y, int M, 
   auto* counters = static_cast<uint32_t*>(workspace);
   auto* partials = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + kCounterBytes);
   const auto go = [&](auto bn, auto ck) {
-    launch_rows<decltype(bn)::value, decltype(ck)::value>(x, w, y, M, N, K, splits, partials, counters, s);
+    launch_rows<decltype(bn)::value, decltype(ck)::value>(x, w, y, M, N, K, splits, partials, counters, e, s);
   };
   using C64 = std::integral_constant<int, 64>;
   using C128 = std::integral_constant<int, 128>;

@@ -52,6 +52,7 @@
 #include "runner/device_attribute.h"
 #include "runner/gemv.h"
 #include "runner/mma.cuh"
+#include "runner/epilogue.cuh"
 #include "runner/pdl.cuh"
 
 namespace llmq::gpu {
@@ -189,8 +190,6 @@ __device__ __forceinline__ void warp_sum_spread(T (&v)[V], int lane, int off) {
 
 // ---- epilogue --------------------------------------------------------------------------------
 
-__device__ __forceinline__ float bf16_value(float v) { return bf16_to_f32(f32_to_bf16(v)); }
-
 // What the thread that finishes an output (plain, residual) or a swiglu pair reads from
 // global memory for it, loaded at the start of the kernel.
 struct EpilogueIn {
@@ -256,14 +255,10 @@ __device__ __forceinline__ void finish(const Acc (&sums)[kWarps][kValues], const
     return kNorm ? o * inv_rms : o;
   };
   if (a.swiglu) {
-    const float g = bf16_value(output(v, in.sw0));
-    const float u = bf16_value(output(v + 1, in.sw1));
-    const float silu = bf16_value(g / (1.0f + expf(-g)));
-    a.y[static_cast<int64_t>(m) * (a.N / 2) + n / 2] = f32_to_bf16(silu * u);
+    a.y[static_cast<int64_t>(m) * (a.N / 2) + n / 2] = swiglu_out(output(v, in.sw0), output(v + 1, in.sw1));
     return;
   }
-  const float o = bf16_value(output(v, in.sw0));
-  a.y[static_cast<int64_t>(m) * a.N + n] = f32_to_bf16(a.residual ? bf16_to_f32(in.residual) + o : o);
+  a.y[static_cast<int64_t>(m) * a.N + n] = residual_out(output(v, in.sw0), a.residual ? &in.residual : nullptr);
 }
 
 // ---- the kernel ------------------------------------------------------------------------------

@@ -74,10 +74,10 @@ struct Fwd {
     return a.quant == gpu::ActQuant::kNone ? LinearIn{b.h.as<const bf16>(), false} : LinearIn{nullptr, true};
   }
 
-  // x += in · Wᵀ: in the GEMV's epilogue (bf16 x only), or returns the branch (in h) for the
-  // next norm.
+  // x += in · Wᵀ: in the GEMV's or skinny GEMM's epilogue (bf16 x only), or returns the branch
+  // (in h) for the next norm.
   const bf16* residual_linear(const GpuLinear& L, const bf16* in) const {
-    if (x && L.uses_gemv(M)) {
+    if (x && L.applies_epilogue(M)) {
       gpu::GemvEpilogue e;
       e.residual = x;
       linear(L, {in, false}, x, e);
@@ -87,9 +87,10 @@ struct Fwd {
     return b.h.as<const bf16>();
   }
 
-  // act = SwiGLU of the interleaved gate/up linear: in the GEMV's epilogue, or a pass after.
+  // act = SwiGLU of the interleaved gate/up linear: in the GEMV's or skinny GEMM's epilogue, or
+  // a pass after.
   void swiglu_linear(const GpuLinear& L, LinearIn in) const {
-    if (L.uses_gemv(M)) {
+    if (L.applies_epilogue(M)) {
       gpu::GemvEpilogue e;
       e.swiglu = true;
       linear(L, in, b.act.as<bf16>(), e);

@@ -70,6 +70,8 @@ bool GpuLinear::uses_skinny(int M) const {
   return gpu::skinny_chunk_k(M, N, K, sms, gpu::skinny_workspace_bytes(M)) == 128;
 }
 
+bool GpuLinear::applies_epilogue(int M) const { return uses_gemv(M) || uses_skinny(M); }
+
 gpu::ActQuant GpuLinear::input_quant() const {
   if (K_pad != K) return gpu::ActQuant::kNone;
   if (kind == LinearKind::kFp8) return gpu::ActQuant::kFp8;
@@ -81,7 +83,8 @@ gpu::ActQuant GpuLinear::input_quant() const {
 void GpuLinear::forward(LinearIn in, bf16* y, int M, const gpu::GemvEpilogue& epi, LinearScratch& s, gpu::Blas& blas,
                         cudaStream_t st) const {
   const bool gemv = uses_gemv(M);
-  LLMQ_CHECK(gemv || (!epi.residual && !epi.swiglu), "linear: epilogue without a GEMV (M " << M << ")");
+  LLMQ_CHECK(applies_epilogue(M) || (!epi.residual && !epi.swiglu),
+             "linear: an epilogue without a GEMV or the skinny GEMM (M " << M << ")");
   LLMQ_CHECK(!in.norm_weight || fuses_norm(M), "linear: a fused RMSNorm outside the BF16 GEMV (M " << M << ")");
   if (kind == LinearKind::kBf16) {
     const bf16* w = shared_weight ? shared_weight : weight.as<const bf16>();
@@ -92,7 +95,7 @@ void GpuLinear::forward(LinearIn in, bf16* y, int M, const gpu::GemvEpilogue& ep
       return gpu::gemv_bf16(in.x, w, y, M, N, K, e, st);
     }
     if (uses_skinny(M))  // stages of 128 k, as uses_skinny found
-      return gpu::gemm_bf16_skinny(in.x, w, y, M, N, K, s.skinny.as(), s.skinny.bytes(), st, 0, 0, 128);
+      return gpu::gemm_bf16_skinny(in.x, w, y, M, N, K, s.skinny.as(), s.skinny.bytes(), st, 0, 0, 128, epi);
     return blas.gemm_bf16(in.x, w, y, M, N, K, st);
   }
   if (kind == LinearKind::kW4A16)

@@ -82,10 +82,14 @@ struct GpuLinear {
   // BF16 linears at kBf16SkinnyMinM..kBf16SkinnyMaxM rows whose skinny GEMM runs 128-k stages
   // go to gemm_bf16_skinny rather than cuBLASLt (gemm_skinny.h).
   bool uses_skinny(int M) const;
+  // Whether forward applies a residual or SwiGLU epilogue at M rows (the GEMVs' and the skinny
+  // GEMM's; cuBLASLt's products leave them to the norm and silu_mul kernels after).
+  bool applies_epilogue(int M) const;
   // The per-token quantization the RMSNorm before this linear may produce for it (W8A8 inputs
   // that need no zero padding).
   gpu::ActQuant input_quant() const;
-  // y = epi(in · Wᵀ); a non-empty epilogue only where uses_gemv(M).
+  // y = epi(in · Wᵀ); a residual or SwiGLU epilogue only where applies_epilogue(M), a fused norm
+  // only where fuses_norm(M).
   void forward(LinearIn in, bf16* y, int M, const gpu::GemvEpilogue& epi, LinearScratch& s, gpu::Blas& blas,
                cudaStream_t st) const;
 };

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "core/numeric.h"
+#include "runner/epilogue.cuh"
 #include "runner/gemv.h"
 
 namespace llmq::gpu {
@@ -22,10 +23,7 @@ __device__ void store_block(At at, int M, int n0, int N, uint16_t* y, const Gemv
     for (int e = threadIdx.x; e < M * (kRows / 2); e += blockDim.x) {
       const int tok = e / (kRows / 2), p = e % (kRows / 2);
       if (p0 + p >= half_n) continue;
-      const float g = bf16_to_f32(f32_to_bf16(at(tok, 2 * p)));
-      const float u = bf16_to_f32(f32_to_bf16(at(tok, 2 * p + 1)));
-      const float silu = bf16_to_f32(f32_to_bf16(g / (1.0f + expf(-g))));
-      y[static_cast<int64_t>(tok) * half_n + p0 + p] = f32_to_bf16(silu * u);
+      y[static_cast<int64_t>(tok) * half_n + p0 + p] = swiglu_out(at(tok, 2 * p), at(tok, 2 * p + 1));
     }
     return;
   }
@@ -33,8 +31,7 @@ __device__ void store_block(At at, int M, int n0, int N, uint16_t* y, const Gemv
     const int tok = e / kRows, r = e % kRows;
     if (r >= rows) continue;
     const int64_t i = static_cast<int64_t>(tok) * N + n0 + r;
-    const uint16_t o = f32_to_bf16(at(tok, r));
-    y[i] = epi.residual ? f32_to_bf16(bf16_to_f32(epi.residual[i]) + bf16_to_f32(o)) : o;
+    y[i] = residual_out(at(tok, r), epi.residual ? epi.residual + i : nullptr);
   }
 }
 

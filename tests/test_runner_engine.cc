@@ -352,6 +352,39 @@ TEST(RunnerEngine, ProfilesNameTheOpsAndChangeNothing) {
     EXPECT_NE(std::find(d.begin(), d.end(), op), d.end()) << "decode profile lacks " << op;
 }
 
+// The benchmark's graph replays (Engine::replay_decode_steps): none before a decode made the
+// graph of its batch size; after one, positive times, and the step after them gives the same
+// logits as without the replays (they rewrite the last step's cache rows with the same values).
+TEST(RunnerEngine, ReplayedDecodeStepsChangeNothing) {
+  LLMQ_REQUIRE_GPU();
+  LLMQ_REQUIRE_TEST_DATA();
+  EngineOptions opt;
+  opt.max_batch = 2;
+  opt.capacity = 64;
+  auto e = Engine::load(model_dir("stories260k"), opt);
+  ASSERT_TRUE(e.has_value()) << e.status().message();
+  Engine& engine = **e;
+  const std::vector<std::vector<int32_t>> prompts = {prompt_ids(20, 512, 5), prompt_ids(13, 512, 6)};
+  EXPECT_FALSE(engine.replay_decode_steps(2, 3).has_value()) << "a replay before any decode of batch 2";
+  const auto run = [&](int replays) {
+    EXPECT_TRUE(engine.prefill(prompts).has_value());
+    auto first = engine.decode_greedy({1, 2});
+    EXPECT_TRUE(first.has_value());
+    if (replays > 0) {
+      auto ms = engine.replay_decode_steps(2, replays);
+      EXPECT_TRUE(ms.has_value()) << ms.status().message();
+      if (ms) EXPECT_GT(*ms, 0.0);
+    }
+    auto logits = engine.decode(*first);
+    EXPECT_TRUE(logits.has_value());
+    return std::move(*logits);
+  };
+  run(0);  // the first decode of batch 2 runs eagerly and captures its graph
+  const Tensor plain = run(0), replayed = run(3);
+  ASSERT_EQ(plain.nbytes(), replayed.nbytes());
+  EXPECT_EQ(std::memcmp(plain.raw(), replayed.raw(), plain.nbytes()), 0);
+}
+
 TEST(RunnerEngine, ClearErrors) {
   LLMQ_REQUIRE_GPU();
   LLMQ_REQUIRE_TEST_DATA();

@@ -385,6 +385,35 @@ TEST(RunnerGemv, SkinnyBf16MatchesReference) {
     }
 }
 
+// The skinny GEMM's residual and SwiGLU epilogues, as check_all_epilogues checks the GEMVs':
+// against the reference's epilogue on the kernel's own plain product, in the single-split
+// store (gate and up rows in lanes 4 apart) and the split-K tail (the last block's sums), in
+// blocks of 128 and 64 weight rows; N even with a partial last column.
+struct SkinnyCase : Bf16Case {
+  const DeviceBuffer* ws;
+  int splits, block_n;
+  SkinnyCase(int M_, int N_, int K_, std::mt19937& rng, const DeviceBuffer& ws_, int splits_, int block_n_)
+      : Bf16Case(M_, N_, K_, rng), ws(&ws_), splits(splits_), block_n(block_n_) {}
+  void gpu(uint16_t* y, const gpu::GemvEpilogue& e) const {
+    gpu::gemm_bf16_skinny(dx.as<uint16_t>(), dw.as<uint16_t>(), y, M, N, K, ws->as(), ws->bytes(), nullptr, splits,
+                          block_n, 64, e);
+  }
+};
+
+TEST(RunnerGemv, SkinnyEpiloguesMatchReference) {
+  LLMQ_REQUIRE_GPU();
+  const int N = 17 * 128 + 6, K = 1024;
+  DeviceBuffer ws(gpu::skinny_split_workspace_bytes(gpu::kSkinnyMaxM, N, 3));
+  LLMQ_CUDA_CHECK(cudaMemset(ws.as(), 0, ws.bytes()));
+  for (int M : {5, 16, 33})
+    for (int splits : {1, 3})
+      for (int block_n : {128, 64}) {
+        SCOPED_TRACE(::testing::Message() << "M " << M << " splits " << splits << " block_n " << block_n);
+        std::mt19937 rng(kSeed + M * 11 + splits * 3 + block_n);
+        check_all_epilogues(SkinnyCase(M, N, K, rng, ws, splits, block_n), rng);
+      }
+}
+
 // The skinny GEMM's shapes and default K splits: the count that best evens the blocks over
 // the SMs, less what more partial sums cost (fewer splits at more rows), with at least 4
 // stages each, at most 4 blocks per SM, within the workspace; and the stage depth.
