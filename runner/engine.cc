@@ -12,6 +12,7 @@
 #include "core/numeric.h"
 #include "formats/checkpoint.h"
 #include "runner/attention_prefill.h"
+#include "runner/bench_timer.h"
 #include "runner/device.h"
 #include "runner/device_buffer.h"
 #include "runner/gemm.h"
@@ -451,18 +452,7 @@ Expected<double> Engine::replay_decode_steps(int B, int n) {
   Impl& e = *impl_;
   const auto it = e.graphs.find(B);
   if (it == e.graphs.end() || n < 1) return Status::error("replay_decode_steps: no decode graph of batch " + std::to_string(B));
-  cudaEvent_t start, stop;
-  LLMQ_CUDA_CHECK(cudaEventCreate(&start));
-  LLMQ_CUDA_CHECK(cudaEventCreate(&stop));
-  LLMQ_CUDA_CHECK(cudaEventRecord(start, e.stream));
-  for (int i = 0; i < n; ++i) LLMQ_CUDA_CHECK(cudaGraphLaunch(it->second, e.stream));
-  LLMQ_CUDA_CHECK(cudaEventRecord(stop, e.stream));
-  LLMQ_CUDA_CHECK(cudaEventSynchronize(stop));
-  float ms = 0.0f;
-  LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return static_cast<double>(ms) / n;
+  return gpu_ms_per_call([&] { LLMQ_CUDA_CHECK(cudaGraphLaunch(it->second, e.stream)); }, n, 0, e.stream);
 }
 
 Expected<std::vector<std::pair<std::string, double>>> Engine::profile_prefill(const std::vector<std::vector<int32_t>>& prompts) {

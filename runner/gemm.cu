@@ -8,6 +8,7 @@
 #include <tuple>
 #include <vector>
 
+#include "runner/bench_timer.h"
 #include "runner/cuda_check.h"
 #include "runner/device_buffer.h"
 
@@ -135,9 +136,6 @@ std::vector<Blas::AlgoTiming> Blas::time_bf16_algos(const uint16_t* x, const uin
   const auto results = impl_->heuristics(p, max_algos);
   std::vector<AlgoTiming> out;
   std::vector<uint16_t> first, bits(size_t(M) * N);
-  cudaEvent_t a, b;
-  LLMQ_CUDA_CHECK(cudaEventCreate(&a));
-  LLMQ_CUDA_CHECK(cudaEventCreate(&b));
   for (const auto& r : results) {
     AlgoTiming t;
     const auto attr = [&](cublasLtMatmulAlgoConfigAttributes_t which) {
@@ -154,17 +152,10 @@ std::vector<Blas::AlgoTiming> Blas::time_bf16_algos(const uint16_t* x, const uin
     LLMQ_CUDA_CHECK(cudaMemcpy(bits.data(), y, bits.size() * 2, cudaMemcpyDeviceToHost));
     if (first.empty()) first = bits;
     t.same_bits = bits == first;
-    LLMQ_CUDA_CHECK(cudaEventRecord(a));
-    for (int i = 0; i < iters; ++i) impl_->matmul(Kind::kBf16, p, r.algo, x, w, y, nullptr);
-    LLMQ_CUDA_CHECK(cudaEventRecord(b));
-    LLMQ_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0.0f;
-    LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.ms = ms / iters;
+    // The run above was the warm-up.
+    t.ms = gpu_ms_per_call([&] { impl_->matmul(Kind::kBf16, p, r.algo, x, w, y, nullptr); }, iters, 0);
     out.push_back(t);
   }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
   Impl::destroy(p);
   return out;
 }

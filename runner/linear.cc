@@ -82,8 +82,8 @@ gpu::ActQuant GpuLinear::input_quant() const {
 
 void GpuLinear::forward(LinearIn in, bf16* y, int M, const gpu::GemvEpilogue& epi, LinearScratch& s, gpu::Blas& blas,
                         cudaStream_t st) const {
-  const bool gemv = uses_gemv(M);
-  LLMQ_CHECK(applies_epilogue(M) || (!epi.residual && !epi.swiglu),
+  const bool gemv = uses_gemv(M), skinny = !gemv && uses_skinny(M);  // applies_epilogue(M), decided once
+  LLMQ_CHECK(gemv || skinny || (!epi.residual && !epi.swiglu),
              "linear: an epilogue without a GEMV or the skinny GEMM (M " << M << ")");
   LLMQ_CHECK(!in.norm_weight || fuses_norm(M), "linear: a fused RMSNorm outside the BF16 GEMV (M " << M << ")");
   if (kind == LinearKind::kBf16) {
@@ -94,7 +94,7 @@ void GpuLinear::forward(LinearIn in, bf16* y, int M, const gpu::GemvEpilogue& ep
       e.norm_eps = in.norm_eps;
       return gpu::gemv_bf16(in.x, w, y, M, N, K, e, st);
     }
-    if (uses_skinny(M))  // stages of 128 k, as uses_skinny found
+    if (skinny)  // stages of 128 k, as uses_skinny found
       return gpu::gemm_bf16_skinny(in.x, w, y, M, N, K, s.skinny.as(), s.skinny.bytes(), st, 0, 0, 128, epi);
     return blas.gemm_bf16(in.x, w, y, M, N, K, st);
   }
