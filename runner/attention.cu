@@ -30,6 +30,7 @@
 #include "runner/cuda_check.h"
 #include "runner/device_attribute.h"
 #include "runner/kernels.h"
+#include "runner/mma.cuh"
 #include "runner/pdl.cuh"
 #include "runner/split_arrival.cuh"
 
@@ -207,6 +208,8 @@ void launch(const AttentionArgs& a, cudaStream_t s) {
 // what decode needs to approach HBM bandwidth. Both buffers need registers: at most 2 blocks
 // of 256 threads per SM (3 held the registers to 80, and the compiler then issued each step's
 // loads after the previous step's arithmetic: 69.6 against 64.9 us per call at 64 x 640).
+// whole_row at head_dim 128 streams through a ring of 4 steps in shared memory instead (3 in
+// flight, no registers held: 84% of HBM at 64 x 640 against 76%; whole_row_ring).
 constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kChunkMin = 64;     // the workspace has room for capacity / kChunkMin chunks
@@ -326,40 +329,116 @@ struct SplitWorkspace {
   int stride;         // max_chunks(capacity)
 };
 
-// Rows row0 .. row0 + n - 1 of a K or V cache for kv head kvh, with the first step's loads
-// issued on construction for its first `now` rows (all of them unless the kernel reads them
-// before pdl_wait: then load_rest brings the others after it). V does not depend on the
-// softmax, so its first loads arrive while the softmax is computed.
-template <int G, int HD, int T = kThreads>
+// Rows row0 .. row0 + n - 1 of a K or V cache for kv head kvh, streamed to the threads a step
+// (Lay::kStep rows) at a time by stream(step), which calls step(raw, j0) for j0 = 0, kStep,
+// .. < n with the thread's pieces of those rows in raw (rows at or past n as zeros: they may
+// hold NaN and are never read). Two ways, by R:
+//  - R = 0: two register buffers, the next step's loads in flight while one computes; the
+//    first step's loads are issued on construction.
+//  - R >= 2: a ring of R steps in shared memory `ring` ([R][kRows * kPieces][T] uint4),
+//    filled by cp.async: R - 1 steps in flight, holding no registers. Each thread copies
+//    exactly the pieces it later reads, so it needs no barrier, only its own wait_group; steps
+//    0 .. R - 2 are issued on construction.
+// Either way the construction issues the first step's rows below `now` (all of them unless the
+// kernel reads them before pdl_wait: then load_rest brings the others after it). V does not
+// depend on the softmax, so its first loads arrive while the softmax is computed.
+template <int G, int HD, int T = kThreads, int R = 0>
 struct CacheRows {
   using Lay = RowLayout<G, HD, T>;
+  static constexpr int kPer = Lay::kRows * Lay::kPieces;  // pieces of a thread per step
+  static_assert(R == 0 || R >= 2, "CacheRows: a ring needs two steps at least");
   const bf16* rows;
   int kv_dim, n;
   uint4 first[Lay::kRows][Lay::kPieces];
+  uint4* ring;
   __device__ __forceinline__ CacheRows(const AttentionArgs& a, const bf16* cache, int64_t row0, int kvh, int n_rows,
-                                       int now)
-      : rows(cache + row0 * (a.n_kv * HD) + kvh * HD), kv_dim(a.n_kv * HD), n(n_rows) {
-    load_step<Lay>(first, rows, kv_dim, 0, now, threadIdx.x % Lay::kLanes, threadIdx.x / Lay::kLanes);
+                                       int now, uint4* ring_smem = nullptr)
+      : rows(cache + row0 * (a.n_kv * HD) + kvh * HD), kv_dim(a.n_kv * HD), n(n_rows), ring(ring_smem) {
+    if constexpr (R == 0) {
+      load_step<Lay>(first, rows, kv_dim, 0, now, threadIdx.x % Lay::kLanes, threadIdx.x / Lay::kLanes);
+    } else {
+      copy_step(0, 0, now);
+      if (now >= n) prefetch();
+    }
   }
   // After pdl_wait: the first step's rows from `now` on, with coherent loads (the kernel
-  // before may have written them).
+  // before may have written them; cp.async.cg reads L2, which is coherent).
   __device__ __forceinline__ void load_rest(int now) {
+    if constexpr (R == 0) {
+      const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes;
+#pragma unroll
+      for (int u = 0; u < Lay::kRows; ++u) {
+        const int jj = u * Lay::kSlots + slot;
+#pragma unroll
+        for (int k = 0; k < Lay::kPieces; ++k)
+          if (jj >= now && jj < n) first[u][k] = load_after_wait(row_piece<Lay>(rows, kv_dim, jj, c, k));
+      }
+    } else if (now < n) {
+      copy_step(0, now, n);
+      prefetch();
+    }
+  }
+
+  template <class Step>
+  __device__ __forceinline__ void stream(Step step) {
     const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes;
+    if constexpr (R == 0) {
+      stream_steps<Lay>(first, rows, kv_dim, n, c, slot, step);
+    } else {
+      for (int k = 0, j0 = 0; j0 < n; ++k, j0 += Lay::kStep) {
+        if (j0 + (R - 1) * Lay::kStep < n) copy_step(k + R - 1, 0, n);
+        cp_async_commit();      // (empty past the end: the wait below still counts it)
+        cp_async_wait_n<R - 1>();  // step k has landed
+        uint4 raw[Lay::kRows][Lay::kPieces];
+        const uint4* src = ring + (k % R) * kPer * T + threadIdx.x;
+#pragma unroll
+        for (int u = 0; u < Lay::kRows; ++u)
+#pragma unroll
+          for (int p = 0; p < Lay::kPieces; ++p) raw[u][p] = src[(u * Lay::kPieces + p) * T];
+        step(raw, j0);
+      }
+    }
+  }
+
+ private:
+  // cp.async of the thread's pieces of step k's rows jj in [lo, hi) into ring slot k % R;
+  // when hi == n, rows at or past n are zero-filled (nothing read).
+  __device__ __forceinline__ void copy_step(int k, int lo, int hi) {
+    const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes;
+    uint4* dst = ring + (k % R) * kPer * T + threadIdx.x;
 #pragma unroll
     for (int u = 0; u < Lay::kRows; ++u) {
-      const int jj = u * Lay::kSlots + slot;
+      const int jj = k * Lay::kStep + u * Lay::kSlots + slot;
 #pragma unroll
-      for (int k = 0; k < Lay::kPieces; ++k)
-        if (jj >= now && jj < n) first[u][k] = load_after_wait(row_piece<Lay>(rows, kv_dim, jj, c, k));
+      for (int p = 0; p < Lay::kPieces; ++p) {
+        uint4* d = dst + (u * Lay::kPieces + p) * T;
+        if (jj >= lo && jj < hi) cp_async16(d, row_piece<Lay>(rows, kv_dim, jj, c, p));
+        else if (jj >= n && hi == n) cp_async16(d, rows, false);
+      }
+    }
+  }
+  // Closes step 0's group and issues steps 1 .. R - 2, a group each.
+  __device__ __forceinline__ void prefetch() {
+    cp_async_commit();
+#pragma unroll
+    for (int k = 1; k < R - 1; ++k) {
+      if (k * Lay::kStep < n) copy_step(k, 0, n);
+      cp_async_commit();
     }
   }
 };
 
+// Shared memory of a CacheRows ring of R steps (0 for registers).
+template <int G, int HD, int T, int R>
+constexpr size_t ring_bytes() {
+  return R == 0 ? 0 : size_t(R) * CacheRows<G, HD, T, R>::kPer * T * sizeof(uint4);
+}
+
 // The scaled scores of the G heads of kv head kvh of row r against the K rows kr (their first
 // step issued, ahead of q's loads so that the two latencies overlap): tile[g * ld + j] for
 // j < kr.n.
-template <int G, int HD, int T>
-__device__ __forceinline__ void chunk_scores(const AttentionArgs& a, int r, int kvh, CacheRows<G, HD, T>& kr,
+template <int G, int HD, int T, int R>
+__device__ __forceinline__ void chunk_scores(const AttentionArgs& a, int r, int kvh, CacheRows<G, HD, T, R>& kr,
                                              float* tile, int ld) {
   using Lay = RowLayout<G, HD, T>;
   const int n = kr.n;
@@ -377,7 +456,7 @@ __device__ __forceinline__ void chunk_scores(const AttentionArgs& a, int r, int 
       for (int i = 0; i < 8; ++i) q[g][k][i] = bf16_to_f32(q_row[g * HD + (c + k * Lay::kLanes) * 8 + i]);
 
   using Raw = uint4[Lay::kRows][Lay::kPieces];
-  stream_steps<Lay>(kr.first, kr.rows, kr.kv_dim, n, c, slot, [&](const Raw& raw, int j0) {
+  kr.stream([&](const Raw& raw, int j0) {
     constexpr int V = Lay::kRows * G;
     float dot[V];  // [row u, head g]: this lane's part of q_g · K[row]
 #pragma unroll
@@ -450,8 +529,8 @@ __device__ __forceinline__ void numerators(int n, int ld, const float* row_max, 
 
 // P·V of the n positions of v weighted by p [G, ld]; store(i, o) gets element i = g * HD + d.
 // Uses `partial` [T / 32, G, HD] of shared memory, which may overlap p: a barrier comes first.
-template <int G, int HD, int T, class Store>
-__device__ __forceinline__ void chunk_pv(CacheRows<G, HD, T>& v, const float* p, int ld, float* partial, Store store) {
+template <int G, int HD, int T, int R, class Store>
+__device__ __forceinline__ void chunk_pv(CacheRows<G, HD, T, R>& v, const float* p, int ld, float* partial, Store store) {
   using Lay = RowLayout<G, HD, T>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c = threadIdx.x % Lay::kLanes, slot = threadIdx.x / Lay::kLanes, n = v.n;
@@ -460,7 +539,7 @@ __device__ __forceinline__ void chunk_pv(CacheRows<G, HD, T>& v, const float* p,
 #pragma unroll
   for (int i = 0; i < A; ++i) acc[i] = 0.0f;
   using Raw = uint4[Lay::kRows][Lay::kPieces];
-  stream_steps<Lay>(v.first, v.rows, v.kv_dim, n, c, slot, [&](const Raw& raw, int j0) {
+  v.stream([&](const Raw& raw, int j0) {
 #pragma unroll
     for (int u = 0; u < Lay::kRows; ++u) {
       const int jj = j0 + u * Lay::kSlots + slot;
@@ -493,6 +572,26 @@ __device__ __forceinline__ void chunk_pv(CacheRows<G, HD, T>& v, const float* p,
     for (int k = 0; k < T / 32; ++k) o += partial[k * G * HD + i];
     store(i, o);
   }
+}
+
+// Dynamic shared memory of split_pv, whole_row and cluster_kernel: e and p [G, ld], later
+// overlaid by the P·V partial sums of T / 32 warps [T / 32, G, HD]; then, for a K/V ring of R
+// steps (whole_row, cluster_kernel), the ring at ring_offset.
+template <int G, int HD, int T = kThreads>
+__host__ __device__ constexpr size_t pv_smem_bytes(int ld) {
+  return sizeof(float) * (2 * G * ld > T / 32 * G * HD ? 2 * G * ld : T / 32 * G * HD);
+}
+template <int G, int HD, int T>
+__host__ __device__ constexpr size_t ring_offset(int ld) {
+  return (pv_smem_bytes<G, HD, T>(ld) + 15) / 16 * 16;
+}
+template <int G, int HD, int T, int R>
+size_t decode_smem_bytes(int ld) {
+  return R == 0 ? pv_smem_bytes<G, HD, T>(ld) : ring_offset<G, HD, T>(ld) + ring_bytes<G, HD, T, R>();
+}
+template <int G, int HD, int T>
+__device__ __forceinline__ uint4* ring_at(float* smem, int ld) {
+  return reinterpret_cast<uint4*>(reinterpret_cast<char*>(smem) + ring_offset<G, HD, T>(ld));
 }
 
 // Block (chunk, kv head, row): the chunk's scores for the G heads (via shared memory `tile`
@@ -586,10 +685,11 @@ __global__ void __launch_bounds__(kThreads, kSplitBlocksPerSm) split_pv_kernel(A
 // T threads a block: kThreads, or half as many at twice the blocks per SM where the grid holds
 // more than one wave of kThreads blocks (see launch_split_kernels); P·V then adds 4 warps'
 // partial sums instead of 8 (other f32 bits, the same bound).
-// Dynamic shared memory: scores, then e in their place, and p [G, chunk]; then partial sums.
+// Dynamic shared memory: scores, then e in their place, and p [G, chunk]; then partial sums;
+// then, with R > 0, the ring K and then V stream through (see CacheRows and whole_row_ring).
 // With a.history_settled, K's first step (but the row's newest position) is read before
 // pdl_wait.
-template <int G, int HD, int T>
+template <int G, int HD, int T, int R>
 __global__ void __launch_bounds__(T, kSplitBlocksPerSm * kThreads / T) whole_row_kernel(AttentionArgs a, int ld) {
   const bool early = a.history_settled;
   if (!early) pdl_wait();
@@ -604,13 +704,14 @@ __global__ void __launch_bounds__(T, kSplitBlocksPerSm * kThreads / T) whole_row
   float* e = smem;           // [G, ld] the scores, then exp(s - M) in their place
   float* p = smem + G * ld;  // [G, ld] exp(s - M) rounded to bf16
   const int now = early ? n - 1 : n;
-  CacheRows<G, HD, T> kr(a, a.k_cache, slot_row, kvh, n, now);
+  uint4* ring = ring_at<G, HD, T>(smem, ld);  // K's ring, then V's (each thread's own pieces)
+  CacheRows<G, HD, T, R> kr(a, a.k_cache, slot_row, kvh, n, now, ring);
   if (early) {
     pdl_wait();
     kr.load_rest(now);
   }
   chunk_scores<G, HD>(a, r, kvh, kr, e, ld);
-  CacheRows<G, HD, T> v(a, a.v_cache, slot_row, kvh, n, n);
+  CacheRows<G, HD, T, R> v(a, a.v_cache, slot_row, kvh, n, n, ring);
   __syncthreads();
   head_maxima<G, T>(e, ld, n, [&](int g, float m) { row_max[g] = m; });
   __syncthreads();
@@ -717,13 +818,6 @@ constexpr int kMaxCluster = 8;
 constexpr int kClusterLenMax = 320;
 bool clusters_supported() { return compute_capability() >= 90; }  // thread-block clusters: sm_90 and up
 
-// Dynamic shared memory of split_pv, whole_row and cluster_kernel: e and p [G, ld], later
-// overlaid by the P·V partial sums of T / 32 warps [T / 32, G, HD].
-template <int G, int HD, int T = kThreads>
-size_t pv_smem_bytes(int ld) {
-  return sizeof(float) * std::max<size_t>(2 * G * ld, T / 32 * G * HD);
-}
-
 // Positions of the capacity per block of a cluster of C blocks.
 int cluster_chunk(const AttentionArgs& a, int C) { return (a.capacity + C - 1) / C; }
 
@@ -801,13 +895,57 @@ void launch_cluster_kernel(const AttentionArgs& a, int C, cudaStream_t s) {
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
+// whole_row_kernel<G, HD, T, R>'s dynamic shared memory for chunks of ld positions, allowed on
+// the kernel; with `blocks`, how many of its blocks an SM holds.
+template <int G, int HD, int T, int R>
+size_t allow_whole_row_smem(int ld, int* blocks = nullptr) {
+  const size_t bytes = decode_smem_bytes<G, HD, T, R>(ld);
+  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(whole_row_kernel<G, HD, T, R>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(bytes)));
+  if (blocks) LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, whole_row_kernel<G, HD, T, R>, T, bytes));
+  return bytes;
+}
+
+// K/V ring steps of whole_row at head_dim 128 (other head dims stream through registers).
+// Measured on an H200 (llmq_attention_bench --mode decode, 8B heads, us per layer call):
+//   batch x length   32 x 512   64 x 512   64 x 640
+//   registers         21.36      40.56      50.08
+//   ring of 3         25.72      42.44      52.47
+//   ring of 4         19.84      36.46      44.93
+//   ring of 6         26.19      42.98      53.64
+// (6 steps leave fewer blocks per SM; 3 keep too few copies in flight.) The default takes the
+// ring of 4 where an SM holds as many of its blocks as of the register kernel's (long
+// capacities at G = 8 need the shared memory for scores); AttentionArgs::kv_ring forces it.
+constexpr int kWholeRowRing = 4;
+
+template <int G, int HD, int T>
+bool whole_row_ring(const AttentionArgs& a, int ld) {
+  if constexpr (HD != 128) {
+    return false;
+  } else {
+    if (a.kv_ring != 0) return a.kv_ring > 0;
+    static std::mutex mutex;
+    static std::map<int, bool> known;
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (const auto it = known.find(ld); it != known.end()) return it->second;
+    int with_ring = 0, without = 0;
+    allow_whole_row_smem<G, HD, T, kWholeRowRing>(ld, &with_ring);
+    allow_whole_row_smem<G, HD, T, 0>(ld, &without);
+    return known.emplace(ld, with_ring >= without).first->second;
+  }
+}
+
+template <int G, int HD, int T, int R>
+void launch_whole_row(const AttentionArgs& a, dim3 grid, int chunk, cudaStream_t s) {
+  const size_t bytes = allow_whole_row_smem<G, HD, T, R>(chunk);
+  launch_pdl(whole_row_kernel<G, HD, T, R>, grid, dim3(T), bytes, s, a, chunk);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
+
 template <int G, int HD, int T>
 void launch_whole_row(const AttentionArgs& a, dim3 grid, int chunk, cudaStream_t s) {
-  const size_t bytes = pv_smem_bytes<G, HD, T>(chunk);
-  LLMQ_CUDA_CHECK(cudaFuncSetAttribute(whole_row_kernel<G, HD, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(bytes)));
-  launch_pdl(whole_row_kernel<G, HD, T>, grid, dim3(T), bytes, s, a, chunk);
-  LLMQ_CUDA_CHECK_LAUNCH();
+  if (whole_row_ring<G, HD, T>(a, chunk)) return launch_whole_row<G, HD, T, kWholeRowRing>(a, grid, chunk, s);
+  launch_whole_row<G, HD, T, 0>(a, grid, chunk, s);
 }
 
 template <int G, int HD>

@@ -165,8 +165,10 @@ void bench_decode(const DecodeCase& c, int iters, double hbm_gbps) {
   const double kv_bytes = 2.0 * c.batch * c.len * kv_dim * 2;
   const int calls = layers * std::max(1, 64 / layers);
   std::vector<uint16_t> one_block;
-  const auto run = [&](const std::string& name, float* workspace, int chunk, int cluster = 0, bool settled = false) {
+  const auto run = [&](const std::string& name, float* workspace, int chunk, int cluster = 0, bool settled = false,
+                       int ring = 0) {
     a.history_settled = settled;  // no call writes a cache here, so the promise holds
+    a.kv_ring = ring;
     a.workspace = workspace;
     a.workspace_rows = workspace ? c.batch : 0;
     a.split_chunk = chunk;
@@ -191,6 +193,8 @@ void bench_decode(const DecodeCase& c, int iters, double hbm_gbps) {
   run("one-block", nullptr, 0);
   run("split", ws.as<float>(), 0);
   run("settled", ws.as<float>(), 0, 0, true);  // the default path, older rows read before pdl_wait
+  run("regs", ws.as<float>(), 0, 0, true, -1);  // whole_row's K/V through registers, or a ring
+  run("ring", ws.as<float>(), 0, 0, true, 1);
   for (int chunk : {64, 128, 192, 256, 320, 512, 640, 1024}) {
     if (chunk > 2 * c.capacity) break;
     run("split/" + std::to_string(chunk), ws.as<float>(), chunk);

@@ -7,9 +7,10 @@
 //                     [--profile 1]            and time one eager decode step and one prefill per op kind
 //   llmq_runner_bench --kernels                   linear kernels on Llama-3.1-8B shapes, then the
 //                                                 decode GEMVs (runner/gemv.h) against cuBLASLt
-//   llmq_runner_bench --algos [normal]            cuBLASLt's candidate algorithms for the BF16
+//   llmq_runner_bench --algos [normal|decode]     cuBLASLt's candidate algorithms for the BF16
 //                                                 prefill GEMMs at Llama-3.1-8B shapes, each timed
-//                                                 (normal: on Gaussian operands)
+//                                                 (normal: on Gaussian operands; decode: at the
+//                                                 decode batches 17..64 it takes, Gaussian)
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -303,7 +304,8 @@ DeviceBuffer random_normal_bf16(size_t n, uint32_t seed, float sigma) {
 // the output is bit-identical to the heuristic's first choice (the one the engine runs).
 // Operands: random bits of small magnitude (few toggling bits), or with `normal` Gaussian
 // values (the tensor cores then draw more power, and the clock may drop).
-int algos_bench(bool normal) {
+int algos_bench(bool normal, bool decode) {
+  normal = normal || decode;
   struct Shape { const char* name; int N, K; };
   const Shape shapes[] = {{"qkv 6144x4096", 6144, 4096}, {"o 4096x4096", 4096, 4096},
                           {"gate_up 28672x4096", 28672, 4096}, {"down 4096x14336", 4096, 14336}};
@@ -316,10 +318,11 @@ int algos_bench(bool normal) {
   gpu::Blas blas;
   std::printf("%-22s %5s %4s %5s %6s %7s %8s %10s %9s %5s\n", "linear [N x K]", "M", "algo", "tile", "stages",
               "split-k", "cluster", "ms", "TFLOP/s", "bits");
+  const std::vector<int> ms = decode ? std::vector<int>{17, 32, 64} : std::vector<int>{2048, 4096, 8192};
   for (const Shape& s : shapes)
-    for (int M : {2048, 4096, 8192}) {
+    for (int M : ms) {
       const auto t = blas.time_bf16_algos(x.as<const uint16_t>(), w.as<const uint16_t>(), y.as<uint16_t>(), M, s.N, s.K,
-                                          16, 20);
+                                          16, decode ? 200 : 20);
       for (size_t a = 0; a < t.size(); ++a)
         std::printf("%-22s %5d %4zu %5d %6d %7d %8d %10.3f %9.1f %5s\n", s.name, M, a, t[a].tile, t[a].stages,
                     t[a].splitk, t[a].cluster, t[a].ms, 2.0 * M * s.N * s.K / (t[a].ms * 1e-3) / 1e12,
@@ -350,7 +353,7 @@ int main_impl(int argc, char** argv) {
   }
   if (argc >= 2 && std::strcmp(argv[1], "--kernels") == 0) return kernels_bench();
   if (argc >= 2 && std::strcmp(argv[1], "--algos") == 0)
-    return algos_bench(argc >= 3 && std::strcmp(argv[2], "normal") == 0);
+    return algos_bench(argc >= 3 && std::strcmp(argv[2], "normal") == 0, argc >= 3 && std::strcmp(argv[2], "decode") == 0);
   BenchOptions o;
   std::string json_path;
   for (int i = 1; i + 1 < argc; i += 2) {

@@ -131,6 +131,10 @@ struct AttentionArgs {
   // slot but the one at pos[r], and neither pos nor seq (decode: one row per slot, after
   // rope_and_cache). The older rows are then read before that kernel has finished.
   bool history_settled = false;
+  // How the one-block-per-(row, kv head) decode kernel (whole_row, from 17 rows at 8B heads)
+  // streams K and V at head_dim 128: 0 the default, -1 through registers, 1 through a
+  // cp.async ring in shared memory. The same bits either way. For benchmarks and tests.
+  int kv_ring = 0;
 };
 void attention(const AttentionArgs& a, cudaStream_t s);
 // Rows r0 .. r0 + n - 1 of a call as a call of their own.

@@ -83,5 +83,10 @@ __device__ __forceinline__ void cp_async_wait(int n) {
     default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
   }
 }
+// The same for a compile-time N of any size.
+template <int N>
+__device__ __forceinline__ void cp_async_wait_n() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 }  // namespace llmq::gpu

@@ -474,6 +474,18 @@ TEST(RunnerKernels, AttentionDecodeMatchesReference) {
           LLMQ_CUDA_CHECK(cudaMemset(dout.as<uint16_t>(), 0, dout.bytes()));
           gpu::attention(args, nullptr);
           EXPECT_TRUE(dout.to_host<uint16_t>() == first) << "history_settled gives other bits";
+          // whole_row's K/V through registers or its shared-memory ring: the same values, so
+          // the same bits (the other kernels ignore kv_ring).
+          for (int ring : {-1, 1})
+            for (bool settled : {false, true}) {
+              SCOPED_TRACE(::testing::Message() << "kv_ring " << ring << " history_settled " << settled);
+              args.kv_ring = ring;
+              args.history_settled = settled;
+              LLMQ_CUDA_CHECK(cudaMemset(dout.as<uint16_t>(), 0xFF, dout.bytes()));
+              gpu::attention(args, nullptr);
+              EXPECT_TRUE(dout.to_host<uint16_t>() == first) << "other bits";
+            }
+          args.kv_ring = 0;
           args.history_settled = false;
         }
       }
