@@ -256,6 +256,42 @@ const bf16* layer_forward(const LayerEnv& env, const GpuLayer& L, LayerBuffers& 
   return forward(Fwd{env, b, x, nullptr, rows.M, hook}, L, pending, rows, k_cache, v_cache);
 }
 
+const bf16* layer_forward_kept(const LayerEnv& env, const GpuLayer& L, LayerBuffers& b, bf16* x, const bf16* pending,
+                               const LayerRows& rows, const KeptRows& kept, bf16* k_cache, bf16* v_cache) {
+  const LlamaConfig& c = *env.config;
+  const int hidden = static_cast<int>(c.hidden_size), q_dim = static_cast<int>(c.q_dim());
+  const int qkv_dim = q_dim + 2 * static_cast<int>(c.kv_dim());
+  const int n_q = static_cast<int>(c.num_attention_heads), n_kv = static_cast<int>(c.num_key_value_heads);
+  const int hd = static_cast<int>(c.head_dim);
+  const Fwd all{env, b, x, nullptr, rows.M, nullptr};
+  const LinearIn qkv_in = all.norm(pending, L.ln1, L.qkv);
+  all.linear(L.qkv, qkv_in, b.qkv.as<bf16>(), {});
+  all.mark("qkv_proj");
+  gpu::rope_and_cache({b.qkv.as<bf16>(), env.cos, env.sin, rows.pos, rows.seq, k_cache, v_cache, rows.M, n_q, n_kv, hd,
+                       env.capacity},
+                      env.stream);
+  all.mark("rope_and_cache");
+  if (kept.S == 0) return nullptr;
+  // The kept rows' rotated q into gate_up's buffer (unused until the MLP), their residual rows
+  // through h (free after q/k/v) to x's first rows.
+  bf16* q_kept = b.gate_up.as<bf16>();
+  gpu::embed(b.qkv.as<const bf16>(), kept.rows, q_kept, kept.S, qkv_dim, env.stream);
+  gpu::embed(x, kept.rows, b.h.as<bf16>(), kept.S, hidden, env.stream);
+  LLMQ_CUDA_CHECK(cudaMemcpyAsync(x, b.h.as(), size_t(kept.S) * hidden * 2, cudaMemcpyDeviceToDevice, env.stream));
+  all.mark("keep_rows");
+  gpu::AttentionArgs args{q_kept, qkv_dim, k_cache, v_cache, kept.pos, kept.seq, b.attn.as<bf16>(), kept.S, n_q, n_kv, hd,
+                          env.capacity, b.attn_ws.as<float>(), b.attn_ws_rows};
+  gpu::attention(args, env.stream);
+  all.mark("attention");
+  const Fwd f{env, b, x, nullptr, kept.S, nullptr};
+  pending = f.residual_linear(L.o, b.attn.as<const bf16>());
+  f.mark("o_proj");
+  f.swiglu_linear(L.gate_up, f.norm(pending, L.ln2, L.gate_up));
+  pending = f.residual_linear(L.down, b.act.as<const bf16>());
+  f.mark("down_proj");
+  return pending;
+}
+
 const bf16* layer_forward(const LayerEnv& env, const GpuLayer& L, LayerBuffers& b, float* x32, const bf16* pending,
                           const LayerRows& rows, bf16* k_cache, bf16* v_cache, LayerInputHook* hook) {
   return forward(Fwd{env, b, nullptr, x32, rows.M, hook}, L, pending, rows, k_cache, v_cache);

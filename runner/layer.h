@@ -134,6 +134,15 @@ struct LayerRows {
   bool one_row_per_slot = false;
 };
 
+// Rows of a forward whose layer output is wanted (prefill: each prompt's last row): indices
+// into the forward's rows (ascending), their positions and slots; device int32 [S] each.
+struct KeptRows {
+  const int32_t* rows = nullptr;
+  const int32_t* pos = nullptr;
+  const int32_t* seq = nullptr;
+  int S = 0;
+};
+
 // The attention of a layer after its q/k/v linear: b.qkv [M, q_dim + 2 kv_dim] gets RoPE, its
 // k/v go to the cache, and the causal GQA attention writes b.attn [M, q_dim]. Part of
 // layer_forward, and what the AWQ search runs for its attention-block loss.
@@ -144,6 +153,15 @@ void attend(const LayerEnv& env, LayerBuffers& b, const LayerRows& rows, bf16* k
 // [slots, capacity, kv_dim] bf16 of this layer.
 const bf16* layer_forward(const LayerEnv& env, const GpuLayer& L, LayerBuffers& b, bf16* x, const bf16* pending,
                           const LayerRows& rows, bf16* k_cache, bf16* v_cache, LayerInputHook* hook = nullptr);
+
+// layer_forward where only the kept rows' output is wanted (the model's last layer when a
+// prefill wants each prompt's last logits): the RMSNorm, q/k/v and K/V cache append of every
+// row (later forwards attend to them), then attention, o and the MLP of the kept rows alone,
+// whose output ends compacted in x rows 0..S-1 (with the returned pending branch's rows
+// 0..S-1, or null). Other bits than layer_forward's rows: the kept rows' attention runs as
+// decode's kernels, and the linears at S rows may take other kernels.
+const bf16* layer_forward_kept(const LayerEnv& env, const GpuLayer& L, LayerBuffers& b, bf16* x, const bf16* pending,
+                               const LayerRows& rows, const KeptRows& kept, bf16* k_cache, bf16* v_cache);
 
 // The same on a float32 residual stream x32 [M, hidden] (the calibration forward,
 // pipeline/gpu_samples.h): the hidden state and the residual adds stay f32 instead of bf16
