@@ -274,6 +274,8 @@ const bf16* layer_forward_kept(const LayerEnv& env, const GpuLayer& L, LayerBuff
   if (kept.S == 0) return nullptr;
   // The kept rows' rotated q into gate_up's buffer (unused until the MLP), their residual rows
   // through h (free after q/k/v) to x's first rows.
+  LLMQ_CHECK(size_t(kept.S) * qkv_dim * 2 <= b.gate_up.bytes() && kept.S <= rows.M,
+             "layer_forward_kept: " << kept.S << " kept rows of " << rows.M << " do not fit the buffers");
   bf16* q_kept = b.gate_up.as<bf16>();
   gpu::embed(b.qkv.as<const bf16>(), kept.rows, q_kept, kept.S, qkv_dim, env.stream);
   gpu::embed(x, kept.rows, b.h.as<bf16>(), kept.S, hidden, env.stream);
