@@ -348,9 +348,8 @@ Status Engine::Impl::prefill_rows(const std::vector<std::vector<int32_t>>& promp
     for (int r = r0; r < r0 + M; ++r)
       if (all_logits || std::find(last_row.begin(), last_row.end(), r) != last_row.end()) want.push_back(r - r0);
     spans = gpu::row_spans(pos.data() + r0, seq.data() + r0, M);
-    const bool trim = !all_logits && static_cast<int>(want.size()) < M;  // then want.size() <= B <= max_batch
-    if (trim) {
-      const int S = static_cast<int>(want.size());
+    const int S = static_cast<int>(want.size());
+    if (!all_logits && S < M) {  // the last layer on the wanted rows only (S <= B <= max_batch)
       std::vector<int32_t> k(want);  // rows | pos | seq
       for (int32_t w : want) k.push_back(pos[r0 + w]);
       for (int32_t w : want) k.push_back(seq[r0 + w]);
@@ -358,22 +357,20 @@ Status Engine::Impl::prefill_rows(const std::vector<std::vector<int32_t>>& promp
       const int32_t* d = kept.as<const int32_t>();
       const KeptRows keep{d, d + S, d + 2 * S, S};
       forward_rows(M, &keep);
-    } else {
-      forward_rows(M);
-    }
-    spans.clear();
-    if (trim) {  // the wanted rows are x's first (S <= max_batch <= logit_rows: one group)
-      if (!want.empty()) {
-        head(decode_sel.as<const int32_t>(), static_cast<int>(want.size()));
-        on_logits(static_cast<int>(want.size()));
+      spans.clear();
+      if (S > 0) {  // they are x's first rows (S <= logit_rows: one group)
+        head(decode_sel.as<const int32_t>(), S);
+        on_logits(S);
       }
       continue;
     }
+    forward_rows(M);
+    spans.clear();
     for (size_t w0 = 0; w0 < want.size(); w0 += logit_rows) {
-      const int S = static_cast<int>(std::min<size_t>(logit_rows, want.size() - w0));
-      LLMQ_CUDA_CHECK(cudaMemcpyAsync(sel.as(), want.data() + w0, S * 4, cudaMemcpyHostToDevice, stream));
-      head(sel.as<const int32_t>(), S);
-      on_logits(S);
+      const int n = static_cast<int>(std::min<size_t>(logit_rows, want.size() - w0));
+      LLMQ_CUDA_CHECK(cudaMemcpyAsync(sel.as(), want.data() + w0, n * 4, cudaMemcpyHostToDevice, stream));
+      head(sel.as<const int32_t>(), n);
+      on_logits(n);
     }
   }
   return Status::ok();

@@ -203,16 +203,27 @@ size_t LayerBuffers::bytes() const {
          scratch.w_bf16.bytes() + scratch.split.bytes() + scratch.skinny.bytes();
 }
 
+namespace {
+
+// RoPE on b.qkv's q and k of the rows, their k and v appended to the cache.
+void rope_into_cache(const LayerEnv& env, LayerBuffers& b, const LayerRows& rows, bf16* k_cache, bf16* v_cache) {
+  const LlamaConfig& c = *env.config;
+  gpu::rope_and_cache({b.qkv.as<bf16>(), env.cos, env.sin, rows.pos, rows.seq, k_cache, v_cache, rows.M,
+                       static_cast<int>(c.num_attention_heads), static_cast<int>(c.num_key_value_heads),
+                       static_cast<int>(c.head_dim), env.capacity},
+                      env.stream);
+  env.marks.mark("rope_and_cache", env.stream);
+}
+
+}  // namespace
+
 void attend(const LayerEnv& env, LayerBuffers& b, const LayerRows& rows, bf16* k_cache, bf16* v_cache) {
   const LlamaConfig& c = *env.config;
   const int M = rows.M;
   const int n_q = static_cast<int>(c.num_attention_heads), n_kv = static_cast<int>(c.num_key_value_heads);
   const int hd = static_cast<int>(c.head_dim);
   const int q_dim = static_cast<int>(c.q_dim()), kv_dim = static_cast<int>(c.kv_dim());
-  gpu::rope_and_cache({b.qkv.as<bf16>(), env.cos, env.sin, rows.pos, rows.seq, k_cache, v_cache, M, n_q, n_kv, hd,
-                       env.capacity},
-                      env.stream);
-  env.marks.mark("rope_and_cache", env.stream);
+  rope_into_cache(env, b, rows, k_cache, v_cache);
   gpu::AttentionArgs args{b.qkv.as<const bf16>(), q_dim + 2 * kv_dim, k_cache, v_cache, rows.pos, rows.seq,
                           b.attn.as<bf16>(), M, n_q, n_kv, hd, env.capacity, b.attn_ws.as<float>(),
                           b.attn_ws_rows};
@@ -267,10 +278,7 @@ const bf16* layer_forward_kept(const LayerEnv& env, const GpuLayer& L, LayerBuff
   const LinearIn qkv_in = all.norm(pending, L.ln1, L.qkv);
   all.linear(L.qkv, qkv_in, b.qkv.as<bf16>(), {});
   all.mark("qkv_proj");
-  gpu::rope_and_cache({b.qkv.as<bf16>(), env.cos, env.sin, rows.pos, rows.seq, k_cache, v_cache, rows.M, n_q, n_kv, hd,
-                       env.capacity},
-                      env.stream);
-  all.mark("rope_and_cache");
+  rope_into_cache(env, b, rows, k_cache, v_cache);
   if (kept.S == 0) return nullptr;
   // The kept rows' rotated q into gate_up's buffer (unused until the MLP), their residual rows
   // through h (free after q/k/v) to x's first rows.

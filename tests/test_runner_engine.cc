@@ -305,17 +305,22 @@ TEST(RunnerEngine, PipelineCheckpointsMatchCpuReference) {
   std::filesystem::remove_all(scratch);
 }
 
+// stories260k in an engine of two slots of 64 positions, forwards of up to max_rows rows.
+Expected<std::unique_ptr<Engine>> two_slot_stories260k(int max_rows = EngineOptions{}.max_rows) {
+  EngineOptions opt;
+  opt.max_batch = 2;
+  opt.capacity = 64;
+  opt.max_rows = max_rows;
+  return Engine::load(model_dir("stories260k"), opt);
+}
+
 // The benchmark's prefill_greedy and per-op profiles: a profiled prefill (chunked: max_rows
 // below the prompts) and decode step name the forward's ops, and leave the same logits as
 // unprofiled calls.
 TEST(RunnerEngine, ProfilesNameTheOpsAndChangeNothing) {
   LLMQ_REQUIRE_GPU();
   LLMQ_REQUIRE_TEST_DATA();
-  EngineOptions opt;
-  opt.max_batch = 2;
-  opt.capacity = 64;
-  opt.max_rows = 24;
-  auto e = Engine::load(model_dir("stories260k"), opt);
+  auto e = two_slot_stories260k(/*max_rows=*/24);
   ASSERT_TRUE(e.has_value()) << e.status().message();
   Engine& engine = **e;
   const std::vector<std::vector<int32_t>> prompts = {prompt_ids(20, 512, 3), prompt_ids(13, 512, 4)};
@@ -358,10 +363,7 @@ TEST(RunnerEngine, ProfilesNameTheOpsAndChangeNothing) {
 TEST(RunnerEngine, ReplayedDecodeStepsChangeNothing) {
   LLMQ_REQUIRE_GPU();
   LLMQ_REQUIRE_TEST_DATA();
-  EngineOptions opt;
-  opt.max_batch = 2;
-  opt.capacity = 64;
-  auto e = Engine::load(model_dir("stories260k"), opt);
+  auto e = two_slot_stories260k();
   ASSERT_TRUE(e.has_value()) << e.status().message();
   Engine& engine = **e;
   const std::vector<std::vector<int32_t>> prompts = {prompt_ids(20, 512, 5), prompt_ids(13, 512, 6)};
@@ -373,7 +375,9 @@ TEST(RunnerEngine, ReplayedDecodeStepsChangeNothing) {
     if (replays > 0) {
       auto ms = engine.replay_decode_steps(2, replays);
       EXPECT_TRUE(ms.has_value()) << ms.status().message();
-      if (ms) EXPECT_GT(*ms, 0.0);
+      if (ms) {
+        EXPECT_GT(*ms, 0.0);
+      }
     }
     auto logits = engine.decode(*first);
     EXPECT_TRUE(logits.has_value());
