@@ -223,9 +223,9 @@ int kernels_bench() {
   DeviceBuffer w4_split(gpu::w4a16_split_bytes(28672, max_m));  // zeroed once, as the kernel needs
   LLMQ_CUDA_CHECK(cudaMemset(w4_split.as(), 0, w4_split.bytes()));
   const gpu::W4A16Scratch w4_scratch{nullptr, wdeq.as<uint16_t>(), w4_split.as(), w4_split.bytes()};
-  double step_us[4][3] = {};  // [format][M index]: one decoder layer's linears
+  double step_us[4][4] = {};  // [format][M index]: one decoder layer's linears
   const char* names[4] = {"bf16", "fp8", "int8", "w4a16"};
-  const int ms[3] = {1, 16, 64};
+  const int ms[4] = {1, 16, 32, 64};
   for (const Shape& s : shapes) {
     // Weights cycle through copies, as in gemv_bench: one copy of the smaller shapes would be
     // served from L2 after the first call.
@@ -247,7 +247,7 @@ int kernels_bench() {
     std::vector<gpu::W4A16Weights> w4;
     w4.push_back(gpu::W4A16Weights::upload(l));
     while (w4.size() < l2_defeating_copies(w4.front().bytes())) w4.push_back(gpu::W4A16Weights::upload(l));
-    for (int mi = 0; mi < 3; ++mi) {
+    for (int mi = 0; mi < 4; ++mi) {
       const int M = ms[mi];
       size_t i = 0;  // the next weight copy
       const auto* xs = x.as<const uint16_t>();
@@ -284,7 +284,8 @@ int kernels_bench() {
   }
   std::printf("one decoder layer's linears (us): ");
   for (int f = 0; f < 4; ++f)
-    std::printf("%s M=1 %.1f M=16 %.1f M=64 %.1f%s", names[f], step_us[f][0], step_us[f][1], step_us[f][2], f < 3 ? " | " : "\n");
+    std::printf("%s M=1 %.1f M=16 %.1f M=32 %.1f M=64 %.1f%s", names[f], step_us[f][0], step_us[f][1], step_us[f][2],
+                step_us[f][3], f < 3 ? " | " : "\n");
   gemv_bench(bw, blas);
   skinny_bench(bw, blas);
   return 0;

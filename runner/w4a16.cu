@@ -137,8 +137,12 @@ __global__ void dequant_kernel(const uint32_t* __restrict__ packed, const uint32
 
 // ---- tensor-core path (layout in runner/w4a16.h) ------------------------------------------
 //
-// Block: 8 warps, 8 consecutive 16-row tiles (128 output rows), one tile per warp, over a
-// K range of the block's split (gridDim.y splits of the K/64 chunks). The block streams its
+// Block: 8 consecutive 16-row tiles (128 output rows) over a K range of the block's split
+// (gridDim.y splits of the K/64 chunks), with KS warps per tile (8 or 16 warps): with KS = 2
+// each tile's two warps take alternate chunks of every stage and their sums are added at the
+// end (twice the warps per SM to hide the MMA and ldmatrix latencies at the same shared
+// memory: TG = 8 ran 2 warps per scheduler, waiting on fixed-latency dependencies 42% of its
+// cycles, ncu at qkv M = 64; launch_mma_ks picks KS). The block streams its
 // K range in stages of 4 chunks (256 columns) through a cp.async pipeline in shared memory:
 // per stage the 8 tiles' weights (8 x 4 x 512 bytes, fragment-ordered), their params and
 // x[0:M, 256 columns] (bf16). The x slice is read from L2 once per block and reused by all
@@ -146,7 +150,7 @@ __global__ void dequant_kernel(const uint32_t* __restrict__ packed, const uint32
 // N/128 · M · K · 2 bytes instead of N/16 · M · K · 2.
 // Numerics per output: per 64-column chunk Σ x·(c - zero) on mma.sync (f32 accumulation),
 // times the group's scale once (f32 fma into the warp's sum, chunks in increasing order);
-// with splits > 1 each split's sum goes to a workspace and the last-arriving block adds the
+// with KS = 2 the two warps' sums are added in warp order; with splits > 1 each split's sum goes to a workspace and the last-arriving block adds the
 // splits in the fixed order 0, 1, ... (deterministic whatever the arrival order).
 
 constexpr int kMmaWarps = 8;         // = tiles per block (one 16-row tile per warp)
@@ -341,8 +345,8 @@ void launch_mma_direct(const W4A16Weights& w, const uint16_t* x, uint16_t* y, in
 // Grid: x over blocks of 128 output rows, y over K splits. TG groups of 8 token rows
 // (M <= 8 TG). partials [splits, M, N] f32 and counters [gridDim.x] uint32 (zero on entry,
 // zero again on exit) only when gridDim.y > 1. y may alias epi.residual.
-template <int TG, bool kF16>
-__global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __restrict__ packed,
+template <int TG, bool kF16, int KS>
+__global__ void __launch_bounds__(kMmaWarps * KS * 32) mma_kernel(const uint4* __restrict__ packed,
                                                              const uint32_t* __restrict__ params,
                                                              const uint16_t* __restrict__ x, uint16_t* y, int M, int N,
                                                              int K, int group_size, int G, int stages,
@@ -351,7 +355,11 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int kTokens = TG * 8;
   constexpr int kStageBytes = mma_stage_bytes(TG);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  static_assert(kStageChunks % KS == 0 && (kStageChunks / 2) % KS == 0, "KS must divide a stage's chunks");
+  const int lane = threadIdx.x % 32;
+  // The warp's tile in the block, and its chunks of each stage: j = half, half + KS, ...
+  const int warp = KS == 1 ? threadIdx.x / 32 : threadIdx.x / 32 % kMmaWarps;
+  const int half = KS == 1 ? 0 : threadIdx.x / 32 / kMmaWarps;
   const int tiles = (N + 15) / 16, chunks = K / 64;
   const int tile = blockIdx.x * kMmaWarps + warp;
   const bool has_tile = tile < tiles;
@@ -378,24 +386,32 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
       const int c0 = c_begin + st * kStageChunks;
       if (has_tile) {
 #pragma unroll
-        for (int j = 0; j < kStageChunks; ++j)
+        for (int jj = 0; jj < kStageChunks / KS; ++jj) {
+          const int j = jj * KS + half;
           if (c0 + j < c_end)
             cp_async16(buf + ((warp * kStageChunks + j) * 32 + lane) * 16,
                               packed + (static_cast<int64_t>(tile) * chunks + c0 + j) * 32 + lane);
+        }
 #pragma unroll
-        for (int it = 0; it < kStageChunks / 2; ++it) {
+        for (int it = half; it < kStageChunks / 2; it += KS) {
           const int j = lane / 16 + 2 * it, r = lane % 16;
           if (c0 + j < c_end)
             cp_async4(buf + kStageW + ((warp * kStageChunks + j) * 16 + r) * 4,
                       params + static_cast<int64_t>(tile * 16 + r) * G + (c0 + j) * 64 / group_size);
         }
       }
-      const int segs = min(kStageChunks, c_end - c0) * 8;  // 16-byte pieces of one x row
-      unsigned char* xs = buf + kStageW + kStageP;
-      for (int e = threadIdx.x; e < M * 32; e += blockDim.x) {
-        const int tok = e / 32, seg = e % 32;
-        if (seg < segs)
-          cp_async16(xs + (tok * kXStride + seg * 8) * 2, x + static_cast<int64_t>(tok) * K + c0 * 64 + seg * 8);
+      // Lane l copies 16-byte piece l of the stage's x rows (32 per row) for tokens warp,
+      // warp + warps, ...: no index division, one pointer step per token.
+      const int segs = min(kStageChunks, c_end - c0) * 8;
+      static_assert(kStageChunks * 8 == 32, "one lane per 16-byte piece of a staged x row");
+      if (lane < segs) {
+        const uint16_t* src = x + static_cast<int64_t>(threadIdx.x / 32) * K + c0 * 64 + lane * 8;
+        unsigned char* dst = buf + kStageW + kStageP + ((threadIdx.x / 32) * kXStride + lane * 8) * 2;
+        for (int tok = threadIdx.x / 32; tok < M; tok += kMmaWarps * KS) {
+          cp_async16(dst, src);
+          src += static_cast<int64_t>(kMmaWarps * KS) * K;
+          dst += kMmaWarps * KS * kXStride * 2;
+        }
       }
     }
     cp_async_commit();
@@ -420,7 +436,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
     // b0, b1 of step 2 s2 and b0, b1 of step 2 s2 + 1.
     const uint32_t xa = smem_addr(buf + kStageW + kStageP) + ((lane % 8) * kXStride + (lane / 8) * 8) * 2;
 #pragma unroll
-    for (int j = 0; j < kStageChunks; ++j) {
+    for (int jj = 0; jj < kStageChunks / KS; ++jj) {
+      const int j = jj * KS + half;
       if (c0 + j >= c_end) break;
       const uint4 wv = *reinterpret_cast<const uint4*>(buf + ((warp * kStageChunks + j) * 32 + lane) * 16);
       const uint32_t* pj = reinterpret_cast<const uint32_t*>(buf + kStageW) + (warp * kStageChunks + j) * 16;
@@ -466,14 +483,20 @@ __global__ void __launch_bounds__(kMmaWarps * 32) mma_kernel(const uint4* __rest
 
   // out [kMmaWarps tiles][kTokens][16 rows] f32. C fragment: {c0 c1} row l/4, tokens
   // 2(l%4) + {0, 1}; {c2 c3} row l/4 + 8.
+  // With KS > 1 the halves' sums are added in half order (deterministic).
   float* out = reinterpret_cast<float*>(smem);
-  if (has_tile)
 #pragma unroll
-    for (int g = 0; g < TG; ++g)
+  for (int h = 0; h < KS; ++h) {
+    if (has_tile && half == h)
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        out[(warp * kTokens + g * 8 + 2 * (lane % 4) + (i % 2)) * 16 + lane / 4 + (i >= 2 ? 8 : 0)] = acc[g][i];
-  __syncthreads();
+      for (int g = 0; g < TG; ++g)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float& o = out[(warp * kTokens + g * 8 + 2 * (lane % 4) + (i % 2)) * 16 + lane / 4 + (i >= 2 ? 8 : 0)];
+          o = h == 0 ? acc[g][i] : o + acc[g][i];
+        }
+    __syncthreads();
+  }
   const int n0 = blockIdx.x * kBlockRows, rows = min(kBlockRows, N - n0);
   const auto at = [&](int tok, int r) -> float& { return out[((r / 16) * kTokens + tok) * 16 + r % 16]; };
 
@@ -540,7 +563,7 @@ struct MmaConfig {
   int sms = 0;
 };
 
-template <int TG, bool kF16>
+template <int TG, bool kF16, int KS>
 const MmaConfig& mma_config() {
   static const MmaConfig config = [] {
     MmaConfig c;
@@ -553,9 +576,9 @@ const MmaConfig& mma_config() {
     c.smem = c.stages * mma_stage_bytes(TG);
     LLMQ_CHECK(c.smem <= optin, "W4A16 tensor-core GEMV needs " << c.smem << " bytes of shared memory, the device has "
                                                                 << optin);
-    LLMQ_CUDA_CHECK(cudaFuncSetAttribute(mma_kernel<TG, kF16>, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem));
-    LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c.blocks_per_sm, mma_kernel<TG, kF16>,
-                                                                  kMmaWarps * 32, c.smem));
+    LLMQ_CUDA_CHECK(cudaFuncSetAttribute(mma_kernel<TG, kF16, KS>, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem));
+    LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c.blocks_per_sm, mma_kernel<TG, kF16, KS>,
+                                                                  kMmaWarps * KS * 32, c.smem));
     LLMQ_CHECK(c.blocks_per_sm > 0, "W4A16 tensor-core GEMV cannot be resident");
     return c;
   }();
@@ -587,23 +610,43 @@ int mma_splits(const MmaConfig& c, int M, int N, int K, void* split, size_t spli
   return best;
 }
 
-template <int TG, bool kF16>
+template <int TG, bool kF16, int KS>
 void launch_mma(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi, void* split,
                 size_t split_bytes, cudaStream_t s) {
-  const MmaConfig& c = mma_config<TG, kF16>();
+  const MmaConfig& c = mma_config<TG, kF16, KS>();
   const int splits = mma_splits(c, M, w.N, w.K, split, split_bytes);
   const dim3 grid((w.N + kBlockRows - 1) / kBlockRows, splits);
   auto* counters = static_cast<uint32_t*>(split);
   auto* partials = splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(split) + kSplitCounterBytes) : nullptr;
-  launch_pdl(mma_kernel<TG, kF16>, dim3(grid), dim3(kMmaWarps * 32), c.smem, s, w.packed.as<const uint4>(), w.params.as<const uint32_t>(), x, y, M, w.N, w.K, w.group_size, w.G, c.stages, partials, counters, epi);
+  launch_pdl(mma_kernel<TG, kF16, KS>, dim3(grid), dim3(kMmaWarps * KS * 32), c.smem, s, w.packed.as<const uint4>(), w.params.as<const uint32_t>(), x, y, M, w.N, w.K, w.group_size, w.G, c.stages, partials, counters, epi);
   LLMQ_CUDA_CHECK_LAUNCH();
+}
+
+// Waves of resident blocks one launch of that configuration takes.
+int mma_waves(const MmaConfig& c, int M, int N, int K, void* split, size_t split_bytes) {
+  const int columns = (N + kBlockRows - 1) / kBlockRows;
+  const int blocks = columns * mma_splits(c, M, N, K, split, split_bytes);
+  return (blocks + c.sms * c.blocks_per_sm - 1) / (c.sms * c.blocks_per_sm);
+}
+
+// KS = 2 (16 warps, two per tile, each taking half of a stage's chunks) hides more of the
+// MMA and shared-memory latencies than 8 warps, but its blocks are twice as large: where
+// that costs a wave (TG = 4, whose 8-warp blocks fit two to an SM, on gate_up's 224
+// columns) the 8-warp block runs.
+template <int TG, bool kF16>
+void launch_mma_ks(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi, void* split,
+                   size_t split_bytes, cudaStream_t s) {
+  const bool ks2 = mma_waves(mma_config<TG, kF16, 2>(), M, w.N, w.K, split, split_bytes) <=
+                                       mma_waves(mma_config<TG, kF16, 1>(), M, w.N, w.K, split, split_bytes);
+  if (ks2) return launch_mma<TG, kF16, 2>(w, x, y, M, epi, split, split_bytes, s);
+  launch_mma<TG, kF16, 1>(w, x, y, M, epi, split, split_bytes, s);
 }
 
 template <int TG>
 void launch_mma(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi, void* split,
                 size_t split_bytes, cudaStream_t s) {
-  if (w.scale_f16) return launch_mma<TG, true>(w, x, y, M, epi, split, split_bytes, s);
-  launch_mma<TG, false>(w, x, y, M, epi, split, split_bytes, s);
+  if (w.scale_f16) return launch_mma_ks<TG, true>(w, x, y, M, epi, split, split_bytes, s);
+  launch_mma_ks<TG, false>(w, x, y, M, epi, split, split_bytes, s);
 }
 
 template <int MT>

@@ -20,7 +20,7 @@
 // Small M (<= kW4A16MmaMaxM per pass): the tensor-core kernels compute Σ x·(c - zero) per
 // 64-column chunk on mma.sync with f32 accumulation and multiply by the group's scale once
 // per chunk. M <= 8: one block per 16-row tile, x read straight from L1 (faster there).
-// M 9..64: a block takes 8 tiles (128 output rows, one tile per warp) over a K range and
+// M 9..64: a block takes 8 tiles (128 output rows, one or two warps per tile) over a K range and
 // streams weights and x[0:M, 256 columns] through a cp.async pipeline in shared memory, so
 // each x slice is read once per 128 rows (B fragments by ldmatrix); K is split over blocks
 // where N alone gives too few blocks, the splits summed in a fixed order by the block that
