@@ -150,8 +150,9 @@ __global__ void dequant_kernel(const uint32_t* __restrict__ packed, const uint32
 // N/128 · M · K · 2 bytes instead of N/16 · M · K · 2.
 // Numerics per output: per 64-column chunk Σ x·(c - zero) on mma.sync (f32 accumulation),
 // times the group's scale once (f32 fma into the warp's sum, chunks in increasing order);
-// with KS = 2 the two warps' sums are added in warp order; with splits > 1 each split's sum goes to a workspace and the last-arriving block adds the
-// splits in the fixed order 0, 1, ... (deterministic whatever the arrival order).
+// with KS = 2 the two warps' sums are added in warp order; with splits > 1 each split's sum
+// goes to a workspace and the last-arriving block adds the splits in the fixed order 0, 1,
+// ... (deterministic whatever the arrival order).
 
 constexpr int kMmaWarps = 8;         // = tiles per block (one 16-row tile per warp)
 constexpr int kBlockRows = 16 * kMmaWarps;
@@ -639,14 +640,14 @@ int mma_waves(const MmaConfig& c, int M, int N, int K, void* split, size_t split
 
 // KS = 2 (16 warps, two per tile, each taking half of a stage's chunks) hides more of the
 // MMA and shared-memory latencies than 8 warps, but its blocks are twice as large: where
-// that costs a wave (TG = 4, whose 8-warp blocks fit two to an SM, on gate_up's 224
-// columns) the 8-warp block runs.
+// that costs a wave of blocks the 8-warp block runs (TG = 4 on gate_up's 224 columns, where
+// two 8-warp blocks fit an SM and one 16-warp block at 76 registers).
 template <int TG, bool kF16>
 void launch_mma_ks(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi, void* split,
                    size_t split_bytes, cudaStream_t s) {
-  const bool ks2 = mma_waves(mma_config<TG, kF16, 2>(), M, w.N, w.K, split, split_bytes) <=
-                                       mma_waves(mma_config<TG, kF16, 1>(), M, w.N, w.K, split, split_bytes);
-  if (ks2) return launch_mma<TG, kF16, 2>(w, x, y, M, epi, split, split_bytes, s);
+  const int waves_ks2 = mma_waves(mma_config<TG, kF16, 2>(), M, w.N, w.K, split, split_bytes);
+  const int waves_ks1 = mma_waves(mma_config<TG, kF16, 1>(), M, w.N, w.K, split, split_bytes);
+  if (waves_ks2 <= waves_ks1) return launch_mma<TG, kF16, 2>(w, x, y, M, epi, split, split_bytes, s);
   launch_mma<TG, kF16, 1>(w, x, y, M, epi, split, split_bytes, s);
 }
 
