@@ -215,18 +215,23 @@ void rope_into_cache(const LayerEnv& env, LayerBuffers& b, const LayerRows& rows
   env.marks.mark("rope_and_cache", env.stream);
 }
 
+// The layer's attention over its caches for M query rows q (row stride q_ld) at pos / seq,
+// into b.attn.
+gpu::AttentionArgs attention_args(const LayerEnv& env, LayerBuffers& b, const bf16* q, int q_ld, const int32_t* pos,
+                                  const int32_t* seq, int M, const bf16* k_cache, const bf16* v_cache) {
+  const LlamaConfig& c = *env.config;
+  return gpu::AttentionArgs{q, q_ld, k_cache, v_cache, pos, seq, b.attn.as<bf16>(), M,
+                            static_cast<int>(c.num_attention_heads), static_cast<int>(c.num_key_value_heads),
+                            static_cast<int>(c.head_dim), env.capacity, b.attn_ws.as<float>(), b.attn_ws_rows};
+}
+
 }  // namespace
 
 void attend(const LayerEnv& env, LayerBuffers& b, const LayerRows& rows, bf16* k_cache, bf16* v_cache) {
   const LlamaConfig& c = *env.config;
-  const int M = rows.M;
-  const int n_q = static_cast<int>(c.num_attention_heads), n_kv = static_cast<int>(c.num_key_value_heads);
-  const int hd = static_cast<int>(c.head_dim);
-  const int q_dim = static_cast<int>(c.q_dim()), kv_dim = static_cast<int>(c.kv_dim());
   rope_into_cache(env, b, rows, k_cache, v_cache);
-  gpu::AttentionArgs args{b.qkv.as<const bf16>(), q_dim + 2 * kv_dim, k_cache, v_cache, rows.pos, rows.seq,
-                          b.attn.as<bf16>(), M, n_q, n_kv, hd, env.capacity, b.attn_ws.as<float>(),
-                          b.attn_ws_rows};
+  gpu::AttentionArgs args = attention_args(env, b, b.qkv.as<const bf16>(), static_cast<int>(c.q_dim() + 2 * c.kv_dim()),
+                                           rows.pos, rows.seq, rows.M, k_cache, v_cache);
   args.history_settled = rows.one_row_per_slot;
   if (!rows.spans || rows.spans->empty()) gpu::attention(args, env.stream);
   else gpu::attention(args, *rows.spans, env.stream);
@@ -272,8 +277,6 @@ const bf16* layer_forward_kept(const LayerEnv& env, const GpuLayer& L, LayerBuff
   const LlamaConfig& c = *env.config;
   const int hidden = static_cast<int>(c.hidden_size), q_dim = static_cast<int>(c.q_dim());
   const int qkv_dim = q_dim + 2 * static_cast<int>(c.kv_dim());
-  const int n_q = static_cast<int>(c.num_attention_heads), n_kv = static_cast<int>(c.num_key_value_heads);
-  const int hd = static_cast<int>(c.head_dim);
   const Fwd all{env, b, x, nullptr, rows.M, nullptr};
   const LinearIn qkv_in = all.norm(pending, L.ln1, L.qkv);
   all.linear(L.qkv, qkv_in, b.qkv.as<bf16>(), {});
@@ -289,9 +292,7 @@ const bf16* layer_forward_kept(const LayerEnv& env, const GpuLayer& L, LayerBuff
   gpu::embed(x, kept.rows, b.h.as<bf16>(), kept.S, hidden, env.stream);
   LLMQ_CUDA_CHECK(cudaMemcpyAsync(x, b.h.as(), size_t(kept.S) * hidden * 2, cudaMemcpyDeviceToDevice, env.stream));
   all.mark("keep_rows");
-  gpu::AttentionArgs args{q_kept, qkv_dim, k_cache, v_cache, kept.pos, kept.seq, b.attn.as<bf16>(), kept.S, n_q, n_kv, hd,
-                          env.capacity, b.attn_ws.as<float>(), b.attn_ws_rows};
-  gpu::attention(args, env.stream);
+  gpu::attention(attention_args(env, b, q_kept, qkv_dim, kept.pos, kept.seq, kept.S, k_cache, v_cache), env.stream);
   all.mark("attention");
   const Fwd f{env, b, x, nullptr, kept.S, nullptr};
   pending = f.residual_linear(L.o, b.attn.as<const bf16>());

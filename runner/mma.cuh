@@ -74,19 +74,19 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most n (0..3; PTX takes an immediate) of this thread's groups are pending.
-__device__ __forceinline__ void cp_async_wait(int n) {
-  switch (n) {
-    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
-    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
-    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
-  }
-}
-// The same for a compile-time N of any size.
+// Waits until at most N of this thread's groups are pending (PTX takes an immediate).
 template <int N>
 __device__ __forceinline__ void cp_async_wait_n() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// The same for a run-time n in 0..3 (larger n waits as for 3).
+__device__ __forceinline__ void cp_async_wait(int n) {
+  switch (n) {
+    case 0: return cp_async_wait_n<0>();
+    case 1: return cp_async_wait_n<1>();
+    case 2: return cp_async_wait_n<2>();
+    default: return cp_async_wait_n<3>();
+  }
 }
 
 }  // namespace llmq::gpu

@@ -619,11 +619,11 @@ int mma_splits(const MmaConfig& c, int M, int N, int K, void* split, size_t spli
   return best;
 }
 
+// One launch in `splits` K splits (mma_splits of this configuration).
 template <int TG, bool kF16, int KS>
 void launch_mma(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi, void* split,
-                size_t split_bytes, cudaStream_t s) {
+                int splits, cudaStream_t s) {
   const MmaConfig& c = mma_config<TG, kF16, KS>();
-  const int splits = mma_splits(c, M, w.N, w.K, split, split_bytes);
   const dim3 grid((w.N + kBlockRows - 1) / kBlockRows, splits);
   auto* counters = static_cast<uint32_t*>(split);
   auto* partials = splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(split) + kSplitCounterBytes) : nullptr;
@@ -631,10 +631,9 @@ void launch_mma(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, co
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
-// Waves of resident blocks one launch of that configuration takes.
-int mma_waves(const MmaConfig& c, int M, int N, int K, void* split, size_t split_bytes) {
-  const int columns = (N + kBlockRows - 1) / kBlockRows;
-  const int blocks = columns * mma_splits(c, M, N, K, split, split_bytes);
+// Waves of resident blocks one launch of that configuration in `splits` K splits takes.
+int mma_waves(const MmaConfig& c, int N, int splits) {
+  const int blocks = (N + kBlockRows - 1) / kBlockRows * splits;
   return (blocks + c.sms * c.blocks_per_sm - 1) / (c.sms * c.blocks_per_sm);
 }
 
@@ -645,10 +644,12 @@ int mma_waves(const MmaConfig& c, int M, int N, int K, void* split, size_t split
 template <int TG, bool kF16>
 void launch_mma_ks(const W4A16Weights& w, const uint16_t* x, uint16_t* y, int M, const GemvEpilogue& epi, void* split,
                    size_t split_bytes, cudaStream_t s) {
-  const int waves_ks2 = mma_waves(mma_config<TG, kF16, 2>(), M, w.N, w.K, split, split_bytes);
-  const int waves_ks1 = mma_waves(mma_config<TG, kF16, 1>(), M, w.N, w.K, split, split_bytes);
-  if (waves_ks2 <= waves_ks1) return launch_mma<TG, kF16, 2>(w, x, y, M, epi, split, split_bytes, s);
-  launch_mma<TG, kF16, 1>(w, x, y, M, epi, split, split_bytes, s);
+  const MmaConfig &c2 = mma_config<TG, kF16, 2>(), &c1 = mma_config<TG, kF16, 1>();
+  const int splits2 = mma_splits(c2, M, w.N, w.K, split, split_bytes);
+  const int splits1 = mma_splits(c1, M, w.N, w.K, split, split_bytes);
+  if (mma_waves(c2, w.N, splits2) <= mma_waves(c1, w.N, splits1))
+    return launch_mma<TG, kF16, 2>(w, x, y, M, epi, split, splits2, s);
+  launch_mma<TG, kF16, 1>(w, x, y, M, epi, split, splits1, s);
 }
 
 template <int TG>
