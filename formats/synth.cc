@@ -237,7 +237,10 @@ std::string llama_config_json(const LlamaConfig& c) {
 
 Status write_synthetic_checkpoint(const SynthPreset& preset, const SynthOptions& options,
                                   const std::string& dir) {
-  const LlamaConfig& c = preset.config;
+  if (options.num_layers < 0)
+    return Status::error("synth: the layer count must be positive, not " + std::to_string(options.num_layers));
+  LlamaConfig c = preset.config;
+  if (options.num_layers > 0) c.num_hidden_layers = options.num_layers;
   LLMQ_RETURN_IF_ERROR(write_text(dir + "/config.json", llama_config_json(c)));
   ordered_json gen = {{"bos_token_id", ids_json(c.bos_token_ids)},
                       {"eos_token_id", ids_json(c.eos_token_ids)},

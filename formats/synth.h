@@ -27,6 +27,10 @@ struct SynthOptions {
   uint64_t seed = 0;
   double weight_std = 0.02;  // initializer_range of the Llama configs
   std::string tokenizer_from;  // directory to copy tokenizer files from; empty: byte-level
+  // Decoder layers to write; 0: the preset's. Tensors are seeded by name, so a model cut to N
+  // layers holds the full model's first N layers bit for bit (a 70B-shaped model that fits a
+  // disk and a GPU, to run every kernel at 70B's dimensions).
+  int64_t num_layers = 0;
 };
 
 // Writes a complete checkpoint into `dir` (which must exist and be empty; callers stage it).

@@ -113,8 +113,15 @@ std::string validate(const QuantizedLinear& q) {
       break;
     case QuantScheme::kInt4Group:
       if (q.codes.dtype() != DType::kU8) return "int4 codes must be U8";
-      for (int64_t i = 0; i < out * in; ++i)
-        if (codes[i] > 15) return "int4 code " + std::to_string(i) + " out of range";
+      {
+        // One vectorized OR over every code first (a layer's worth is read at each load), the
+        // offending index only when there is one.
+        uint8_t high = 0;
+        for (int64_t i = 0; i < out * in; ++i) high |= codes[i];
+        if (high > 15)
+          for (int64_t i = 0; i < out * in; ++i)
+            if (codes[i] > 15) return "int4 code " + std::to_string(i) + " out of range";
+      }
       if (q.zeros.dtype() != DType::kU8 || q.zeros.shape() != Shape{out, G}) return "zeros must be U8 " + shape_str({out, G});
       for (int64_t i = 0; i < out * G; ++i)
         if (q.zeros.data<uint8_t>()[i] > 15) return "int4 zero " + std::to_string(i) + " out of range";

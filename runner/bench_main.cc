@@ -1,7 +1,8 @@
 // llmq_runner_bench: the runner's benchmarks as a standalone program, for GPU machines where
 // the full CLI is not built. `llmq eval --bench` runs the same run_bench; this program also
 // synthesizes checkpoints, quantizes them in memory (--rtn) and times the linear kernels alone.
-//   llmq_runner_bench --synth llama-3.1-8b DIR     write a random-weight checkpoint
+//   llmq_runner_bench --synth llama-3.1-8b DIR [LAYERS]  write a random-weight checkpoint
+//                                                 (its first LAYERS decoder layers only)
 //   llmq_runner_bench --model DIR [--batches 1,16,64] [--in 512] [--out 128] [--json FILE]
 //                     [--rtn fp8|int8|w4a16]   quantize a BF16 checkpoint in memory first
 //                     [--profile 1]            and time one eager decode step and one prefill per op kind
@@ -348,7 +349,9 @@ int main_impl(int argc, char** argv) {
     auto preset = find_synth_preset(argv[2]);
     if (!preset) return std::fprintf(stderr, "%s\n", preset.status().message().c_str()), 2;
     std::filesystem::create_directories(argv[3]);
-    const Status st = write_synthetic_checkpoint(*preset, SynthOptions{}, argv[3]);
+    SynthOptions options;
+    if (argc >= 5) options.num_layers = std::atoi(argv[4]);  // the first N layers only
+    const Status st = write_synthetic_checkpoint(*preset, options, argv[3]);
     if (!st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 2;
     return 0;
   }

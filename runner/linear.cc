@@ -2,6 +2,7 @@
 #include "runner/linear.h"
 
 #include <cstring>
+#include <memory>
 
 #include "core/numeric.h"
 #include "formats/quant_formats.h"
@@ -36,13 +37,14 @@ std::vector<bf16> to_bf16(const TensorView& v) {
 void interleave_halves(void* data, int64_t rows, size_t row_bytes) {
   LLMQ_CHECK(rows % 2 == 0, "interleave_halves: odd row count " << rows);
   const auto* src = static_cast<const uint8_t*>(data);
-  std::vector<uint8_t> out(static_cast<size_t>(rows) * row_bytes);
+  const std::unique_ptr<uint8_t[]> out(new uint8_t[static_cast<size_t>(rows) * row_bytes]);  // no zero fill
   const int64_t n = rows / 2;
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     std::memcpy(&out[static_cast<size_t>(2 * i) * row_bytes], src + static_cast<size_t>(i) * row_bytes, row_bytes);
     std::memcpy(&out[static_cast<size_t>(2 * i + 1) * row_bytes], src + static_cast<size_t>(n + i) * row_bytes, row_bytes);
   }
-  std::memcpy(data, out.data(), out.size());
+  std::memcpy(data, out.get(), static_cast<size_t>(rows) * row_bytes);
 }
 
 void interleave_halves(Tensor& t) {

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/numeric.h"
+#include "formats/synth.h"
 #include "tests/test_data.h"
 
 namespace llmq {
@@ -419,6 +420,42 @@ TEST(HfCheckpoint, ShardedRewriteOfStories260kReadsBackIdentically) {
   EXPECT_EQ(index["metadata"]["total_size"].get<uint64_t>(), total);
   EXPECT_EQ(index["weight_map"].size(), names.size());
   EXPECT_EQ(out->lm_head()->data, out->embed_tokens()->data);
+}
+
+// SynthOptions::num_layers writes the full model's first layers, bit for bit: tensors are
+// seeded by name, not by their place in the file.
+TEST(HfCheckpoint, SynthCutToOneLayerHoldsTheFullModelsFirstLayer) {
+  const std::string full_dir = testing::scratch_dir("synth_full"), cut_dir = testing::scratch_dir("synth_cut");
+  auto preset = find_synth_preset("tiny");
+  ASSERT_TRUE(preset.has_value());
+  SynthOptions options;
+  options.seed = 5;
+  ASSERT_TRUE(write_synthetic_checkpoint(*preset, options, full_dir).is_ok());
+  options.num_layers = 1;
+  ASSERT_TRUE(write_synthetic_checkpoint(*preset, options, cut_dir).is_ok());
+  auto full = HfCheckpoint::open(full_dir);
+  auto cut = HfCheckpoint::open(cut_dir);
+  ASSERT_TRUE(full.has_value()) << full.status().message();
+  ASSERT_TRUE(cut.has_value()) << cut.status().message();
+  ASSERT_GT(full->config().num_hidden_layers, 1);
+  EXPECT_EQ(cut->config().num_hidden_layers, 1);
+  EXPECT_FALSE(cut->tensors().find(layer_tensor_name(1, "mlp.down_proj.weight")));
+  const std::vector<std::string> names = full->tensors().names();
+  int compared = 0;
+  for (const std::string& name : names) {
+    if (name.rfind("model.layers.", 0) == 0 && name.rfind("model.layers.0.", 0) != 0) continue;
+    const SafetensorsEntry* a = full->tensors().find(name);
+    const SafetensorsEntry* b = cut->tensors().find(name);
+    ASSERT_TRUE(b != nullptr) << name;
+    auto va = full->tensor(name, a->shape), vb = cut->tensor(name, b->shape);
+    ASSERT_TRUE(va.has_value() && vb.has_value()) << name;
+    ASSERT_EQ(va->nbytes(), vb->nbytes()) << name;
+    EXPECT_EQ(std::memcmp(va->data, vb->data, static_cast<size_t>(va->nbytes())), 0) << name;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 12);  // embed, layer 0's 9, the final norm, lm_head
+  options.num_layers = -1;
+  EXPECT_FALSE(write_synthetic_checkpoint(*preset, options, testing::scratch_dir("synth_negative")).is_ok());
 }
 
 TEST(HfCheckpoint, LayerTensorName) {

@@ -70,6 +70,17 @@ TEST_F(Cli, SynthIsDeterministic) {
   EXPECT_GE(files, 6);
 }
 
+// --layers cuts the model to its first N decoder layers (tests/test_checkpoint.cc: the same
+// tensors bit for bit).
+TEST_F(Cli, SynthLayersOption) {
+  RunResult r = run_llmq("synth --config tiny --layers 1 --out " + dir_ + "/cut");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("1 layers"), std::string::npos) << r.out;
+  const nlohmann::json cut = nlohmann::json::parse(std::ifstream(dir_ + "/cut/config.json"));
+  EXPECT_EQ(cut["num_hidden_layers"].get<int>(), 1);
+  expect_one_line_error(run_llmq("synth --config tiny --layers 0 --out " + dir_ + "/zero"), "--layers");
+}
+
 TEST_F(Cli, BadInputGivesOneLineErrorAndExitCode2) {
   expect_one_line_error(run_llmq("synth --config llama-9b --out " + dir_ + "/x"), "unknown synth config 'llama-9b'");
   expect_one_line_error(run_llmq("inspect " + dir_ + "/missing"), dir_ + "/missing/config.json");

@@ -654,11 +654,13 @@ Written write_checkpoint(const std::string& name, const std::vector<std::pair<st
 TEST(QuantFormatsRoundTrip, PackWriteReadUnpackIsIdenticalForEveryFormat) {
   const QuantizedLinear fp8 = random_fp8(24, 128, 21);
   const QuantizedLinear int8 = random_int8(24, 128, 22);
-  const QuantizedLinear ct_sym = random_int4(Int4Spec().shape(24, 256).dtype(DType::kBF16).seed(23));
-  const QuantizedLinear ct_asym_ao = random_int4(Int4Spec().shape(24, 256).group(64).asym().act_order().dtype(DType::kBF16).seed(24));
-  const QuantizedLinear awq = random_int4(Int4Spec().shape(24, 256).asym().seed(25));
-  const QuantizedLinear gptq_sym = random_int4(Int4Spec().shape(24, 256).seed(26));
-  const QuantizedLinear gptq_asym_ao = random_int4(Int4Spec().shape(24, 256).group(32).asym().act_order().seed(27));
+  // INT4 at 136 x 640: the unpacking walks tiles of 64 rows x 256 columns, so two whole tiles
+  // and a partial one each way.
+  const QuantizedLinear ct_sym = random_int4(Int4Spec().shape(136, 640).dtype(DType::kBF16).seed(23));
+  const QuantizedLinear ct_asym_ao = random_int4(Int4Spec().shape(136, 640).group(64).asym().act_order().dtype(DType::kBF16).seed(24));
+  const QuantizedLinear awq = random_int4(Int4Spec().shape(136, 640).asym().seed(25));
+  const QuantizedLinear gptq_sym = random_int4(Int4Spec().shape(136, 640).seed(26));
+  const QuantizedLinear gptq_asym_ao = random_int4(Int4Spec().shape(136, 640).group(32).asym().act_order().seed(27));
   ASSERT_EQ(validate(fp8), "");
   ASSERT_EQ(validate(int8), "");
 

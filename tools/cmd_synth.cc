@@ -23,7 +23,8 @@ Status run_synth(const SynthArgs& a) {
   LLMQ_RETURN_IF_ERROR(write_synthetic_checkpoint(preset, a.options, staged.path()));
   LLMQ_RETURN_IF_ERROR(staged.commit());
   const double s = seconds_since(t0);
-  std::printf("wrote %s (%s, seed %llu) in %.1f s\n", a.out.c_str(), preset.name.c_str(),
+  std::printf("wrote %s (%s%s, seed %llu) in %.1f s\n", a.out.c_str(), preset.name.c_str(),
+              a.options.num_layers > 0 ? (", " + std::to_string(a.options.num_layers) + " layers").c_str() : "",
               static_cast<unsigned long long>(a.options.seed), s);
   return Status::ok();
 }
@@ -40,6 +41,9 @@ void add_synth_command(CLI::App& app, CommandRunner& run) {
   sub->add_option("--std", args->options.weight_std, "Standard deviation of the linear weights")->capture_default_str();
   sub->add_option("--tokenizer-from", args->options.tokenizer_from,
                   "Copy tokenizer files from this checkpoint (default: a byte-level tokenizer)");
+  sub->add_option("--layers", args->options.num_layers,
+                  "Write only the first N decoder layers (same tensors as the full model's)")
+      ->check(CLI::PositiveNumber);
   sub->add_flag("--force", args->force, "Replace an existing output");
   sub->callback([args, &run] { run = [args] { return run_synth(*args); }; });
 }
