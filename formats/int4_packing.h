@@ -46,4 +46,15 @@ LLMQ_HD uint8_t unpack_nibble_awq(uint32_t w, int j) {
   return static_cast<uint8_t>((w >> (4 * awq_reverse(j))) & 0xFu);
 }
 
+// All eight elements of a sequential word at once, element j in byte j of the result (bits
+// 8j..8j+3): a little-endian store of it writes the eight codes in order. Three shift-or-mask
+// steps move nibble halves apart: 16-bit halves to 32-bit lanes, bytes to 16-bit lanes,
+// nibbles to bytes.
+LLMQ_HD uint64_t spread_nibbles_sequential(uint32_t w) {
+  uint64_t v = w;
+  v = (v | (v << 16)) & 0x0000FFFF0000FFFFull;
+  v = (v | (v << 8)) & 0x00FF00FF00FF00FFull;
+  return (v | (v << 4)) & 0x0F0F0F0F0F0F0F0Full;
+}
+
 }  // namespace llmq

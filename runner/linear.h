@@ -31,11 +31,11 @@ std::vector<bf16> to_bf16(const TensorView& v);
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// Rows [0, n) and [n, 2n) of a row-major buffer of 2n rows become 0, n, 1, n + 1, ...: the
-// gate and up rows of the fused MLP input linear, interleaved so that one GEMV block holds
-// both rows of a (gate, up) pair and can apply SwiGLU in its epilogue (runner/gemv.h).
-void interleave_halves(void* data, int64_t rows, size_t row_bytes);
-void interleave_halves(Tensor& t);  // a quantized tensor's rows; empty: nothing
+// Rows of a and b alternating, a's row i at 2i and b's at 2i + 1: the gate and up rows of the
+// fused MLP input linear, so that one GEMV block holds both rows of a (gate, up) pair and can
+// apply SwiGLU in its epilogue (runner/gemv.h). out holds 2 x rows rows.
+void interleave_rows(const void* a, const void* b, void* out, int64_t rows, size_t row_bytes);
+Tensor interleave_rows(const Tensor& a, const Tensor& b);  // same dtype and shape
 
 // What one forward needs besides the layer buffers: activation-quantization codes and scales,
 // the W8A8 accumulator and the W4A16 scratch, sized for the largest linear at max_rows.
@@ -111,9 +111,10 @@ HostLinear dense_host_linear(const TensorView& w);
 // A quantized linear as it is (deep copy).
 HostLinear quantized_host_linear(const QuantizedLinear& q);
 
-// q/k/v (or gate/up) as one linear with the outputs concatenated. Quantized parts must share
-// scheme, group size and act-order permutation.
-Expected<HostLinear> concat(std::vector<HostLinear> parts, const std::string& what);
+// q/k/v (or gate/up) as one linear with the outputs concatenated, or with interleave (two
+// parts of the same size) alternating as interleave_rows. Quantized parts must share scheme,
+// group size and act-order permutation.
+Expected<HostLinear> concat(std::vector<HostLinear> parts, const std::string& what, bool interleave = false);
 // With interleave (gate/up: two parts of equal size) the rows alternate between the parts.
 Expected<HostLinear> fuse(std::vector<HostLinear> parts, const std::string& what, bool interleave = false);
 // To the device in the runner's layout for its kind (fp8_supported: the GPU runs FP8 GEMMs).

@@ -18,6 +18,7 @@
 #include <random>
 
 #include "core/numeric.h"
+#include "formats/int4_packing.h"
 #include "model/quantized_linear.h"
 #include "quantizers/fp8.h"
 #include "quantizers/int_grid.h"
@@ -150,6 +151,16 @@ TEST(QuantFormatsBits, SequentialWorkedExampleGptqAndCt) {
   for (int k = 0; k < 8; ++k) q.codes.data<uint8_t>()[k] = static_cast<uint8_t>(k + 1);
   EXPECT_EQ(word(pack_ok("l", q, QuantFormat::kGptqV1), "l.qweight", 0), 0x87654321u);
   EXPECT_EQ(word(pack_ok("l", q, QuantFormat::kCtPack), "l.weight_packed", 0), 0x87654321u);
+}
+
+TEST(QuantFormatsBits, SpreadNibblesIsEveryElementInItsByte) {
+  EXPECT_EQ(spread_nibbles_sequential(0x87654321u), 0x0807060504030201ull);
+  std::mt19937 rng(31);
+  for (int i = 0; i < 1000; ++i) {
+    const uint32_t w = static_cast<uint32_t>(rng());
+    const uint64_t v = spread_nibbles_sequential(w);
+    for (int j = 0; j < 8; ++j) ASSERT_EQ((v >> (8 * j)) & 0xFFu, unpack_nibble_sequential(w, j)) << std::hex << w;
+  }
 }
 
 TEST(QuantFormatsBits, CompressedTensorsSignedWorkedExample) {

@@ -26,7 +26,9 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
+#include <tuple>
 
 #include "formats/checkpoint.h"
 #include "formats/quant_formats.h"
@@ -37,6 +39,7 @@
 #include "quantizers/fp8.h"
 #include "quantizers/rtn.h"
 #include "runner/engine.h"
+#include "runner/linear.h"
 #include "runner_test_util.h"
 #include "tests/test_data.h"
 
@@ -404,6 +407,63 @@ TEST(RunnerEngine, ClearErrors) {
   auto big = Engine::load(model_dir("stories260k"), opt);
   ASSERT_FALSE(big.has_value());
   EXPECT_NE(big.status().message().find("capacity"), std::string::npos) << big.status().message();
+}
+
+
+// [rows, cols] f32 drawn from N(0, 0.02^2), a seed per matrix.
+Tensor make_matrix(int64_t rows, int64_t cols, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 0.02f);
+  Tensor t(DType::kF32, {rows, cols});
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = d(rng);
+  return t;
+}
+
+// Gate and up fused for the SwiGLU epilogue (host side, no GPU): row i of gate at 2i, of up at
+// 2i + 1, for bf16 rows and for every tensor of an int4 linear; q/k/v concatenated.
+TEST(RunnerLinear, FuseInterleavesGateUpAndConcatenatesQkv) {
+  const Tensor gate_w = make_matrix(6, 128, 1), up_w = make_matrix(6, 128, 2);
+  std::vector<HostLinear> dense;
+  dense.push_back(dense_host_linear(gate_w.view()));
+  dense.push_back(dense_host_linear(up_w.view()));
+  auto fused = fuse(std::move(dense), "gate/up", /*interleave=*/true);
+  ASSERT_TRUE(fused.has_value()) << fused.status().message();
+  ASSERT_EQ(fused->out, 12);
+  const std::vector<bf16> g = dense_host_linear(gate_w.view()).dense, u = dense_host_linear(up_w.view()).dense;
+  for (int64_t r = 0; r < 12; ++r)
+    EXPECT_EQ(std::memcmp(&fused->dense[r * 128], (r % 2 == 0 ? g : u).data() + (r / 2) * 128, 128 * sizeof(bf16)), 0) << r;
+
+  const Int4Config cfg{128, Int4Range::kAsymWithZero, DType::kBF16, 0};
+  const QuantizedLinear qg = quantize_rtn_int4(make_matrix(6, 256, 3).view(), cfg);
+  const QuantizedLinear qu = quantize_rtn_int4(make_matrix(6, 256, 4).view(), cfg);
+  std::vector<HostLinear> quantized;
+  quantized.push_back(quantized_host_linear(qg));
+  quantized.push_back(quantized_host_linear(qu));
+  auto fq = fuse(std::move(quantized), "gate/up", /*interleave=*/true);
+  ASSERT_TRUE(fq.has_value()) << fq.status().message();
+  ASSERT_EQ(fq->q.out_features, 12);
+  for (const auto& [fused_t, part_g, part_u] : {std::tuple{&fq->q.codes, &qg.codes, &qu.codes},
+                                                std::tuple{&fq->q.scales, &qg.scales, &qu.scales},
+                                                std::tuple{&fq->q.zeros, &qg.zeros, &qu.zeros}}) {
+    const size_t row = static_cast<size_t>(part_g->nbytes() / part_g->dim(0));
+    for (int64_t r = 0; r < 12; ++r)
+      EXPECT_EQ(std::memcmp(static_cast<const uint8_t*>(fused_t->raw()) + r * row,
+                            static_cast<const uint8_t*>((r % 2 == 0 ? part_g : part_u)->raw()) + (r / 2) * row, row), 0) << r;
+  }
+
+  std::vector<HostLinear> qkv;
+  for (int i = 0; i < 3; ++i) qkv.push_back(quantized_host_linear(i == 0 ? qg : qu));
+  auto fc = fuse(std::move(qkv), "q/k/v");
+  ASSERT_TRUE(fc.has_value()) << fc.status().message();
+  ASSERT_EQ(fc->q.out_features, 18);
+  const size_t row = 256;
+  EXPECT_EQ(std::memcmp(fc->q.codes.raw(), qg.codes.raw(), 6 * row), 0);
+  EXPECT_EQ(std::memcmp(static_cast<const uint8_t*>(fc->q.codes.raw()) + 12 * row, qu.codes.raw(), 6 * row), 0);
+
+  std::vector<HostLinear> uneven;
+  uneven.push_back(quantized_host_linear(qg));
+  uneven.push_back(quantized_host_linear(quantize_rtn_int4(make_matrix(8, 256, 5).view(), cfg)));
+  EXPECT_FALSE(fuse(std::move(uneven), "gate/up", /*interleave=*/true).has_value());
 }
 
 }  // namespace
