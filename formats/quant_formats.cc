@@ -241,11 +241,10 @@ Tensor scales_f32(const Tensor& stored, bool transpose) {
 // copy-casts scales, so checkpoints from other tools with F32 or F16/BF16 scales load too.
 const std::initializer_list<DType> kFloatScaleDtypes = {DType::kBF16, DType::kF16, DType::kF32};
 
-// The tensor that holds the codes; messages about the linear as a whole name its file.
-// codes [out, in] = code_at(n, k), visited in tiles of 64 rows x 256 columns on all cores
-// (AWQ). AWQ and GPTQ pack their codes across the rows ([in, out / 8], [in / 8, out]):
-// walking n inside k wrote one byte per cache line, about 7 ns a weight on one thread, most of
-// the time a W4A16 checkpoint took to load into the runner. In tiles both sides stay in cache.
+// codes [out, in] = code_at(n, k), in tiles of 64 rows x 256 columns on all cores (AWQ). AWQ
+// and GPTQ pack their codes across the rows ([in, out / 8], [in / 8, out]); walking n inside k,
+// as the loops here once did, wrote one byte per cache line on one thread (about 7 ns a weight,
+// most of a W4A16 checkpoint's load into the runner). In tiles both sides stay in cache.
 template <class CodeAt>
 void unpack_codes_tiled(uint8_t* codes, int64_t out, int64_t in, const CodeAt& code_at) {
   constexpr int64_t kTileRows = 64, kTileCols = 256;
@@ -274,6 +273,7 @@ void unpack_sequential_rows_tiled(uint8_t* codes, int64_t out, int64_t in, const
         }
 }
 
+// The tensor that holds the codes; messages about the linear as a whole name its file.
 std::string main_tensor(QuantFormat f) {
   switch (f) {
     case QuantFormat::kCtPack: return ".weight_packed";

@@ -2,7 +2,6 @@
 #include "runner/linear.h"
 
 #include <cstring>
-#include <memory>
 
 #include "core/numeric.h"
 #include "formats/quant_formats.h"
@@ -192,6 +191,7 @@ Expected<HostLinear> concat(std::vector<HostLinear> parts, const std::string& wh
     b.push_back(&p.q.scales);
     if (!p.q.zeros.empty()) c.push_back(&p.q.zeros);
   }
+  if (!c.empty() && c.size() != parts.size()) return Status::error(what + ": only some parts have zero points (unsupported)");
   if (!out.quantized) {
     if (interleave) {
       out.dense.resize(parts[0].dense.size() * 2);
