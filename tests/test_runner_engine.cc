@@ -26,7 +26,6 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <sstream>
 #include <tuple>
 
@@ -40,6 +39,7 @@
 #include "quantizers/rtn.h"
 #include "runner/engine.h"
 #include "runner/linear.h"
+#include "gptq_test_util.h"
 #include "runner_test_util.h"
 #include "tests/test_data.h"
 
@@ -410,19 +410,10 @@ TEST(RunnerEngine, ClearErrors) {
 }
 
 
-// [rows, cols] f32 drawn from N(0, 0.02^2), a seed per matrix.
-Tensor make_matrix(int64_t rows, int64_t cols, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 0.02f);
-  Tensor t(DType::kF32, {rows, cols});
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = d(rng);
-  return t;
-}
-
 // Gate and up fused for the SwiGLU epilogue (host side, no GPU): row i of gate at 2i, of up at
 // 2i + 1, for bf16 rows and for every tensor of an int4 linear; q/k/v concatenated.
 TEST(RunnerLinear, FuseInterleavesGateUpAndConcatenatesQkv) {
-  const Tensor gate_w = make_matrix(6, 128, 1), up_w = make_matrix(6, 128, 2);
+  const Tensor gate_w = testing::random_weight(6, 128, 1), up_w = testing::random_weight(6, 128, 2);
   std::vector<HostLinear> dense;
   dense.push_back(dense_host_linear(gate_w.view()));
   dense.push_back(dense_host_linear(up_w.view()));
@@ -434,8 +425,8 @@ TEST(RunnerLinear, FuseInterleavesGateUpAndConcatenatesQkv) {
     EXPECT_EQ(std::memcmp(&fused->dense[r * 128], (r % 2 == 0 ? g : u).data() + (r / 2) * 128, 128 * sizeof(bf16)), 0) << r;
 
   const Int4Config cfg{128, Int4Range::kAsymWithZero, DType::kBF16, 0};
-  const QuantizedLinear qg = quantize_rtn_int4(make_matrix(6, 256, 3).view(), cfg);
-  const QuantizedLinear qu = quantize_rtn_int4(make_matrix(6, 256, 4).view(), cfg);
+  const QuantizedLinear qg = quantize_rtn_int4(testing::random_weight(6, 256, 3).view(), cfg);
+  const QuantizedLinear qu = quantize_rtn_int4(testing::random_weight(6, 256, 4).view(), cfg);
   std::vector<HostLinear> quantized;
   quantized.push_back(quantized_host_linear(qg));
   quantized.push_back(quantized_host_linear(qu));
@@ -462,7 +453,7 @@ TEST(RunnerLinear, FuseInterleavesGateUpAndConcatenatesQkv) {
 
   std::vector<HostLinear> uneven;
   uneven.push_back(quantized_host_linear(qg));
-  uneven.push_back(quantized_host_linear(quantize_rtn_int4(make_matrix(8, 256, 5).view(), cfg)));
+  uneven.push_back(quantized_host_linear(quantize_rtn_int4(testing::random_weight(8, 256, 5).view(), cfg)));
   EXPECT_FALSE(fuse(std::move(uneven), "gate/up", /*interleave=*/true).has_value());
 }
 
